@@ -1,0 +1,199 @@
+"""Load Hugging Face Gemma 4 safetensors checkpoints into our decoder without holding weights twice.
+
+The model is built on the meta device; each tensor is read from its (mmap'd) shard, cast, and assigned
+in place of the meta parameter, so peak memory is the loaded weights plus one tensor. The PLE table can
+be skipped (`load_ple_table=False`) and read on its own, row range by row range (`ple_row_chunks`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import safe_open
+
+from .config import TextConfig
+from .model import Gemma4CausalLM, build_model
+
+TEXT_PREFIXES = ("model.language_model.", "model.")  # multimodal first: "model." is a prefix of it
+PLE_KEY = "model.embed_tokens_per_layer.weight"
+# Towers of the multimodal checkpoint; this decoder does not load them.
+NON_TEXT_PREFIXES = ("model.vision_tower.", "model.audio_tower.", "model.embed_vision.", "model.embed_audio.",
+                     "vision_tower.", "audio_tower.", "multi_modal_projector.")
+SHARED_KV_LEFTOVERS = ("k_proj", "v_proj", "k_norm", "v_norm")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that does not hold what this decoder needs."""
+
+
+@dataclass
+class Checkpoint:
+    """Where every tensor of a checkpoint lives: our key -> (shard file, key in that file)."""
+
+    path: Path
+    config: TextConfig
+    files: dict[str, tuple[Path, str]]
+    ignored: list[str]  # keys present but deliberately not loaded
+
+    def shape(self, key: str) -> list[int]:
+        shard, name = self.files[key]
+        with safe_open(shard, framework="pt") as f:
+            return list(f.get_slice(name).get_shape())
+
+
+def _normalise_key(key: str) -> str | None:
+    """Checkpoint key -> our key (`model.` + text-model path, or `lm_head.weight`); None if not text."""
+    if key.startswith(NON_TEXT_PREFIXES):
+        return None
+    for prefix in TEXT_PREFIXES:
+        if key.startswith(prefix):
+            return "model." + key[len(prefix):]
+    if key == "lm_head.weight":
+        return key
+    return key  # left as is: reported as unexpected
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """Index a checkpoint directory (config.json + model.safetensors or a sharded index)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a directory (expected a Hugging Face checkpoint folder)")
+    config = TextConfig.from_json(path / "config.json") if (path / "config.json").exists() else None
+    if config is None:
+        raise CheckpointError(f"{path}: config.json is missing")
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{index}: not a safetensors index ({e})") from e
+        raw = {k: path / shard for k, shard in weight_map.items()}
+    elif (path / "model.safetensors").exists():
+        with safe_open(path / "model.safetensors", framework="pt") as f:
+            raw = {k: path / "model.safetensors" for k in f.keys()}
+    else:
+        raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
+    for shard in set(raw.values()):
+        if not shard.exists():
+            raise CheckpointError(f"{shard}: shard named in the index is missing")
+    files, ignored = {}, []
+    for key, shard in raw.items():
+        ours = _normalise_key(key)
+        if ours is None:
+            ignored.append(key)
+        else:
+            files[ours] = (shard, key)
+    return Checkpoint(path, config, files, ignored)
+
+
+def _set_tensor(model: torch.nn.Module, key: str, value: torch.Tensor) -> None:
+    module_path, _, leaf = key.rpartition(".")
+    module = model.get_submodule(module_path)
+    if leaf in module._parameters:
+        module._parameters[leaf] = torch.nn.Parameter(value, requires_grad=False)
+    else:
+        module._buffers[leaf] = value
+
+
+def load_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float32, load_ple_table: bool = True,
+                    progress: bool = False) -> tuple[TextConfig, Gemma4CausalLM]:
+    """Read a checkpoint directory into `(config, model)`; `model(input_ids)` gives logits [B, T, V].
+
+    Redundant k/v tensors of KV-shared layers (Google's original files carry them) and the vision/audio
+    towers are ignored; any other missing or unexpected key, or a shape mismatch, is an error.
+    """
+    ckpt = open_checkpoint(path)
+    cfg = ckpt.config
+    model = build_model(cfg, "meta")
+    if not load_ple_table:
+        model.drop_ple_table()
+    expected = {k: tuple(t.shape) for k, t in model.state_dict().items()}
+    shared_layers = {s.index for s in cfg.layers if not s.owns_kv}
+
+    unexpected = []
+    for key in ckpt.files:
+        if key in expected:
+            continue
+        parts = key.split(".")
+        leftover = (len(parts) > 4 and parts[1] == "layers" and parts[2].isdigit()
+                    and int(parts[2]) in shared_layers and parts[4] in SHARED_KV_LEFTOVERS)
+        if leftover or (key == PLE_KEY and not load_ple_table) or (key == "lm_head.weight" and cfg.tie_word_embeddings):
+            ckpt.ignored.append(key)
+        else:
+            unexpected.append(key)
+    missing = sorted(set(expected) - set(ckpt.files))
+    if missing or unexpected:
+        raise CheckpointError(f"{ckpt.path}: checkpoint does not match config.json — "
+                              f"missing {len(missing)} key(s) {missing[:6]}, unexpected {len(unexpected)} "
+                              f"key(s) {sorted(unexpected)[:6]}")
+
+    by_shard: dict[Path, list[str]] = {}
+    for key in expected:
+        by_shard.setdefault(ckpt.files[key][0], []).append(key)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(expected), desc="load weights", unit="tensor", disable=not progress)
+    for shard, keys in sorted(by_shard.items()):
+        with safe_open(shard, framework="pt") as f:
+            for key in keys:
+                name = ckpt.files[key][1]
+                shape = tuple(f.get_slice(name).get_shape())
+                if shape != expected[key]:
+                    raise CheckpointError(f"{shard.name}: tensor {name} has shape {list(shape)}, "
+                                          f"the config needs {list(expected[key])}")
+                tensor = f.get_tensor(name)
+                if tensor.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+                    raise CheckpointError(f"{shard.name}: tensor {name} has dtype {tensor.dtype}; "
+                                          "expected bf16, fp16 or fp32")
+                # layer_scalar stays fp32 like the reference's buffer; everything else takes `dtype`.
+                target = torch.float32 if key.endswith("layer_scalar") else dtype
+                _set_tensor(model, key, tensor.to(target))
+                del tensor
+                bar.update()
+    bar.close()
+    for name, buf in list(model.named_buffers()):  # non-persistent buffers (RoPE) left on meta
+        if buf.is_meta:
+            _set_tensor(model, name, _materialise_buffer(model, name))
+    return cfg, model.eval()
+
+
+def _materialise_buffer(model: Gemma4CausalLM, name: str) -> torch.Tensor:
+    from .model import rope_inv_freq
+
+    layer_type = name.rsplit(".", 1)[-1].removesuffix("_inv_freq")
+    spec = next(s for s in model.cfg.layers if s.layer_type == layer_type)
+    return rope_inv_freq(spec)
+
+
+def ple_row_chunks(path: str | Path, chunk_rows: int = 4096,
+                   dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
+    """The PLE table [V, L·P], chunk by chunk of rows, without loading the rest of the checkpoint."""
+    ckpt = open_checkpoint(path)
+    if PLE_KEY not in ckpt.files:
+        raise CheckpointError(f"{ckpt.path}: no PLE table ({PLE_KEY}) in this checkpoint")
+    shard, name = ckpt.files[PLE_KEY]
+    with safe_open(shard, framework="pt") as f:
+        table = f.get_slice(name)
+        rows = table.get_shape()[0]
+        for start in range(0, rows, chunk_rows):
+            yield table[start:min(start + chunk_rows, rows)].to(dtype)
+
+
+def model_hash(path: str | Path) -> bytes:
+    """SHA-256 identity of a checkpoint: config.json plus every shard's tensor directory (names, dtypes,
+    shapes, offsets) and a sample of each shard's bytes — cheap for 10 GB, distinct between random seeds."""
+    ckpt = open_checkpoint(path)
+    h = hashlib.sha256((ckpt.path / "config.json").read_bytes())
+    for shard in sorted({s for s, _ in ckpt.files.values()}):
+        with open(shard, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            h.update(f.read(header_len))
+            size = shard.stat().st_size
+            for offset in range(8 + header_len, size, max(1, size // 64)):
+                f.seek(offset)
+                h.update(f.read(4096))
+    return h.digest()

@@ -1,0 +1,352 @@
+"""The Gemma 4 E2B/E4B text decoder in plain PyTorch, written to be exported.
+
+Module attribute names mirror the Hugging Face checkpoint (`model.layers.3.self_attn.q_proj`), so keys
+load as they are. The Per-Layer Embedding (PLE) is split in two halves:
+
+  lookup  `tok = E_ple[ids] * sqrt(P)`            the only use of the big table; it lives in flash
+  mix     `(RMSNorm(x0 @ W.T / sqrt(H)) + tok) / sqrt(2)`   RAM compute, done inside the program
+
+Every forward accepts the looked-up rows (`ple_rows`, [B, T, L, P]) instead of the table, so the table
+can be dropped from the module (`drop_ple_table`). Two forwards share all layer code:
+`forward(input_ids)` is the whole-sequence reference; `forward_cached(input_ids, input_pos, ple_rows)`
+is the fixed-shape, index-based step over KV caches held as buffers (what `torch.export` needs).
+Sliding layers keep a ring of `sliding_window` slots, full layers `max_context` slots, KV-shared
+layers none.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import FULL, SLIDING, LayerSpec, TextConfig
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in fp32 that multiplies by `w` (not `1 + w`); `with_scale=False` for v_norm."""
+
+    def __init__(self, dim: int, eps: float, with_scale: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if with_scale else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.float()
+        y = y * torch.pow(y.pow(2).mean(-1, keepdim=True) + self.eps, -0.5)
+        if self.weight is not None:
+            y = y * self.weight.float()
+        return y.type_as(x)
+
+
+def rope_inv_freq(spec: LayerSpec) -> torch.Tensor:
+    """Inverse frequencies [head_dim // 2]; 'proportional' rotates only the first share, the rest get 0."""
+    dim = spec.head_dim
+    if spec.rope_type == "default":
+        return 1.0 / (spec.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+    if spec.rope_type != "proportional":
+        raise ValueError(f"layer {spec.index}: rope_type {spec.rope_type!r} is not supported")
+    angles = int(spec.partial_rotary_factor * dim // 2)
+    rotated = 1.0 / (spec.rope_theta ** (torch.arange(0, 2 * angles, 2, dtype=torch.float) / dim))
+    inv = torch.cat([rotated, torch.zeros(dim // 2 - angles)])
+    return inv / spec.rope_factor
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on [B, T, heads, head_dim] with cos/sin [B or 1, T, head_dim]."""
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Scaled (by 1.0) dot-product attention; q [B,H,T,D], k/v [B,KV,S,D], mask bool [T,S]; fp32 softmax."""
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k = k.repeat_interleave(groups, dim=1)
+        v = v.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(q, k.transpose(2, 3))  # [B, H, T, S]
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, v)  # [B, H, T, D]
+
+
+class Attention(nn.Module):
+    """q/k/v projections with q/k/v norms and RoPE; KV-shared layers own only q and o."""
+
+    def __init__(self, cfg: TextConfig, spec: LayerSpec):
+        super().__init__()
+        self.spec = spec
+        h, hd, heads, kvh = cfg.hidden_size, spec.head_dim, cfg.num_attention_heads, spec.num_key_value_heads
+        self.q_proj = nn.Linear(h, heads * hd, bias=cfg.attention_bias)
+        self.q_norm = RMSNorm(hd, cfg.rms_norm_eps)
+        if spec.owns_kv:
+            self.k_proj = nn.Linear(h, kvh * hd, bias=cfg.attention_bias)
+            self.v_proj = None if spec.k_eq_v else nn.Linear(h, kvh * hd, bias=cfg.attention_bias)
+            self.k_norm = RMSNorm(hd, cfg.rms_norm_eps)
+            self.v_norm = RMSNorm(hd, cfg.rms_norm_eps, with_scale=False)
+        self.o_proj = nn.Linear(heads * hd, h, bias=cfg.attention_bias)
+
+    def query(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(b, t, -1, self.spec.head_dim))
+        return rotate(q, cos, sin).transpose(1, 2)  # [B, H, T, D]
+
+    def key_value(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        b, t, _ = x.shape
+        k_raw = self.k_proj(x).view(b, t, -1, self.spec.head_dim)
+        v = k_raw if self.v_proj is None else self.v_proj(x).view(b, t, -1, self.spec.head_dim)
+        k = rotate(self.k_norm(k_raw), cos, sin)
+        return k.transpose(1, 2), self.v_norm(v).transpose(1, 2)  # [B, KV, T, D] each
+
+    def output(self, attn: torch.Tensor) -> torch.Tensor:
+        b, _, t, _ = attn.shape
+        return self.o_proj(attn.transpose(1, 2).reshape(b, t, -1))
+
+
+class MLP(nn.Module):
+    """GeGLU: down(gelu_tanh(gate(x)) * up(x))."""
+
+    def __init__(self, hidden: int, width: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, width, bias=False)
+        self.up_proj = nn.Linear(hidden, width, bias=False)
+        self.down_proj = nn.Linear(width, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """Sandwich-normed attention and MLP, the PLE residual, then `h * layer_scalar`."""
+
+    def __init__(self, cfg: TextConfig, spec: LayerSpec):
+        super().__init__()
+        h, eps = cfg.hidden_size, cfg.rms_norm_eps
+        self.spec = spec
+        self.self_attn = Attention(cfg, spec)
+        self.mlp = MLP(h, spec.intermediate_size)
+        self.input_layernorm = RMSNorm(h, eps)
+        self.post_attention_layernorm = RMSNorm(h, eps)
+        self.pre_feedforward_layernorm = RMSNorm(h, eps)
+        self.post_feedforward_layernorm = RMSNorm(h, eps)
+        self.register_buffer("layer_scalar", torch.ones(1))
+        if cfg.has_ple:
+            p = cfg.hidden_size_per_layer_input
+            self.per_layer_input_gate = nn.Linear(h, p, bias=False)
+            self.per_layer_projection = nn.Linear(p, h, bias=False)
+            self.post_per_layer_input_norm = RMSNorm(h, eps)
+
+    def forward(self, h, cos, sin, kv_step, ple: torch.Tensor | None) -> torch.Tensor:
+        """`kv_step(layer, k_new, v_new) -> (k, v, mask)` supplies the keys this layer attends over."""
+        x = self.input_layernorm(h)
+        q = self.self_attn.query(x, cos, sin)
+        k_new, v_new = self.self_attn.key_value(x, cos, sin) if self.spec.owns_kv else (None, None)
+        k, v, mask = kv_step(self.spec, k_new, v_new)
+        h = h + self.post_attention_layernorm(self.self_attn.output(attend(q, k, v, mask)))
+        h = h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
+        if ple is not None:
+            gated = F.gelu(self.per_layer_input_gate(h), approximate="tanh") * ple
+            h = h + self.post_per_layer_input_norm(self.per_layer_projection(gated))
+        return h * self.layer_scalar
+
+
+class TextModel(nn.Module):
+    """Embeddings, the PLE halves, the decoder stack and the final norm (checkpoint prefix `model.`)."""
+
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        if cfg.has_ple:
+            self.embed_tokens_per_layer = nn.Embedding(cfg.vocab_size_per_layer_input, cfg.ple_width)
+            self.per_layer_model_projection = nn.Linear(cfg.hidden_size, cfg.ple_width, bias=False)
+            self.per_layer_projection_norm = RMSNorm(cfg.hidden_size_per_layer_input, cfg.rms_norm_eps)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, spec) for spec in cfg.layers)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        for layer_type in sorted(set(cfg.layer_types)):
+            spec = next(s for s in cfg.layers if s.layer_type == layer_type)
+            self.register_buffer(f"{layer_type}_inv_freq", rope_inv_freq(spec), persistent=False)
+
+    # ---- the two PLE halves
+    def lookup_ple(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The flash half: E_ple[ids] * sqrt(P) -> [B, T, L, P]. Needs the table."""
+        table = getattr(self, "embed_tokens_per_layer", None)
+        if table is None:
+            raise RuntimeError("the PLE table was dropped from this model: pass the looked-up rows as ple_rows")
+        scale = torch.tensor(self.cfg.ple_scale, dtype=table.weight.dtype)
+        rows = table(input_ids) * scale
+        return rows.view(*input_ids.shape, self.cfg.num_hidden_layers, self.cfg.hidden_size_per_layer_input)
+
+    def mix_ple(self, x0: torch.Tensor, ple_rows: torch.Tensor) -> torch.Tensor:
+        """The RAM half: combine the looked-up rows with a projection of the main embedding."""
+        cfg = self.cfg
+        ctx = self.per_layer_model_projection(x0) * cfg.hidden_size**-0.5
+        ctx = self.per_layer_projection_norm(ctx.view(*x0.shape[:-1], cfg.num_hidden_layers, -1))
+        return (ctx + ple_rows.to(ctx.dtype)) * 2.0**-0.5  # [B, T, L, P]
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        w = self.embed_tokens.weight
+        return self.embed_tokens(input_ids) * torch.tensor(self.cfg.embed_scale, dtype=w.dtype)
+
+    def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """cos/sin [1, T, head_dim] per attention type for absolute positions [T]."""
+        out = {}
+        for layer_type in sorted(set(self.cfg.layer_types)):
+            freqs = positions.float()[None, :, None] * getattr(self, f"{layer_type}_inv_freq")
+            emb = torch.cat([freqs, freqs], dim=-1)
+            out[layer_type] = (emb.cos().to(dtype), emb.sin().to(dtype))
+        return out
+
+    def run_layers(self, input_ids, positions, ple_rows, kv_step) -> torch.Tensor:
+        h = self.embed(input_ids)
+        ple = None
+        if self.cfg.has_ple:
+            if ple_rows is None:
+                ple_rows = self.lookup_ple(input_ids)
+            ple = self.mix_ple(h, ple_rows)
+        rope = self.rope(positions, h.dtype)
+        for i, layer in enumerate(self.layers):
+            cos, sin = rope[layer.spec.layer_type]
+            h = layer(h, cos, sin, kv_step, None if ple is None else ple[:, :, i, :])
+        return self.norm(h)
+
+
+class Gemma4CausalLM(nn.Module):
+    """The text decoder with its (usually tied) head and final logit softcap; owns its KV caches."""
+
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = TextModel(cfg)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.max_context = 0
+
+    # ---- head
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        w = self.model.embed_tokens.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
+        logits = F.linear(h, w)
+        cap = self.cfg.final_logit_softcapping
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def drop_ple_table(self) -> None:
+        """Remove the PLE table: from now on every forward needs `ple_rows`."""
+        if hasattr(self.model, "embed_tokens_per_layer"):
+            del self.model.embed_tokens_per_layer
+
+    # ---- whole-sequence reference forward
+    def forward(self, input_ids: torch.Tensor, ple_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T, V] for a whole sequence starting at position 0; no cache involved."""
+        t = input_ids.shape[1]
+        pos = torch.arange(t, device=input_ids.device)
+        causal = pos[None, :] <= pos[:, None]  # [T, T]
+        masks = {FULL: causal, SLIDING: causal & (pos[:, None] - pos[None, :] < self.cfg.sliding_window)}
+        shared: dict[str, tuple] = {}
+
+        def kv_step(spec: LayerSpec, k, v):
+            if not spec.owns_kv:
+                return shared[spec.layer_type]
+            out = (k, v, masks[spec.layer_type])
+            if spec.kv_mode == "store":
+                shared[spec.layer_type] = out
+            return out
+
+        return self.head(self.model.run_layers(input_ids, pos, ple_rows, kv_step))
+
+    # ---- cached, fixed-shape forward
+    def setup_cache(self, max_context: int, batch_size: int = 1, dtype: torch.dtype | None = None) -> None:
+        """KV caches as buffers: sliding layers a ring of `sliding_window` slots, full layers `max_context`."""
+        dtype = dtype or self.model.embed_tokens.weight.dtype
+        self.max_context = max_context
+        window = min(self.cfg.sliding_window, max_context)
+        for spec in self.cfg.layers:
+            if not spec.owns_kv:
+                continue
+            slots = window if spec.is_sliding else max_context
+            shape = (batch_size, spec.num_key_value_heads, slots, spec.head_dim)
+            self.register_buffer(f"k_cache_{spec.index}", torch.zeros(shape, dtype=dtype), persistent=False)
+            self.register_buffer(f"v_cache_{spec.index}", torch.zeros(shape, dtype=dtype), persistent=False)
+        # Position + 1 held in each ring slot (0 = empty), shared by all sliding layers: they write alike.
+        self.register_buffer("ring_pos", torch.zeros(window, dtype=torch.long), persistent=False)
+
+    def reset_cache(self) -> None:
+        for name, buf in self.named_buffers():
+            if name.startswith(("k_cache_", "v_cache_")) or name == "ring_pos":
+                buf.zero_()
+
+    def sliding_mask(self, input_pos: torch.Tensor) -> torch.Tensor:
+        """Bool [T, W + T]: which ring slots (as they are before this step) and new keys each query sees."""
+        window = self.cfg.sliding_window
+        old = self.ring_pos - 1  # [W] positions held; -1 = empty
+        # A slot is valid only if it was written before this step's first position: a new sequence
+        # starting at 0 thus ignores whatever an earlier sequence left in the ring.
+        old_ok = (self.ring_pos > 0) & (old < input_pos[0])
+        keys = torch.cat([old, input_pos])  # [W + T]
+        ok = torch.cat([old_ok, torch.ones_like(input_pos, dtype=torch.bool)])
+        q = input_pos[:, None]
+        return ok[None, :] & (keys[None, :] <= q) & (q - keys[None, :] < window)
+
+    def forward_cached(self, input_ids: torch.Tensor, input_pos: torch.Tensor, ple_rows: torch.Tensor | None = None,
+                       all_logits: bool = False) -> torch.Tensor:
+        """One step over the caches: tokens [B, T] at absolute positions [T] (consecutive).
+
+        Returns logits [B, V] of the last position, or [B, T, V] with `all_logits`.
+        """
+        if self.max_context == 0:
+            raise RuntimeError("call setup_cache(max_context) before forward_cached")
+        t = input_ids.shape[1]
+        window = self.ring_pos.shape[0]
+        full_mask = torch.arange(self.max_context)[None, :] <= input_pos[:, None]  # [T, max_context]
+        masks = {FULL: full_mask, SLIDING: self.sliding_mask(input_pos)}
+        keep = min(t, window)  # ring slots this step writes (the last `window` tokens when t > window)
+        slots = input_pos[t - keep:] % window
+        shared: dict[str, tuple] = {}
+
+        def kv_step(spec: LayerSpec, k, v):
+            if not spec.owns_kv:
+                return shared[spec.layer_type]
+            k_cache, v_cache = getattr(self, f"k_cache_{spec.index}"), getattr(self, f"v_cache_{spec.index}")
+            if spec.is_sliding:
+                out = (torch.cat([k_cache, k], dim=2), torch.cat([v_cache, v], dim=2), masks[SLIDING])
+                k_cache.index_copy_(2, slots, k[:, :, t - keep:])
+                v_cache.index_copy_(2, slots, v[:, :, t - keep:])
+            else:
+                k_cache.index_copy_(2, input_pos, k)
+                v_cache.index_copy_(2, input_pos, v)
+                out = (k_cache, v_cache, masks[FULL])
+            if spec.kv_mode == "store":
+                shared[spec.layer_type] = out
+            return out
+
+        h = self.model.run_layers(input_ids, input_pos, ple_rows, kv_step)
+        self.ring_pos.index_copy_(0, slots, input_pos[t - keep:] + 1)
+        return self.head(h if all_logits else h[:, -1, :])
+
+
+def build_model(cfg: TextConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """An uninitialised model (use the meta device to allocate nothing)."""
+    with torch.device(device):
+        model = Gemma4CausalLM(cfg)
+    if str(device) != "meta":
+        model.to(dtype)
+    return model.eval()
+
+
+def count_params(cfg: TextConfig) -> dict[str, int]:
+    """Parameter counts by part, from the meta device (nothing allocated)."""
+    model = build_model(cfg, "meta")
+    parts = {"ple_table": 0, "embedding": 0, "body": 0}
+    for name, p in model.named_parameters():
+        if "embed_tokens_per_layer" in name:
+            parts["ple_table"] += p.numel()
+        elif "embed_tokens" in name or name.startswith("lm_head"):
+            parts["embedding"] += p.numel()
+        else:
+            parts["body"] += p.numel()
+    parts["total"] = sum(parts.values())
+    return parts
+
+

@@ -1,0 +1,66 @@
+"""Named architectures: the real E2B / E4B, and tiny ones that exercise every switch in tests."""
+from __future__ import annotations
+
+from .config import FULL, SLIDING, TextConfig
+
+
+def _pattern(n: int, period: int) -> list[str]:
+    """`period - 1` sliding layers, then one full layer, repeated."""
+    return [FULL if (i + 1) % period == 0 else SLIDING for i in range(n)]
+
+
+PRESETS: dict[str, dict] = {
+    # Published values (transformers 5.23.0 reading of google/gemma-4-E2B / E4B), text decoder only.
+    "e2b": dict(
+        vocab_size=262_144, hidden_size=1536, intermediate_size=6144, num_hidden_layers=35,
+        num_attention_heads=8, num_key_value_heads=1, head_dim=256, global_head_dim=512,
+        layer_types=_pattern(35, 5), sliding_window=512, num_kv_shared_layers=20, use_double_wide_mlp=True,
+        hidden_size_per_layer_input=256, vocab_size_per_layer_input=262_144, final_logit_softcapping=30.0,
+        eos_token_id=[1, 106],
+    ),
+    "e4b": dict(
+        vocab_size=262_144, hidden_size=2560, intermediate_size=10240, num_hidden_layers=42,
+        num_attention_heads=8, num_key_value_heads=2, head_dim=256, global_head_dim=512,
+        layer_types=_pattern(42, 6), sliding_window=512, num_kv_shared_layers=18, use_double_wide_mlp=False,
+        hidden_size_per_layer_input=256, vocab_size_per_layer_input=262_144, final_logit_softcapping=30.0,
+        eos_token_id=[1, 106],
+    ),
+    # Reduced-depth E2B: real widths, 10 layers [S,S,S,S,F]×2, 4 KV-shared — what every peer exports in 24 GiB.
+    "e2b-10l": dict(
+        vocab_size=262_144, hidden_size=1536, intermediate_size=6144, num_hidden_layers=10,
+        num_attention_heads=8, num_key_value_heads=1, head_dim=256, global_head_dim=512,
+        layer_types=_pattern(10, 5), sliding_window=512, num_kv_shared_layers=4, use_double_wide_mlp=True,
+        hidden_size_per_layer_input=256, vocab_size_per_layer_input=262_144, final_logit_softcapping=30.0,
+        eos_token_id=[1, 106],
+    ),
+    # Tiny E2B-shaped: MQA, double-wide MLP on the 2 KV-shared layers (one sliding, one full), window 8.
+    "tiny": dict(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=6,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, global_head_dim=32,
+        layer_types=[SLIDING, SLIDING, FULL, SLIDING, SLIDING, FULL], sliding_window=8,
+        num_kv_shared_layers=2, use_double_wide_mlp=True, hidden_size_per_layer_input=8,
+        vocab_size_per_layer_input=512, final_logit_softcapping=30.0,
+    ),
+    # Tiny E4B-shaped: GQA 4:2, 5:1 pattern, 3 KV-shared layers, plain MLP.
+    "tiny-e4b": dict(
+        vocab_size=384, hidden_size=96, intermediate_size=160, num_hidden_layers=8,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=24, global_head_dim=48,
+        layer_types=_pattern(8, 3), sliding_window=6, num_kv_shared_layers=3, use_double_wide_mlp=False,
+        hidden_size_per_layer_input=16, vocab_size_per_layer_input=384, final_logit_softcapping=30.0,
+    ),
+    # Tiny 31B-shaped: K = V on full layers with their own KV-head count, no PLE, no KV sharing, no softcap.
+    "tiny-keqv": dict(
+        vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, global_head_dim=32,
+        num_global_key_value_heads=1, attention_k_eq_v=True, layer_types=[SLIDING, SLIDING, SLIDING, FULL],
+        sliding_window=5, num_kv_shared_layers=0, hidden_size_per_layer_input=0,
+        vocab_size_per_layer_input=256, final_logit_softcapping=None,
+    ),
+}
+
+
+def preset(name: str, **overrides) -> TextConfig:
+    """A `TextConfig` for a named architecture, with optional field overrides."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}")
+    return TextConfig(**{**PRESETS[name], **overrides})

@@ -1,0 +1,108 @@
+"""Write a Hugging Face-format Gemma 4 checkpoint with random weights of any preset's real shapes.
+
+There is no model hub here: benchmarks and the demo use these. Shards are written as safetensors by
+hand, tensor by tensor and row chunk by row chunk, so a full-size E2B (9.3 GB in bf16) is written in a
+few hundred MB of memory. The folder appears atomically (written under a temporary name, then renamed).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .config import TextConfig
+from .model import build_model
+
+_DTYPE_NAMES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
+_CHUNK_VALUES = 1 << 24  # values generated at a time (64 MB of fp32)
+
+
+def _fill(name: str, shape: tuple[int, ...], gen: torch.Generator, rows: slice) -> torch.Tensor:
+    """Values for rows `rows` of tensor `name`: norms near 1, layer scalars 1, matrices N(0, 0.02)."""
+    n = rows.stop - rows.start
+    sub = (n, *shape[1:])
+    if name.endswith("layer_scalar"):
+        return torch.ones(sub)
+    if "norm" in name:
+        return 1.0 + 0.05 * torch.randn(sub, generator=gen)
+    return 0.02 * torch.randn(sub, generator=gen)
+
+
+def _shard_plan(entries: list[tuple[str, tuple, int]], shard_bytes: int) -> list[list[tuple[str, tuple, int]]]:
+    shards, current, size = [], [], 0
+    for entry in entries:
+        if current and size + entry[2] > shard_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(entry)
+        size += entry[2]
+    if current:
+        shards.append(current)
+    return shards
+
+
+def write_random_checkpoint(out_dir: str | Path, cfg: TextConfig, *, dtype: torch.dtype = torch.bfloat16,
+                            seed: int = 0, shard_bytes: int = 2 << 30, multimodal: bool = False,
+                            progress: bool = True) -> Path:
+    """Write config.json + sharded safetensors + index for `cfg` into `out_dir` (which must not exist)."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir}: already exists; refusing to overwrite a checkpoint")
+    prefix = "model.language_model." if multimodal else "model."
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    meta = build_model(cfg, "meta")
+    entries = []
+    for name, t in meta.state_dict().items():
+        key = prefix + name[len("model."):] if name.startswith("model.") else name
+        entries.append((key, tuple(t.shape), t.numel() * itemsize))
+    shards = _shard_plan(entries, shard_bytes)
+    gen = torch.Generator().manual_seed(seed)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
+    try:
+        weight_map, total = {}, 0
+        bar = tqdm(total=sum(e[2] for e in entries), unit="B", unit_scale=True, desc="random checkpoint",
+                   disable=not progress)
+        for i, shard in enumerate(shards):
+            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            header, offset = {"__metadata__": {"format": "pt"}}, 0
+            for key, shape, nbytes in shard:
+                header[key] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+                offset += nbytes
+                weight_map[key] = fname
+            blob = json.dumps(header, separators=(",", ":")).encode()
+            blob += b" " * (-len(blob) % 8)  # safetensors aligns the data section to 8 bytes
+            with open(tmp / fname, "wb") as f:
+                f.write(len(blob).to_bytes(8, "little"))
+                f.write(blob)
+                for key, shape, nbytes in shard:
+                    rows = shape[0] if shape else 1
+                    step = max(1, _CHUNK_VALUES // max(1, nbytes // itemsize // rows))
+                    for start in range(0, rows, step):
+                        part = _fill(key, shape or (1,), gen, slice(start, min(rows, start + step))).to(dtype)
+                        f.write(part.contiguous().view(torch.uint8).numpy().tobytes())
+                    bar.update(nbytes)
+                f.flush()
+                os.fsync(f.fileno())
+            total += offset
+        bar.close()
+        (tmp / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        text = cfg.to_dict()
+        text["dtype"] = str(dtype).removeprefix("torch.")
+        if multimodal:
+            config = {"model_type": "gemma4", "architectures": ["Gemma4ForConditionalGeneration"],
+                      "text_config": text}
+        else:
+            config = {**text, "architectures": ["Gemma4ForCausalLM"]}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

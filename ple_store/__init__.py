@@ -1,0 +1,1 @@
+"""Per-layer-embedding store: a flash-ready file, its streaming writer and its mmap reader."""

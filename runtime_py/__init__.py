@@ -1,0 +1,1 @@
+"""Python runtime: sessions over an export bundle, phone simulation and memory budgets."""

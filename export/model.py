@@ -148,7 +148,7 @@ class DecoderLayer(nn.Module):
         if ple is not None:
             gated = F.gelu(self.per_layer_input_gate(h), approximate="tanh") * ple
             h = h + self.post_per_layer_input_norm(self.per_layer_projection(gated))
-        return h * self.layer_scalar
+        return (h * self.layer_scalar).to(h.dtype)  # computed as the reference does, in the wider type
 
 
 class TextModel(nn.Module):

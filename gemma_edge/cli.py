@@ -1,7 +1,45 @@
-"""The `gemma-edge` command line."""
+"""The `gemma-edge` command line: one entry point; each package registers its own subcommands."""
+from __future__ import annotations
+
+import argparse
+import importlib
 import sys
 
+# Packages that contribute subcommands through a `cli.register(subparsers)` function.
+_COMMAND_MODULES = ("gemma_edge.export.cli", "gemma_edge.runtime.cli")
 
-def main(argv=None) -> int:
-    print("gemma-edge: under construction", file=sys.stderr)
-    return 1
+
+class UserError(Exception):
+    """An error whose message is the whole story (bad input, not a bug): printed without a traceback."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [UserError, FileNotFoundError, FileExistsError, ValueError]
+    return tuple(errors)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gemma-edge", description=__doc__.split(":")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as e:
+        print(f"gemma-edge {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

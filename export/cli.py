@@ -1,0 +1,68 @@
+"""`gemma-edge` subcommands of the export package: random-checkpoint, parity, inspect."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def _random_checkpoint(args) -> int:
+    from .presets import preset
+    from .random_checkpoint import write_random_checkpoint
+
+    out = write_random_checkpoint(args.out, preset(args.preset), dtype=_DTYPES[args.dtype], seed=args.seed,
+                                  multimodal=args.multimodal, shard_bytes=int(args.shard_gb * (1 << 30)))
+    print(f"wrote {args.preset} checkpoint ({args.dtype}, seed {args.seed}) to {out}")
+    return 0
+
+
+def _parity(args) -> int:
+    from .parity import parity_report
+
+    report = parity_report(args.preset, seq_len=args.tokens, seed=args.seed, multimodal=args.multimodal)
+    print("\n".join(report.lines()))
+    ok = max(report.full_max_abs, report.cached_max_abs) <= 1e-4
+    print("  PASS (≤ 1e-4)" if ok else "  FAIL (> 1e-4)")
+    return 0 if ok else 1
+
+
+def _inspect(args) -> int:
+    path = Path(args.path)
+    if path.is_dir():
+        from .bundle import describe_bundle
+
+        text, ok = describe_bundle(path)
+        print(text)
+        return 0 if ok else 1
+    from gemma_edge.ple_store.inspect import describe
+
+    print(describe(path, verify=not args.no_verify))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from .presets import PRESETS
+
+    p = sub.add_parser("random-checkpoint", help="write a Hugging Face checkpoint with random weights")
+    p.add_argument("out", help="folder to create")
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    p.add_argument("--dtype", default="bf16", choices=sorted(_DTYPES))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--multimodal", action="store_true", help="keys under model.language_model. (as Google ships)")
+    p.add_argument("--shard-gb", type=float, default=2.0, help="shard size in GiB")
+    p.set_defaults(func=_random_checkpoint)
+
+    p = sub.add_parser("parity", help="compare our decoder with transformers on a tiny random model")
+    p.add_argument("--preset", default="tiny", choices=sorted(k for k in PRESETS if k.startswith("tiny")))
+    p.add_argument("--tokens", type=int, default=24)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--multimodal", action="store_true")
+    p.set_defaults(func=_parity)
+
+    p = sub.add_parser("inspect", help="describe a .ple file or an export bundle folder")
+    p.add_argument("path")
+    p.add_argument("--no-verify", action="store_true", help="skip checksum verification")
+    p.set_defaults(func=_inspect)

@@ -1,0 +1,269 @@
+"""Issue 2: config facts, parity of our decoder with transformers, and checkpoint loading."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from gemma_edge.export.checkpoint import CheckpointError, load_checkpoint, ple_row_chunks
+from gemma_edge.export.config import FULL, SLIDING, ConfigError, TextConfig
+from gemma_edge.export.model import build_model, count_params
+from gemma_edge.export.parity import hf_logits, ours_cached_logits, random_hf_model
+from gemma_edge.export.presets import preset
+from gemma_edge.export.random_checkpoint import write_random_checkpoint
+
+TOL = 1e-4  # fp32 logits, ours vs transformers (issue 2)
+
+
+# ---------------------------------------------------------------- config
+def test_e2b_per_layer_facts():
+    cfg = preset("e2b")
+    assert [s.index for s in cfg.layers if s.layer_type == FULL] == list(range(4, 35, 5))
+    modes = {s.index: s.kv_mode for s in cfg.layers if s.kv_mode}
+    assert modes[13] == "store" and modes[14] == "store"
+    assert [i for i, m in modes.items() if m == "reuse"] == list(range(15, 35))
+    for s in cfg.layers:
+        assert s.head_dim == (512 if s.layer_type == FULL else 256)
+        assert s.intermediate_size == (12288 if s.index >= 15 else 6144)
+        assert s.kv_source == (s.index if s.index < 15 else 13 if s.is_sliding else 14)
+        assert s.rope_theta == (1e6 if s.layer_type == FULL else 1e4)
+    assert sum(s.owns_kv for s in cfg.layers) == 15
+
+
+def test_e4b_per_layer_facts():
+    cfg = preset("e4b")
+    assert [s.index for s in cfg.layers if s.layer_type == FULL] == list(range(5, 42, 6))
+    assert {s.kv_source for s in cfg.layers if not s.owns_kv} == {22, 23}
+    assert all(s.intermediate_size == 10240 and s.num_key_value_heads == 2 for s in cfg.layers)
+
+
+def test_param_budget_matches_published_sizes():
+    e2b, e4b = count_params(preset("e2b")), count_params(preset("e4b"))
+    assert round(e2b["ple_table"] / 1e9, 3) == 2.349 and round(e4b["ple_table"] / 1e9, 3) == 2.819
+    assert round(e2b["embedding"] / 1e9, 3) == 0.403 and round(e4b["embedding"] / 1e9, 3) == 0.671
+    assert round(e2b["body"] / 1e9, 3) == 1.877 and round(e4b["body"] / 1e9, 3) == 3.973
+
+
+def test_hf_config_json_loads_unchanged(tmp_path):
+    cfg = preset("tiny-e4b")
+    cfg.to_hf().save_pretrained(tmp_path)  # transformers' own JSON (per_layer_config, extra keys)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    raw["some_future_key"] = 1
+    ours = TextConfig.from_dict(raw)
+    assert [(s.head_dim, s.num_key_value_heads, s.kv_mode) for s in ours.layers] == \
+           [(s.head_dim, s.num_key_value_heads, s.kv_mode) for s in cfg.layers]
+    nested = TextConfig.from_dict({"model_type": "gemma4", "text_config": raw, "vision_config": {}})
+    assert nested.layers == ours.layers
+
+
+def test_last_layer_forced_full_and_bad_configs():
+    cfg = TextConfig(num_hidden_layers=3, layer_types=[SLIDING] * 3, num_kv_shared_layers=0)
+    assert cfg.layer_types[-1] == FULL
+    with pytest.raises(ConfigError, match="layer_types"):
+        TextConfig(num_hidden_layers=3, layer_types=[SLIDING] * 2)
+    with pytest.raises(ConfigError, match="enable_moe_block"):
+        TextConfig(enable_moe_block=True)
+    with pytest.raises(ConfigError, match="owns K/V"):  # shared full layer with no full producer
+        TextConfig(num_hidden_layers=3, layer_types=[SLIDING, SLIDING, FULL], num_kv_shared_layers=1)
+
+
+# ---------------------------------------------------------------- parity with transformers
+@pytest.fixture(scope="module", params=["tiny", "tiny-e4b", "tiny-keqv", "tiny-multimodal"])
+def pair(request, tmp_path_factory):
+    name = request.param.replace("-multimodal", "")
+    cfg = preset(name)
+    hf = random_hf_model(cfg, seed=1, multimodal=request.param.endswith("multimodal"))
+    d = tmp_path_factory.mktemp(request.param)
+    hf.save_pretrained(d)
+    _, ours = load_checkpoint(d)
+    return cfg, hf, ours, d
+
+
+def test_parity_whole_sequence(pair):
+    cfg, hf, ours, _ = pair
+    ids = torch.randint(0, cfg.vocab_size, (2, 3 * cfg.sliding_window + 1))  # well past the window
+    ref = hf_logits(hf, ids)
+    with torch.no_grad():
+        out = ours(ids)
+    assert ref.abs().max() > 0.5  # the logits carry signal
+    assert (out - ref).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("prefill", [1, 5, 20])
+def test_parity_prefill_then_decode(pair, prefill):
+    cfg, hf, ours, _ = pair
+    ids = torch.randint(0, cfg.vocab_size, (1, 3 * cfg.sliding_window + 6))
+    ref = hf_logits(hf, ids)
+    out = ours_cached_logits(ours, ids, prefill=prefill)  # 20 > every window: a prefill past the ring
+    assert (out - ref).abs().max().item() <= TOL
+
+
+def test_cache_restarts_cleanly_and_last_logits(pair):
+    cfg, hf, ours, _ = pair
+    ids = torch.randint(0, cfg.vocab_size, (1, 2 * cfg.sliding_window + 3))
+    ours_cached_logits(ours, torch.randint(0, cfg.vocab_size, (1, 2 * cfg.sliding_window + 3)), prefill=4)
+    # A second sequence from position 0 without reset must not see the first one's cache.
+    with torch.no_grad():
+        last = ours.forward_cached(ids[:, :5], torch.arange(5))
+        for t in range(5, ids.shape[1]):
+            last = ours.forward_cached(ids[:, t:t + 1], torch.tensor([t]))
+    assert (last - hf_logits(hf, ids)[:, -1]).abs().max().item() <= TOL
+
+
+def test_external_ple_rows_equal_in_module_lookup(pair):
+    cfg, _, ours, _ = pair
+    if not cfg.has_ple:
+        pytest.skip("no PLE in this config")
+    ids = torch.randint(0, cfg.vocab_size, (1, 11))
+    rows = ours.model.lookup_ple(ids)
+    assert rows.shape == (1, 11, cfg.num_hidden_layers, cfg.hidden_size_per_layer_input)
+    with torch.no_grad():
+        assert torch.equal(ours(ids, ple_rows=rows), ours(ids))
+        # a different row changes the answer: the input is really used
+        assert not torch.equal(ours(ids, ple_rows=rows * 1.5), ours(ids))
+
+
+# ---------------------------------------------------------------- loading
+def test_load_without_ple_table_needs_rows(pair):
+    cfg, _, ours, d = pair
+    if not cfg.has_ple:
+        pytest.skip("no PLE in this config")
+    _, lean = load_checkpoint(d, load_ple_table=False)
+    assert not hasattr(lean.model, "embed_tokens_per_layer")
+    ids = torch.randint(0, cfg.vocab_size, (1, 6))
+    with pytest.raises(RuntimeError, match="ple_rows"):
+        lean(ids)
+    with torch.no_grad():
+        assert torch.equal(lean(ids, ple_rows=ours.model.lookup_ple(ids)), ours(ids))
+
+
+def test_ple_table_streams_by_row_range(pair):
+    cfg, _, ours, d = pair
+    if not cfg.has_ple:
+        pytest.skip("no PLE in this config")
+    chunks = list(ple_row_chunks(d, chunk_rows=100))
+    assert len(chunks) == -(-cfg.vocab_size // 100)
+    assert torch.equal(torch.cat(chunks), ours.model.embed_tokens_per_layer.weight)
+
+
+def _single_file(d):
+    files = sorted(d.glob("*.safetensors"))
+    assert len(files) == 1
+    return files[0]
+
+
+def test_google_style_shared_kv_leftovers_are_accepted(tmp_path):
+    cfg = preset("tiny")
+    hf = random_hf_model(cfg, seed=2)
+    hf.save_pretrained(tmp_path)
+    f = _single_file(tmp_path)
+    sd = load_file(f)
+    shared = [s.index for s in cfg.layers if not s.owns_kv]
+    for i in shared:  # what Google's original files carry for KV-shared layers
+        sd[f"model.layers.{i}.self_attn.k_proj.weight"] = torch.zeros(16, 64)
+        sd[f"model.layers.{i}.self_attn.k_norm.weight"] = torch.ones(16)
+    save_file(sd, f, metadata={"format": "pt"})
+    _, ours = load_checkpoint(tmp_path)
+    ids = torch.randint(0, cfg.vocab_size, (1, 9))
+    with torch.no_grad():
+        assert (ours(ids) - hf_logits(hf, ids)).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("drop", "missing 1 key"), ("extra", "unexpected 1 key"), ("shape", "has shape"), ("int", "dtype")])
+def test_bad_checkpoints_are_named(tmp_path, damage, message):
+    cfg = preset("tiny")
+    random_hf_model(cfg).save_pretrained(tmp_path)
+    f = _single_file(tmp_path)
+    sd = load_file(f)
+    key = "model.layers.1.mlp.up_proj.weight"
+    if damage == "drop":
+        del sd[key]
+    elif damage == "extra":
+        sd["model.layers.1.mlp.bogus.weight"] = torch.zeros(2)
+    elif damage == "shape":
+        sd[key] = torch.zeros(3, 3)
+    else:
+        sd[key] = sd[key].to(torch.int32)
+    save_file(sd, f, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(tmp_path)
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="not a directory"):
+        load_checkpoint(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_checkpoints(tmp_path, dtype):
+    import transformers
+
+    cfg = preset("tiny")
+    random_hf_model(cfg, seed=3).to(dtype).save_pretrained(tmp_path)
+    ids = torch.randint(0, cfg.vocab_size, (1, 12))
+    # Loaded in the checkpoint's own dtype: the same ops as transformers' eager attention, to one ulp.
+    ref = transformers.Gemma4ForCausalLM.from_pretrained(tmp_path, dtype=dtype, attn_implementation="eager").eval()
+    _, ours16 = load_checkpoint(tmp_path, dtype=dtype)
+    assert ours16.model.embed_tokens.weight.dtype == dtype
+    with torch.no_grad():
+        r16 = ref(input_ids=ids).logits.float()
+        assert (ours16(ids).float() - r16).abs().max() <= r16.abs().max() * torch.finfo(dtype).eps
+    # Upcast on load: fp32 parity with transformers upcasting the same file.
+    ref32 = transformers.Gemma4ForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    _, ours32 = load_checkpoint(tmp_path)
+    with torch.no_grad():
+        assert (ours32(ids) - ref32(input_ids=ids).logits).abs().max() <= TOL
+
+
+# ---------------------------------------------------------------- random checkpoints
+def test_random_checkpoint_is_sharded_and_loads_in_transformers(tmp_path):
+    import transformers
+
+    cfg = preset("tiny-e4b")
+    d = write_random_checkpoint(tmp_path / "ck", cfg, dtype=torch.float32, shard_bytes=300_000, progress=False)
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    _, ours = load_checkpoint(d)
+    hf = transformers.Gemma4ForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    ids = torch.randint(0, cfg.vocab_size, (1, 10))
+    with torch.no_grad():
+        assert (ours(ids) - hf(input_ids=ids).logits).abs().max() <= TOL
+    with pytest.raises(FileExistsError):
+        write_random_checkpoint(d, cfg, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # no temporary folder left behind
+
+
+def test_random_checkpoint_interrupted_leaves_nothing(tmp_path, monkeypatch):
+    import gemma_edge.export.random_checkpoint as rc
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rc, "_fill", boom)
+    with pytest.raises(KeyboardInterrupt):
+        rc.write_random_checkpoint(tmp_path / "ck", preset("tiny"), progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_batch_of_two_cached_equals_whole():
+    cfg = preset("tiny")
+    torch.manual_seed(0)
+    m = build_model(cfg)
+    for p in m.parameters():
+        torch.nn.init.normal_(p, 0, 0.05)
+    ids = torch.randint(0, cfg.vocab_size, (2, 19))
+    with torch.no_grad():
+        whole = m(ids)
+    assert (ours_cached_logits(m, ids, prefill=7) - whole).abs().max() <= TOL
+
+
+def test_cli_parity_runs():
+    from gemma_edge.cli import main
+
+    assert main(["parity", "--preset", "tiny", "--tokens", "12"]) == 0

@@ -99,9 +99,12 @@ def _set_tensor(model: torch.nn.Module, key: str, value: torch.Tensor) -> None:
         module._buffers[leaf] = value
 
 
-def load_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float32, load_ple_table: bool = True,
+def load_checkpoint(path: str | Path, *, dtype: torch.dtype | None = torch.float32, load_ple_table: bool = True,
                     progress: bool = False) -> tuple[TextConfig, Gemma4CausalLM]:
     """Read a checkpoint directory into `(config, model)`; `model(input_ids)` gives logits [B, T, V].
+
+    `dtype=None` keeps every tensor in the dtype it is stored in (no rounding, no widening): the
+    exporter's choice, which widens layer by layer as it quantizes.
 
     Redundant k/v tensors of KV-shared layers (Google's original files carry them) and the vision/audio
     towers are ignored; any other missing or unexpected key, or a shape mismatch, is an error.
@@ -150,7 +153,7 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float32, loa
                     raise CheckpointError(f"{shard.name}: tensor {name} has dtype {tensor.dtype}; "
                                           "expected bf16, fp16 or fp32")
                 # layer_scalar stays fp32 like the reference's buffer; everything else takes `dtype`.
-                target = torch.float32 if key.endswith("layer_scalar") else dtype
+                target = torch.float32 if key.endswith("layer_scalar") else dtype or tensor.dtype
                 _set_tensor(model, key, tensor.to(target))
                 del tensor
                 bar.update()

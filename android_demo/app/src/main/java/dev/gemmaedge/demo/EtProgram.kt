@@ -1,0 +1,53 @@
+// The core's Program implemented with ExecuTorch's Module: runs the bundle's "prefill" and "decode" methods.
+package dev.gemmaedge.demo
+
+import dev.gemmaedge.core.Program
+import org.pytorch.executorch.EValue
+import org.pytorch.executorch.Module
+import org.pytorch.executorch.Tensor
+
+/**
+ * Wraps `model.pte` (manifest "methods"): prefill(tokens [1, T] int64, input_pos [T] int64,
+ * ple_rows [1, T, L, P] float32) -> logits [1, V]; decode is the same with T = 1. input_pos holds
+ * absolute positions; the program keeps its KV cache between calls.
+ */
+class EtProgram(
+    private val ptePath: String,
+    private val numLayers: Int,
+    private val pleDim: Int,
+    private val vocabSize: Int
+) : Program, AutoCloseable {
+
+    // mmap: the program's weights are paged in once and stay resident; no second copy on the Java heap.
+    private val module: Module = Module.load(ptePath, Module.LOAD_MODE_MMAP)
+
+    init {
+        for (method in arrayOf("prefill", "decode")) {
+            val err = module.loadMethod(method)
+            require(err == 0) { "$ptePath: method \"$method\": expected it to load (error 0), found ExecuTorch error 0x${err.toString(16)}" }
+        }
+    }
+
+    override fun prefill(tokens: IntArray, startPos: Int, pleRows: FloatArray): FloatArray =
+        run("prefill", tokens, startPos, pleRows)
+
+    override fun decode(token: Int, pos: Int, pleRow: FloatArray): FloatArray =
+        run("decode", intArrayOf(token), pos, pleRow)
+
+    private fun run(method: String, tokens: IntArray, startPos: Int, rows: FloatArray): FloatArray {
+        val t = tokens.size.toLong()
+        require(rows.size.toLong() == t * numLayers * pleDim) {
+            "$method ple_rows: expected ${t * numLayers * pleDim} floats [1, $t, $numLayers, $pleDim], found ${rows.size}"
+        }
+        val tok = Tensor.fromBlob(LongArray(tokens.size) { tokens[it].toLong() }, longArrayOf(1, t))
+        val pos = Tensor.fromBlob(LongArray(tokens.size) { (startPos + it).toLong() }, longArrayOf(t))
+        val ple = Tensor.fromBlob(rows, longArrayOf(1, t, numLayers.toLong(), pleDim.toLong()))
+        val out = module.execute(method, EValue.from(tok), EValue.from(pos), EValue.from(ple))
+        check(out.isNotEmpty()) { "$ptePath: method \"$method\": expected 1 output (logits), found none" }
+        val logits = out[0].toTensor().dataAsFloatArray
+        check(logits.size == vocabSize) { "$ptePath: method \"$method\" logits: expected $vocabSize floats [1, V], found ${logits.size}" }
+        return logits
+    }
+
+    override fun close() = module.destroy()
+}

@@ -1,0 +1,534 @@
+"""Writes the golden files the Java core's tests compare against: PLE files + Python fetches, tokenizers + ids, generation runs.
+
+Usage: python android_demo/core/golden/make_golden.py OUTDIR
+
+Everything comes from the Python side of the project (gemma_edge.ple_store, HF `tokenizers`) or from the
+reference sampler/loop below, which the Java classes Sampler and Generator specify identically. Output:
+  OUTDIR/ple/*.ple, OUTDIR/ple/golden.json            rows, stored bytes, I/O counts, corrupt files + Python's error
+  OUTDIR/tokenizer/<variant>/tokenizer.json, OUTDIR/tokenizer/golden.json
+  OUTDIR/generation/golden.json                       recorded logits, expected tokens and PLE fetches
+  OUTDIR/bundle/                                      a small valid bundle (manifest.json, model.pte stand-in, .ple, tokenizer)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import struct
+import sys
+import zlib
+
+import numpy as np
+
+from gemma_edge import ple_store
+from gemma_edge.ple_store.format import CRC_COVERED
+
+SEED = 20261128
+
+# ---------------------------------------------------------------------------------------------------
+# Reference sampler (identical to dev.gemmaedge.core.Sampler; the Python runtime will share it)
+# ---------------------------------------------------------------------------------------------------
+
+MASK64 = (1 << 64) - 1
+
+
+class SplitMix64:
+    """java.util.SplittableRandom(seed).nextDouble(), written out."""
+
+    def __init__(self, seed: int):
+        self.state = seed & MASK64
+
+    def next_double(self) -> float:
+        self.state = (self.state + 0x9E3779B97F4A7C15) & MASK64
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+        z ^= z >> 31
+        return (z >> 11) * 2.0 ** -53
+
+
+def sample(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng: SplitMix64) -> int:
+    """Greedy (argmax, lowest index on ties) or temperature/top-k/top-p sampling; see Sampler.java for the spec."""
+    logits = np.asarray(logits, np.float32)
+    if np.isnan(logits).any():
+        raise ValueError(f"logits[{int(np.flatnonzero(np.isnan(logits))[0])}]: expected a number, found NaN")
+    t = float(np.float32(temperature))
+    p = float(np.float32(top_p))
+    if t <= 0 or top_k == 1:
+        return int(np.argmax(logits))                      # first maximum = lowest index on ties
+    vals = [float(x) for x in logits]
+    order = sorted(range(len(vals)), key=lambda i: (-vals[i], i))
+    if top_k > 0:
+        order = order[:top_k]
+    m = vals[order[0]]
+    w = [math.exp((vals[j] - m) / t) for j in order]
+    if p < 1.0:
+        total = 0.0
+        for x in w:
+            total += x
+        target, run, keep = p * total, 0.0, len(w)
+        for j, x in enumerate(w):
+            run += x
+            if run >= target:
+                keep = j + 1
+                break
+        w = w[:keep]
+    s = 0.0
+    for x in w:
+        s += x
+    r = rng.next_double() * s
+    run = 0.0
+    for j, x in enumerate(w):
+        run += x
+        if run > r:
+            return order[j]
+    return order[len(w) - 1]
+
+
+def reference_generate(prompt, steps, sampler_cfg, eos, max_new_tokens, max_context, prefill_chunk):
+    """The generation loop of Generator.java over recorded logits; returns (tokens, fetches, prefill_calls, decode_calls)."""
+    fetches = [list(prompt)]                                    # one batched fetch for the whole prompt
+    prefill_calls = [[s, min(len(prompt), s + prefill_chunk) - s] for s in range(0, len(prompt), prefill_chunk)]
+    rng = SplitMix64(sampler_cfg["seed"])
+    tokens, decode_calls = [], []
+    logits, step, pos = steps[0], 0, len(prompt)
+    while True:
+        tok = sample(logits, sampler_cfg["temperature"], sampler_cfg["top_k"], sampler_cfg["top_p"], rng)
+        tokens.append(tok)
+        if tok in eos or len(tokens) >= max_new_tokens or pos >= max_context:
+            break
+        fetches.append([tok])                                   # fetchOne per token fed back
+        decode_calls.append([tok, pos])
+        step += 1
+        logits = steps[step]
+        pos += 1
+    return tokens, fetches, prefill_calls, decode_calls
+
+
+# ---------------------------------------------------------------------------------------------------
+# PLE files
+# ---------------------------------------------------------------------------------------------------
+
+SHAPES = {   # name: (V, L, P) — small, but with rows that share pages, straddle them and span several
+    "a": (3000, 4, 64),
+    "b": (1000, 7, 40),
+    "c": (200, 5, 300),
+}
+
+
+def table(v: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    x = rng.standard_normal((v, width)).astype(np.float32)
+    x[3] = 0.0                                                  # an all-zero row: s = 0
+    x[4, :width // 2] = 0.0                                     # all-zero groups in a row
+    x[5] *= 1e4                                                 # large values
+    x[6] *= 1e-6                                                # tiny values
+    x[7, ::3] = -x[7, ::3]
+    return x
+
+
+def field_of(message: str, path: str) -> str:
+    """The field Python's PleFormatError names: the text between 'path: ' and ': expected' / ': CRC-32'."""
+    rest = message[len(path) + 2:] if message.startswith(path + ": ") else message
+    cut = [i for i in (rest.find(": expected"), rest.find(": CRC-32")) if i >= 0]
+    return rest[: min(cut)] if cut else rest
+
+
+def make_ple(out: str) -> str:
+    d = os.path.join(out, "ple")
+    os.makedirs(d, exist_ok=True)
+    rng = np.random.default_rng(SEED)
+    files = []
+    for shape, (v, L, P) in SHAPES.items():
+        x = table(v, L * P, rng)
+        prompts = [
+            [1, 2, 3, 2, 1],
+            [0, v - 1, 5, 5, 5, 17, 0],
+            rng.integers(0, v, 40).tolist() + [3, 3, 4, 5, 6, 7],
+            [v // 2],
+            sorted(set(rng.integers(0, v, 25).tolist())),
+        ]
+        for dtype in ("fp32", "bf16", "int8", "int4"):
+            name = f"{shape}_{dtype}"
+            path = os.path.join(d, name + ".ple")
+            ple_store.write(path, (x[i: i + 97] for i in range(0, v, 97)), vocab_size=v, num_layers=L, ple_dim=P,
+                            dtype=dtype, embed_scale=float(np.sqrt(np.float32(P))),
+                            model_hash=hashlib.sha256(name.encode()).digest(), progress=False)
+            r = ple_store.open(path)
+            r.verify()
+            fetches = []
+            for ids in prompts:
+                rows = r.fetch(ids)                             # float32 [T, L, P]
+                st = r.fetch_log[-1]
+                stored = r.fetch(ids, dtype="stored")           # uint8 [T, row_bytes]
+                st2 = r.fetch_log[-1]
+                assert (st.unique_rows, st.bytes_requested, st.pages_touched) == \
+                       (st2.unique_rows, st2.bytes_requested, st2.pages_touched)
+                fetches.append({
+                    "ids": [int(i) for i in ids],
+                    "floats_hex": np.ascontiguousarray(rows, "<f4").tobytes().hex(),
+                    "stored_hex": np.ascontiguousarray(stored, np.uint8).tobytes().hex(),
+                    "unique_rows": st.unique_rows, "bytes_requested": st.bytes_requested,
+                    "pages_touched": st.pages_touched,
+                })
+            h = r.header
+            files.append({"name": name, "path": path, "dtype": dtype, "vocab_size": v, "num_layers": L,
+                          "ple_dim": P, "embed_scale": h.embed_scale, "identity": h.identity.hex(),
+                          "model_hash": h.model_hash.hex(), "row_bytes": h.row_bytes, "row_stride": h.row_stride,
+                          "rows_per_group": h.rows_per_group, "group_bytes": h.group_bytes,
+                          "num_blocks": h.num_blocks, "file_bytes": h.file_bytes, "fetches": fetches})
+            r.close()
+    corrupt = make_corrupt(d, os.path.join(d, "a_int8.ple"), os.path.join(d, "a_fp32.ple"))
+    with open(os.path.join(d, "golden.json"), "w") as f:
+        json.dump({"files": files, "corrupt": corrupt}, f)
+    return os.path.join(d, "a_int4.ple")
+
+
+def make_corrupt(d: str, src: str, src_multiblock: str) -> list:
+    """Damaged copies of a good file, each with the stage ("open" or "verify") and error Python gave."""
+    good = open(src, "rb").read()
+    multi = open(src_multiblock, "rb").read()
+
+    def with_crc(buf: bytearray) -> bytearray:
+        struct.pack_into("<I", buf, CRC_COVERED, zlib.crc32(bytes(buf[:CRC_COVERED])))
+        return buf
+
+    def patch(buf: bytes, off: int, fmt: str, value, fix_crc=True) -> bytes:
+        b = bytearray(buf)
+        struct.pack_into(fmt, b, off, value)
+        return bytes(with_crc(b) if fix_crc else b)
+
+    def flip(buf: bytes, off: int) -> bytes:
+        b = bytearray(buf)
+        b[off] ^= 0x5A
+        return bytes(b)
+
+    hdr = ple_store.PleHeader.unpack(good)
+    hm = ple_store.PleHeader.unpack(multi)
+    cases = {
+        "bad_magic": patch(good, 0, "8s", b"GEMMAPLX"),
+        "wrong_major": patch(good, 8, "<H", 2),
+        "truncated": good[:-4096],
+        "truncated_header": good[:100],
+        "trailing_bytes": good + bytes(4096),
+        "header_crc": flip(good, 16),
+        "bad_header_bytes": patch(good, 12, "<I", 8192),
+        "bad_dtype": patch(good, 28, "<I", 7),
+        "bad_quant_scheme": patch(good, 32, "<I", 0),
+        "bad_row_bytes": patch(good, 40, "<I", hdr.row_bytes + 4),
+        "bad_row_stride": patch(good, 44, "<I", hdr.row_stride + 8),
+        "bad_group_bytes": patch(good, 52, "<I", hdr.group_bytes + 100),
+        "bad_num_blocks": patch(good, 64, "<I", hdr.num_blocks + 1),
+        "bad_file_bytes": patch(good, 96, "<Q", hdr.file_bytes + 4096),
+        "bad_embed_scale": patch(good, 104, "<f", float("inf")),
+        "zero_vocab": patch(good, 16, "<I", 0),
+        "flipped_data_byte": flip(good, hdr.data_offset + 5),
+        "flipped_last_block": flip(multi, hm.data_offset + hm.data_bytes - 3),
+        "damaged_checksum_table": flip(good, hdr.checksum_offset + 1),
+    }
+    out = []
+    for name, data in cases.items():
+        path = os.path.join(d, f"corrupt_{name}.ple")
+        with open(path, "wb") as f:
+            f.write(data)
+        stage, error, message = "none", None, None
+        try:
+            r = ple_store.open(path)
+        except Exception as e:                                  # noqa: BLE001 - the class is the golden value
+            stage, error, message = "open", type(e).__name__, str(e)
+        else:
+            try:
+                r.verify()
+            except Exception as e:                              # noqa: BLE001
+                stage, error, message = "verify", type(e).__name__, str(e)
+            r.close()
+        if stage == "none":
+            raise SystemExit(f"{path}: expected Python to refuse corrupt case {name}, it accepted the file")
+        out.append({"name": name, "path": path, "stage": stage, "error": error, "message": message,
+                    "field": field_of(message, path)})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tokenizers
+# ---------------------------------------------------------------------------------------------------
+
+WORDS = ("the of and to in is was for on with as by at from that this it are be or an not have which one you "
+         "were all we when there can has more if will their would about what so up out into other than then time "
+         "model token phone memory flash layer embedding cache prefill decode sample tensor export runtime "
+         "gemma edge android kernel page byte row group scale quant float batch prompt stream").split()
+LATIN = "café naïve façade über straße déjà vu señor coöperate Ærø smörgåsbord crème brûlée jalapeño"
+GREEK_CYR = "Καλημέρα κόσμε Привет мир Здравствуйте λόγος"
+CJK = "你好世界 日本語のテキスト 한국어 텍스트 中文分词测试 東京 漢字"
+EMOJI = "😀 🚀 👍🏽 🇯🇵 ❤️ 👨‍👩‍👧 🧪"
+CODE = ["def f(x):\n    return x * 2\n", "for (int i = 0; i < n; i++) {\n\tsum += a[i];\n}",
+        "if x != None and y >= 3: print(f'{x!r}')", "SELECT * FROM t WHERE id = 42;",
+        "<div class=\"a\">&amp;</div>", "fn main() { println!(\"hi\"); }", "x = {'a': [1, 2, 3]}  # comment"]
+
+
+def corpus(rng: random.Random) -> list[str]:
+    lines = []
+    for _ in range(4000):
+        n = rng.randint(3, 18)
+        s = " ".join(rng.choice(WORDS) for _ in range(n))
+        if rng.random() < 0.3:
+            s = s.capitalize() + rng.choice([".", "!", "?", ",", ";", ":"])
+        if rng.random() < 0.15:
+            s += " " + str(rng.randint(0, 100000))
+        lines.append(s)
+    lines += [LATIN, GREEK_CYR] * 40 + [CJK[:6]] * 5 + CODE * 30
+    return lines
+
+
+def test_strings(rng: random.Random) -> list[str]:
+    out = ["", " ", "  ", "\t", "\n", "a", "hello", " hello", "hello ", "hello  world", "  leading and trailing  ",
+           "tabs\tand\nnewlines\r\n", "multiple\n\n\nnewlines", "    indented code", LATIN, GREEK_CYR, CJK, EMOJI,
+           "mixed 中文 and English 😀 together", "<bos>hello<eos>", "<start_of_turn>user\nHi!<end_of_turn>\n",
+           "<start_of_turn>model\n", "literal <0x41> byte token text", "<eos><eos><pad>", "a<bos>b", "<bo", "<eos",
+           "\u00a0non-breaking\u00a0space", "zero\u200bwidth", "combining e\u0301 accent", "control\u0001char",
+           "ÿþ", "\u2581already has metaspace", "\u2581\u2581", "end with metaspace\u2581", "12345 67890 3.14159",
+           "email@example.com https://example.com/path?q=1&r=2", "ALL CAPS TEXT", "under_score camelCase"]
+    out += CODE
+    pool = [WORDS, LATIN.split(), GREEK_CYR.split(), CJK.split(), EMOJI.split(), list("!@#$%^&*()[]{};:'\",.<>/?\\|`~-_=+")]
+    seps = [" ", "  ", "   ", "\t", "\n", " \n ", "", "\t\t", "\r\n"]
+    while len(out) < 320:
+        parts = []
+        for _ in range(rng.randint(1, 12)):
+            parts.append(rng.choice(rng.choice(pool)))
+            parts.append(rng.choice(seps))
+        s = "".join(parts)
+        if rng.random() < 0.2:
+            s = rng.choice(seps) + s
+        if rng.random() < 0.1:
+            s += rng.choice(["<eos>", "<start_of_turn>", "<bos>"])
+        if rng.random() < 0.1:
+            s = "".join(chr(rng.choice([rng.randint(0x20, 0x7e), rng.randint(0xa0, 0x2fff), rng.randint(0x4e00, 0x9fff),
+                                        rng.randint(0x1f300, 0x1faff)])) for _ in range(rng.randint(1, 20)))
+        out.append(s)
+    return out
+
+
+def make_tokenizers(out: str) -> str:
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    d = os.path.join(out, "tokenizer")
+    os.makedirs(d, exist_ok=True)
+    rng = random.Random(SEED)
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    # train per word (merges never cross a space), as Gemma's vocabulary; encode later with no pre-tokenizer
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never", split=True)
+    trainer = trainers.BpeTrainer(vocab_size=3000, special_tokens=specials + byte_tokens, limit_alphabet=120,
+                                  show_progress=False)
+    tok.train_from_iterator(corpus(rng), trainer)
+    base = json.loads(tok.to_str())
+    # byte tokens stay in the vocabulary but are not added tokens (they must not be skipped or matched in text)
+    base["added_tokens"] = [t for t in base["added_tokens"] if t["content"] in specials]
+    nxt = max(base["model"]["vocab"].values()) + 1
+    for k, content in enumerate(["<start_of_turn>", "<end_of_turn>"]):
+        base["model"]["vocab"][content] = nxt + k
+        base["added_tokens"].append({"id": nxt + k, "content": content, "single_word": False, "lstrip": False,
+                                     "rstrip": False, "normalized": False, "special": True})
+    rep = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
+    dec_rep = {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}
+
+    variants = {}
+    # A: Gemma's configuration
+    a = json.loads(json.dumps(base))
+    a["normalizer"] = rep
+    a["pre_tokenizer"] = None
+    a["decoder"] = {"type": "Sequence", "decoders": [dec_rep, {"type": "ByteFallback"}, {"type": "Fuse"}]}
+    a["post_processor"] = {"type": "TemplateProcessing",
+                           "single": [{"SpecialToken": {"id": "<bos>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                           "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                           "special_tokens": {"<bos>": {"id": "<bos>", "ids": [2], "tokens": ["<bos>"]}}}
+    variants["gemma"] = a
+    # B: Llama-2 style — Prepend + Replace in a Sequence, Split pre-tokenizer, Strip decoder, "a b" merges
+    b = json.loads(json.dumps(base))
+    b["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u2581"}, rep]}
+    b["pre_tokenizer"] = {"type": "Split", "pattern": {"String": "\u2581"}, "behavior": "MergedWithNext", "invert": False}
+    b["decoder"] = {"type": "Sequence", "decoders": [dec_rep, {"type": "ByteFallback"}, {"type": "Fuse"},
+                                                      {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+    b["post_processor"] = None
+    b["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in b["model"]["merges"]]
+    variants["prepend_split"] = b
+    # C: Metaspace pre-tokenizer and decoder, Split behaviours via a regex Sequence
+    c = json.loads(json.dumps(base))
+    c["normalizer"] = None
+    c["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "\\d+"}, "behavior": "Isolated", "invert": False},
+        {"type": "Split", "pattern": {"String": "\n"}, "behavior": "MergedWithPrevious", "invert": False},
+        {"type": "Split", "pattern": {"Regex": "[!?.]+"}, "behavior": "Contiguous", "invert": False},
+        {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": True}]}
+    c["decoder"] = {"type": "Sequence", "decoders": [{"type": "ByteFallback"},
+                                                      {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": True},
+                                                      {"type": "Fuse"}]}
+    c["post_processor"] = None
+    variants["metaspace"] = c
+    # D: pieces removed by Split, and an added token that is matched after normalization
+    e = json.loads(json.dumps(a))
+    e["pre_tokenizer"] = {"type": "Split", "pattern": {"Regex": "\t+"}, "behavior": "Removed", "invert": False}
+    e["added_tokens"].append({"id": nxt + 2, "content": "\u2581gemma\u2581edge", "single_word": False, "lstrip": False,
+                              "rstrip": False, "normalized": True, "special": False})
+    e["model"]["vocab"]["\u2581gemma\u2581edge"] = nxt + 2
+    variants["removed_normalized"] = e
+    # E: no byte fallback — characters outside the vocabulary become <unk>, fused when adjacent
+    u = json.loads(json.dumps(a))
+    u["model"]["byte_fallback"] = False
+    u["model"]["fuse_unk"] = True
+    variants["unk_fused"] = u
+
+    strings = test_strings(rng)
+    out_variants = []
+    for name, cfg in variants.items():
+        vd = os.path.join(d, name)
+        os.makedirs(vd, exist_ok=True)
+        path = os.path.join(vd, "tokenizer.json")
+        text = json.dumps(cfg, ensure_ascii=False)
+        t = Tokenizer.from_str(text)                           # HF must accept what Java is asked to read
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        cases = []
+        for s in strings:
+            ids = t.encode(s, add_special_tokens=False).ids
+            ids_sp = t.encode(s, add_special_tokens=True).ids
+            cases.append({"text": s, "ids": ids, "ids_special": ids_sp,
+                          "decoded": t.decode(ids, skip_special_tokens=True),
+                          "decoded_special": t.decode(ids_sp, skip_special_tokens=False)})
+        out_variants.append({"name": name, "path": path, "vocab_size": t.get_vocab_size(), "cases": cases})
+    with open(os.path.join(d, "golden.json"), "w", encoding="utf-8") as f:
+        json.dump({"variants": out_variants}, f, ensure_ascii=False)
+    return os.path.join(d, "gemma", "tokenizer.json")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Generation runs over recorded logits
+# ---------------------------------------------------------------------------------------------------
+
+def make_generation(out: str, ple_path: str) -> None:
+    d = os.path.join(out, "generation")
+    os.makedirs(d, exist_ok=True)
+    r = ple_store.open(ple_path)
+    v = r.header.vocab_size
+    r.close()
+    rng = np.random.default_rng(SEED + 1)
+    eos = [1, 106]
+    cases = []
+
+    def steps_for(n, eos_at=None, tie_at=None):
+        steps = []
+        for k in range(n):
+            x = (rng.standard_normal(v) * 3).astype(np.float32)   # logits [V]
+            if eos_at is not None and k == eos_at:
+                x[106] = x.max() + 5
+            if tie_at is not None and k == tie_at:
+                x[:] = np.float32(-1)
+                x[[900, 40, 2500]] = np.float32(7.25)           # greedy must pick 40
+            steps.append(x)
+        return steps
+
+    scenarios = [
+        ("greedy_eos", dict(temperature=0.0, top_k=0, top_p=1.0, seed=0), 24, 8, 1024, 20, dict(eos_at=6, tie_at=2)),
+        ("greedy_max_new", dict(temperature=0.0, top_k=0, top_p=1.0, seed=0), 9, 128, 1024, 7, dict(tie_at=0)),
+        ("greedy_context", dict(temperature=0.0, top_k=0, top_p=1.0, seed=0), 30, 16, 34, 50, {}),
+        ("sample_temp", dict(temperature=0.8, top_k=0, top_p=1.0, seed=12345), 17, 5, 1024, 15, {}),
+        ("sample_topk", dict(temperature=1.3, top_k=40, top_p=1.0, seed=-7), 12, 4, 1024, 15, {}),
+        ("sample_topp", dict(temperature=0.7, top_k=0, top_p=0.9, seed=2**62 + 3), 33, 32, 1024, 15, {}),
+        ("sample_all", dict(temperature=1.0, top_k=64, top_p=0.95, seed=99), 5, 2, 1024, 20, dict(eos_at=12)),
+        ("greedy_topk1", dict(temperature=1.0, top_k=1, top_p=1.0, seed=5), 3, 3, 1024, 6, {}),
+    ]
+    for name, sampler_cfg, plen, chunk, max_context, max_new, shape in scenarios:
+        prompt = [2] + rng.integers(0, v, plen - 1).tolist()
+        prompt[plen // 2] = prompt[1]                               # duplicates in the prompt
+        if plen > 3:
+            prompt[-1] = prompt[2]
+        steps = steps_for(max_new, **shape)
+        tokens, fetches, prefill_calls, decode_calls = reference_generate(
+            prompt, steps, sampler_cfg, eos, max_new, max_context, chunk)
+        cases.append({"name": name, "prompt": prompt, "prefill_chunk": chunk, "max_context": max_context,
+                      "max_new_tokens": max_new, "eos": eos,
+                      "steps": [{"logits": [float(f) for f in s]} for s in steps[: len(tokens)]],
+                      "expected_tokens": tokens, "expected_fetches": fetches,
+                      "expected_prefill_calls": prefill_calls, "expected_decode_calls": decode_calls,
+                      "sampler": sampler_cfg})
+    # single sampler draws over varied logits (ties, -0.0/0.0, huge spreads), for a direct sampler check
+    draws = []
+    for k in range(60):
+        n = int(rng.integers(1, 300))
+        x = (rng.standard_normal(n) * rng.choice([0.1, 1, 10, 100])).astype(np.float32)
+        if k % 5 == 0:
+            x[: n // 2] = np.float32(0.5)
+        if k % 7 == 0:
+            x[0], x[-1] = np.float32(-0.0), np.float32(0.0)
+        cfg = dict(temperature=float(rng.choice([0.0, 0.3, 1.0, 2.5])), top_k=int(rng.choice([0, 1, 5, 50])),
+                   top_p=float(rng.choice([1.0, 0.5, 0.9, 0.99])), seed=int(rng.integers(-2**62, 2**62)))
+        rs = SplitMix64(cfg["seed"])
+        picks = [sample(x, cfg["temperature"], cfg["top_k"], cfg["top_p"], rs) for _ in range(5)]
+        draws.append({"logits": [float(f) for f in x], "sampler": cfg, "picks": picks})
+    with open(os.path.join(d, "golden.json"), "w") as f:
+        json.dump({"ple_file": ple_path, "cases": cases, "draws": draws}, f)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A small valid bundle, for the manifest reader
+# ---------------------------------------------------------------------------------------------------
+
+def make_bundle(out: str, ple_path: str, tokenizer_path: str) -> None:
+    d = os.path.join(out, "bundle")
+    os.makedirs(d, exist_ok=True)
+    shutil.copyfile(ple_path, os.path.join(d, "model.ple"))
+    shutil.copyfile(tokenizer_path, os.path.join(d, "tokenizer.json"))
+    with open(os.path.join(d, "model.pte"), "wb") as f:
+        f.write(b"stand-in for an ExecuTorch program " * 10)
+    r = ple_store.open(os.path.join(d, "model.ple"))
+    h = r.header
+    r.close()
+
+    def entry(name, **extra):
+        p = os.path.join(d, name)
+        return {"path": name, "bytes": os.path.getsize(p),
+                "sha256": hashlib.sha256(open(p, "rb").read()).hexdigest(), **extra}
+
+    L, P, V = h.num_layers, h.ple_dim, h.vocab_size
+    io = lambda t: {"inputs": [{"name": "tokens", "dtype": "int64", "shape": [1, t]},            # noqa: E731
+                               {"name": "input_pos", "dtype": "int64", "shape": [t]},
+                               {"name": "ple_rows", "dtype": "float32", "shape": [1, t, L, P]}],
+                    "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, "V"]}]}
+    manifest = {
+        "format": "gemma-edge-bundle", "format_version": 1, "model_hash": h.model_hash.hex(),
+        "config": {"vocab_size": V, "hidden_size": 64, "num_hidden_layers": L, "hidden_size_per_layer_input": P,
+                   "some_future_field": [1, 2]},
+        "max_context": 256, "prefill_chunk": 32, "bos_token_id": 2, "eos_token_ids": [1, 106], "pad_token_id": 0,
+        "vocab_size": V, "num_layers": L, "ple_dim": P,
+        "quantization": {"linear": "8da4w", "group_size": 32, "embedding": "int8", "ple_dtype": "int4"},
+        "files": {"program": entry("model.pte"), "ple": entry("model.ple", identity=h.identity.hex()),
+                  "tokenizer": entry("tokenizer.json")},
+        "methods": {"prefill": {**io("T"), "max_tokens": 32}, "decode": {**io(1), "max_tokens": 1}},
+        "unknown_top_level_key": {"ignored": True},
+    }
+    with open(os.path.join(d, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: make_golden.py OUTDIR", file=sys.stderr)
+        return 2
+    out = os.path.abspath(argv[1])
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    os.makedirs(out)
+    ple_path = make_ple(out)
+    tok_path = make_tokenizers(out)
+    make_generation(out, ple_path)
+    make_bundle(out, ple_path, tok_path)
+    print(f"golden files written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,186 @@
+// The generation loop: one batched PLE fetch per prompt, chunked prefill, then sample → fetchOne → decode per token.
+package dev.gemmaedge.core;
+
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+
+/**
+ * Drives a {@link Program} over a prompt. Per prompt exactly one {@link PleRows#fetch} (all prompt ids,
+ * duplicates included; the store dedupes), sliced per prefill chunk; per generated token that is fed
+ * back exactly one {@link PleRows#fetchOne}. The token that ends generation (eos, max_new_tokens or
+ * the context limit) is not decoded, so it costs no fetch.
+ *
+ * <p>Loop (the Python reference in golden/make_golden.py is the same): logits = prefill chunks;
+ * repeat { tok = sampler.sample(logits); emit tok; stop if tok is eos, max_new_tokens reached, or the
+ * next position == max_context; row = fetchOne(tok); logits = decode(tok, pos, row); pos++ }.
+ */
+public final class Generator {
+
+    /** Why generation ended. */
+    public enum StopReason { EOS, MAX_NEW_TOKENS, MAX_CONTEXT, CANCELLED }
+
+    /** Receives each generated token as it is picked. */
+    public interface Listener {
+        /**
+         * @param token the id; {@code textDelta} the new decoded text (may be empty while a UTF-8
+         *     sequence is incomplete, or when no tokenizer is set); {@code stats} timings so far
+         */
+        void onToken(int token, String textDelta, Stats stats);
+    }
+
+    /** Timings and counters, updated as generation runs. */
+    public static final class Stats {
+        public int promptTokens, generatedTokens;
+        public long pleFetchNanos, prefillNanos, firstTokenNanos, decodeNanos, totalNanos;
+        public long pleBytesRequested, plePagesTouched;   // filled when the store is a PleFile
+        public StopReason stopReason;
+
+        /** Decode tokens a second (tokens after the first over the time spent decoding them). */
+        public double decodeTokPerS() { return generatedTokens > 1 && decodeNanos > 0 ? (generatedTokens - 1) / (decodeNanos / 1e9) : 0; }
+
+        public double prefillTokPerS() { return prefillNanos > 0 ? promptTokens / (prefillNanos / 1e9) : 0; }
+
+        @Override
+        public String toString() {
+            return String.format("prompt %d tok, prefill %.1f ms (%.1f tok/s), PLE fetch %.2f ms, first token %.1f ms, "
+                            + "%d generated, decode %.2f tok/s, PLE %d bytes / %d pages, stop %s",
+                    promptTokens, prefillNanos / 1e6, prefillTokPerS(), pleFetchNanos / 1e6, firstTokenNanos / 1e6,
+                    generatedTokens, decodeTokPerS(), pleBytesRequested, plePagesTouched, stopReason);
+        }
+    }
+
+    /** Result of one {@link #generate} call. */
+    public static final class Result {
+        public final int[] tokens;      // generated ids, the stopping eos included
+        public final String text;       // decoded generated text (special tokens skipped), "" without a tokenizer
+        public final Stats stats;
+
+        Result(int[] tokens, String text, Stats stats) {
+            this.tokens = tokens;
+            this.text = text;
+            this.stats = stats;
+        }
+    }
+
+    private final Program program;
+    private final PleRows ple;
+    private final int maxContext;
+    private final int prefillChunk;
+    private final int[] eosIds;
+    private final Tokenizer tokenizer;  // may be null
+    private volatile boolean cancelled;
+
+    public Generator(Program program, PleRows ple, int maxContext, int prefillChunk, int[] eosIds, Tokenizer tokenizer) {
+        if (maxContext <= 1) throw new IllegalArgumentException("max_context: expected > 1, found " + maxContext);
+        if (prefillChunk <= 0) throw new IllegalArgumentException("prefill_chunk: expected > 0, found " + prefillChunk);
+        this.program = program;
+        this.ple = ple;
+        this.maxContext = maxContext;
+        this.prefillChunk = prefillChunk;
+        this.eosIds = eosIds.clone();
+        this.tokenizer = tokenizer;
+    }
+
+    /** Builds a generator from a checked bundle's manifest. */
+    public static Generator forBundle(Manifest m, Program program, PleRows ple, Tokenizer tokenizer) {
+        return new Generator(program, ple, m.maxContext, m.prefillChunk, m.eosTokenIds, tokenizer);
+    }
+
+    /** Asks a running {@link #generate} to stop after the current step. */
+    public void cancel() { cancelled = true; }
+
+    private boolean isEos(int t) {
+        for (int e : eosIds) if (e == t) return true;
+        return false;
+    }
+
+    /**
+     * Generates up to {@code maxNewTokens} tokens after {@code prompt} (positions 0..). The prompt must
+     * leave room for one generated token: prompt.length &lt;= max_context - 1.
+     */
+    public Result generate(int[] prompt, int maxNewTokens, Sampler sampler, Listener listener) throws Exception {
+        if (prompt.length == 0) throw new IllegalArgumentException("prompt: expected at least one token, found 0");
+        if (prompt.length >= maxContext)
+            throw new IllegalArgumentException("prompt: expected at most max_context - 1 = " + (maxContext - 1)
+                    + " tokens (manifest max_context " + maxContext + "), found " + prompt.length + " tokens");
+        if (maxNewTokens <= 0) throw new IllegalArgumentException("max_new_tokens: expected > 0, found " + maxNewTokens);
+        cancelled = false;
+        Stats st = new Stats();
+        st.promptTokens = prompt.length;
+        long t0 = System.nanoTime();
+        PleFile pf = ple instanceof PleFile ? (PleFile) ple : null;
+        long bytes0 = pf != null ? pf.totalBytesRequested() : 0, pages0 = pf != null ? pf.totalPagesTouched() : 0;
+
+        // One batched fetch for the whole prompt, then slices per prefill chunk.
+        float[] rows = ple.fetch(prompt);
+        int lp = ple.rowFloats();
+        if (rows.length != prompt.length * lp)
+            throw new IllegalStateException("PLE fetch: expected " + prompt.length * lp + " floats, found " + rows.length);
+        long t1 = System.nanoTime();
+        st.pleFetchNanos = t1 - t0;
+        float[] logits = null;
+        for (int start = 0; start < prompt.length; start += prefillChunk) {
+            int end = Math.min(prompt.length, start + prefillChunk);
+            logits = program.prefill(Arrays.copyOfRange(prompt, start, end), start,
+                    Arrays.copyOfRange(rows, start * lp, end * lp));
+        }
+        st.prefillNanos = System.nanoTime() - t1;
+
+        List<Integer> out = new ArrayList<>();
+        TextStream text = new TextStream(tokenizer);
+        int pos = prompt.length;
+        long tDecode0 = 0;
+        while (true) {
+            int tok = sampler.sample(logits);
+            out.add(tok);
+            st.generatedTokens = out.size();
+            long now = System.nanoTime();
+            if (out.size() == 1) { st.firstTokenNanos = now - t0; tDecode0 = now; } else st.decodeNanos = now - tDecode0;
+            st.totalNanos = now - t0;
+            if (pf != null) { st.pleBytesRequested = pf.totalBytesRequested() - bytes0; st.plePagesTouched = pf.totalPagesTouched() - pages0; }
+            if (isEos(tok)) st.stopReason = StopReason.EOS;
+            else if (out.size() >= maxNewTokens) st.stopReason = StopReason.MAX_NEW_TOKENS;
+            else if (pos >= maxContext) st.stopReason = StopReason.MAX_CONTEXT;
+            else if (cancelled) st.stopReason = StopReason.CANCELLED;
+            String delta = isEos(tok) ? "" : text.push(tok);
+            if (listener != null) listener.onToken(tok, delta, st);
+            if (st.stopReason != null) break;
+            float[] row = ple.fetchOne(tok);
+            logits = program.decode(tok, pos, row);
+            pos++;
+        }
+        int[] toks = new int[out.size()];
+        for (int i = 0; i < toks.length; i++) toks[i] = out.get(i);
+        st.totalNanos = System.nanoTime() - t0;
+        return new Result(toks, text.text(), st);
+    }
+
+    /** Incremental detokenization: decodes all ids so far and emits the new suffix, holding back an incomplete UTF-8 tail. */
+    static final class TextStream {
+        private final Tokenizer tok;
+        private final List<Integer> ids = new ArrayList<>();
+        private String emitted = "";
+
+        TextStream(Tokenizer tok) { this.tok = tok; }
+
+        String push(int id) {
+            if (tok == null) return "";
+            ids.add(id);
+            int[] a = new int[ids.size()];
+            for (int i = 0; i < a.length; i++) a[i] = ids.get(i);
+            String full = tok.decode(a, true);
+            if (full.endsWith("\uFFFD")) return "";  // wait for the rest of a multi-byte character
+            String delta = full.startsWith(emitted) ? full.substring(emitted.length()) : full;
+            emitted = full;
+            return delta;
+        }
+
+        String text() {
+            if (tok == null) return "";
+            int[] a = new int[ids.size()];
+            for (int i = 0; i < a.length; i++) a[i] = ids.get(i);
+            return tok.decode(a, true);
+        }
+    }
+}

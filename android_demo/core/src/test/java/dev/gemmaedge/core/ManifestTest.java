@@ -1,0 +1,114 @@
+// Tests of the manifest reader on a golden bundle: a good bundle loads; missing, resized, altered or foreign files are refused.
+package dev.gemmaedge.core;
+
+import static org.junit.Assert.assertArrayEquals;
+import static org.junit.Assert.assertEquals;
+import static org.junit.Assert.assertNotNull;
+import static org.junit.Assert.assertTrue;
+import static org.junit.Assert.fail;
+
+import java.io.File;
+import java.io.IOException;
+import java.io.RandomAccessFile;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.StandardCopyOption;
+import org.junit.Rule;
+import org.junit.Test;
+import org.junit.rules.TemporaryFolder;
+
+public class ManifestTest {
+    @Rule public TemporaryFolder tmp = new TemporaryFolder();
+
+    private File copyBundle() throws IOException {
+        File src = new File(Golden.dir(), "bundle"), dst = tmp.newFolder();
+        for (File f : src.listFiles()) Files.copy(f.toPath(), new File(dst, f.getName()).toPath(), StandardCopyOption.REPLACE_EXISTING);
+        return dst;
+    }
+
+    private static void editManifest(File dir, String from, String to) throws IOException {
+        File m = new File(dir, "manifest.json");
+        String s = new String(Files.readAllBytes(m.toPath()), StandardCharsets.UTF_8);
+        assertTrue("manifest contains " + from, s.contains(from));
+        Files.write(m.toPath(), s.replace(from, to).getBytes(StandardCharsets.UTF_8));
+    }
+
+    private static void expectRefusal(File dir, boolean sha, String... fragments) throws Exception {
+        try {
+            Manifest m = Manifest.load(dir);
+            m.checkFiles(sha);
+            m.openPle().close();
+            fail("accepted a bundle that should fail with " + String.join(", ", fragments));
+        } catch (IOException | IllegalArgumentException e) {
+            for (String f : fragments) assertTrue(e.getMessage() + " should contain " + f, e.getMessage().contains(f));
+        }
+    }
+
+    @Test
+    public void goodBundleLoads() throws Exception {
+        File dir = copyBundle();
+        Manifest m = Manifest.load(dir);
+        m.checkFiles(true);
+        assertEquals(256, m.maxContext);
+        assertEquals(32, m.prefillChunk);
+        assertEquals(2, m.bosTokenId);
+        assertArrayEquals(new int[] {1, 106}, m.eosTokenIds);
+        assertEquals("int4", m.quantization.get("ple_dtype"));
+        try (PleFile p = m.openPle()) {
+            assertEquals(m.ple.identity, p.identityHex());
+            assertEquals(m.vocabSize, p.header().vocabSize);
+        }
+        Tokenizer t = m.loadTokenizer();
+        assertNotNull(t);
+        assertArrayEquals(t.encode("hello world", false), t.encode("hello world", false));
+    }
+
+    @Test
+    public void missingFileIsRefused() throws Exception {
+        File dir = copyBundle();
+        assertTrue(new File(dir, "model.pte").delete());
+        expectRefusal(dir, false, "files.program", "model.pte", "no such file");
+        assertTrue(new File(dir, "manifest.json").delete());
+        expectRefusal(dir, false, "manifest.json", "no such file");
+    }
+
+    @Test
+    public void sizeMismatchIsRefused() throws Exception {
+        File dir = copyBundle();
+        try (RandomAccessFile f = new RandomAccessFile(new File(dir, "tokenizer.json"), "rw")) { f.setLength(f.length() + 1); }
+        expectRefusal(dir, false, "files.tokenizer.bytes", "expected", "found");
+    }
+
+    @Test
+    public void shaMismatchIsRefused() throws Exception {
+        File dir = copyBundle();
+        try (RandomAccessFile f = new RandomAccessFile(new File(dir, "model.pte"), "rw")) { f.seek(3); f.write('X'); }
+        Manifest.load(dir).checkFiles(false);   // same size: only the hash can tell
+        expectRefusal(dir, true, "files.program.sha256", "expected", "found");
+    }
+
+    @Test
+    public void pleIdentityMismatchIsRefused() throws Exception {
+        File dir = copyBundle();
+        Manifest m = Manifest.load(dir);
+        String other = m.ple.identity.replace(m.ple.identity.charAt(0), m.ple.identity.charAt(0) == 'a' ? 'b' : 'a');
+        editManifest(dir, "\"identity\": \"" + m.ple.identity + "\"", "\"identity\": \"" + other + "\"");
+        expectRefusal(dir, false, "model.ple", "identity", other);
+    }
+
+    @Test
+    public void schemaErrorsNameTheField() throws Exception {
+        File dir = copyBundle();
+        editManifest(dir, "\"format_version\": 1", "\"format_version\": 2");
+        expectRefusal(dir, false, "format_version", "expected 1", "found 2");
+        dir = copyBundle();
+        editManifest(dir, "\"num_layers\": ", "\"num_layers\": 1");
+        expectRefusal(dir, false, "num_layers");
+        dir = copyBundle();
+        editManifest(dir, "\"ple_dtype\": \"int4\"", "\"ple_dtype\": \"int8\"");
+        expectRefusal(dir, false, "dtype", "int8", "found int4");
+        dir = copyBundle();
+        editManifest(dir, "\"path\": \"model.ple\"", "\"path\": \"../model.ple\"");
+        expectRefusal(dir, false, "files.ple.path");
+    }
+}

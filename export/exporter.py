@@ -1,0 +1,199 @@
+"""Checkpoint → bundle: the RAM-resident ExecuTorch program, the flash-resident PLE file, a manifest.
+
+A short chain of named stages — load → rewrite → quantize → export → lower → to_executorch → save —
+each logged with its time and the process's peak RSS. The bundle is assembled in a temporary folder
+beside the target and renamed into place at the end, so a crash never leaves a bundle that looks whole.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import rewrites
+from .checkpoint import load_checkpoint, model_hash, ple_row_chunks
+from .config import TextConfig
+
+log = logging.getLogger("gemma_edge.export")
+
+PLE_DTYPES = ("fp32", "bf16", "int8", "int4")
+FORMATS = ("pte", "onnx", "both")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "chat_template.jinja", "generation_config.json")
+
+
+@dataclass
+class ExportSettings:
+    """What the CLI's export options build; recorded in the manifest."""
+
+    quant: str = "8da4w"  # linears: none | 8da4w (int8 dyn. act., int4 grouped weights) | 8da8w
+    group_size: int = 32
+    embedding_quant: str = "int8"  # main embedding (the tied head is a separate, linear-quantized copy)
+    ple_dtype: str = "int4"
+    max_context: int = 1024
+    prefill_chunk: int = 128
+    formats: tuple[str, ...] = ("pte",)
+
+    def validate(self, cfg: TextConfig) -> None:
+        if self.quant not in rewrites.LINEAR_QUANT:
+            raise ValueError(f"quant: expected one of {rewrites.LINEAR_QUANT}, found {self.quant!r}")
+        if self.embedding_quant not in rewrites.EMBEDDING_QUANT:
+            raise ValueError(f"embedding_quant: expected one of {rewrites.EMBEDDING_QUANT}, found {self.embedding_quant!r}")
+        if self.ple_dtype not in PLE_DTYPES:
+            raise ValueError(f"ple_dtype: expected one of {PLE_DTYPES}, found {self.ple_dtype!r}")
+        if not 1 <= self.prefill_chunk <= min(cfg.sliding_window, self.max_context):
+            raise ValueError(f"prefill_chunk: expected 1..{min(cfg.sliding_window, self.max_context)} "
+                             f"(≤ sliding_window, so one step never overruns the ring), found {self.prefill_chunk}")
+        if not 2 <= self.max_context <= cfg.max_position_embeddings:
+            raise ValueError(f"max_context: expected 2..{cfg.max_position_embeddings}, found {self.max_context}")
+        bad = set(self.formats) - {"pte", "onnx"}
+        if bad:
+            raise ValueError(f"formats: expected pte and/or onnx, found {sorted(bad)}")
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class StageLog:
+    """Times each stage and records the peak RSS after it; kept in the manifest."""
+
+    def __init__(self):
+        self.stages: list[dict] = []
+
+    def run(self, name: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        log.info("stage %s ...", name)
+        out = fn(*args, **kwargs)
+        entry = {"stage": name, "seconds": round(time.perf_counter() - start, 2),
+                 "peak_rss_gb": round(peak_rss_bytes() / 2**30, 2)}
+        self.stages.append(entry)
+        log.info("stage %s done in %.1f s (peak RSS %.2f GiB)", name, entry["seconds"], entry["peak_rss_gb"])
+        return out
+
+
+class StepProgram(nn.Module):
+    """The method a phone runs: tokens [1,T], positions [T] and fetched PLE rows [1,T,L,P] in, logits [1,V] out."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, ple_rows: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_cached(tokens, input_pos, ple_rows)
+
+
+def example_inputs(cfg: TextConfig, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    layers, p = cfg.num_hidden_layers, max(cfg.hidden_size_per_layer_input, 1)
+    return (torch.zeros(1, t, dtype=torch.long), torch.arange(t, dtype=torch.long),
+            torch.zeros(1, t, layers, p, dtype=torch.float32))
+
+
+def prepare_model(checkpoint: Path, settings: ExportSettings, stages: StageLog, progress: bool):
+    """Load without the PLE table, untie and quantize the head/linears/embedding, set up the caches."""
+    cfg, model = stages.run("load", load_checkpoint, checkpoint, dtype=None, load_ple_table=False,
+                            progress=progress)
+    settings.validate(cfg)
+    model = stages.run("rewrite", rewrites.untie_head, model)
+    stages.run("quantize_linears", rewrites.quantize_linears, model, settings.quant, settings.group_size, progress)
+    stages.run("quantize_embedding", rewrites.quantize_embedding, model, settings.embedding_quant)
+    rewrites.to_float32(model)
+    model.setup_cache(settings.max_context, dtype=torch.float32)
+    return cfg, model.eval()
+
+
+def export_programs(cfg: TextConfig, model: nn.Module, settings: ExportSettings):
+    """torch.export the prefill (dynamic T) and decode (T = 1) methods over one shared model."""
+    step = StepProgram(model).eval()
+    t = torch.export.Dim("T", min=1, max=settings.prefill_chunk)
+    shapes = {"tokens": {1: t}, "input_pos": {0: t}, "ple_rows": {1: t}}
+    with torch.no_grad():
+        prefill = torch.export.export(step, example_inputs(cfg, min(2, settings.prefill_chunk)),
+                                      dynamic_shapes=shapes if settings.prefill_chunk > 1 else None,
+                                      strict=False, prefer_deferred_runtime_asserts_over_guards=True)
+        decode = torch.export.export(step, example_inputs(cfg, 1), strict=False)
+    return {"prefill": prefill, "decode": decode}
+
+
+def lower_to_executorch(programs: dict, quantized: bool):
+    """XNNPACK-lower both methods into one program whose KV caches are shared between them."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+        XnnpackDynamicallyQuantizedPartitioner, XnnpackPartitioner)
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes import MemoryPlanningPass
+
+    partitioners = [XnnpackDynamicallyQuantizedPartitioner(), XnnpackPartitioner()] if quantized else [XnnpackPartitioner()]
+    edge = to_edge_transform_and_lower(programs, partitioner=partitioners,
+                                       compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    return edge.to_executorch(ExecutorchBackendConfig(
+        extract_delegate_segments=True,
+        do_quant_fusion_and_const_prop=True,
+        memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False, share_mutable_buffers=True)))
+
+
+def _fsync_write(path: Path, write) -> None:
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_ple(checkpoint: Path, path: Path, cfg: TextConfig, dtype: str, mhash: bytes, progress: bool):
+    from gemma_edge.ple_store import write
+
+    return write(path, ple_row_chunks(checkpoint, chunk_rows=2048), vocab_size=cfg.vocab_size_per_layer_input,
+                 num_layers=cfg.num_hidden_layers, ple_dim=cfg.hidden_size_per_layer_input, dtype=dtype,
+                 embed_scale=cfg.ple_scale, model_hash=mhash, progress=progress)
+
+
+def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, settings: ExportSettings | None = None,
+                  progress: bool = True, overwrite: bool = False) -> Path:
+    """Write `out_dir/{model.pte, model.ple, manifest.json, tokenizer files}` for a checkpoint."""
+    from . import bundle_format as bf
+
+    settings = settings or ExportSettings()
+    checkpoint, out_dir = Path(checkpoint_dir), Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir}: already exists (pass overwrite=True / --overwrite to replace it)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".partial-", dir=out_dir.parent))
+    stages = StageLog()
+    try:
+        mhash = stages.run("hash_checkpoint", model_hash, checkpoint)
+        cfg, model = prepare_model(checkpoint, settings, stages, progress)
+        ple_report = None
+        if cfg.has_ple:
+            ple_report = stages.run("write_ple", write_ple, checkpoint, tmp / bf.PLE_FILE, cfg, settings.ple_dtype,
+                                    mhash, progress)
+        if "pte" in settings.formats:
+            programs = stages.run("torch_export", export_programs, cfg, model, settings)
+            et_program = stages.run("lower_xnnpack", lower_to_executorch, programs, settings.quant != "none")
+            del programs
+            stages.run("save_pte", _fsync_write, tmp / bf.PROGRAM_FILE, et_program.write_to_file)
+            del et_program
+        if "onnx" in settings.formats:
+            from .onnx_export import export_onnx
+
+            stages.run("export_onnx", export_onnx, cfg, model, settings, tmp / bf.ONNX_FILE)
+        for name in TOKENIZER_FILES:
+            if (checkpoint / name).exists():
+                shutil.copy2(checkpoint / name, tmp / name)
+        manifest = bf.build_manifest(tmp, cfg=cfg, settings=asdict(settings), model_hash=mhash,
+                                     stages=stages.stages, ple_report=ple_report, checkpoint=checkpoint)
+        _fsync_write(tmp / bf.MANIFEST_FILE, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

@@ -1,0 +1,104 @@
+"""Export-time rewrites of the eager decoder, each a separate function with its own allclose test.
+
+The eager model stays the readable reference; these only change how the same math is stored or
+computed for ExecuTorch / XNNPACK: an explicit head module, torchao-quantized linears and embedding.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .model import Gemma4CausalLM
+
+LINEAR_QUANT = ("none", "8da4w", "8da8w")
+EMBEDDING_QUANT = ("none", "int8", "int4")
+
+
+class TiedHead(nn.Module):
+    """The output head as its own Linear over the embedding matrix, so it can be quantized on its own."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.proj = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        self.proj.weight = nn.Parameter(weight, requires_grad=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.proj(h)
+
+
+def untie_head(model: Gemma4CausalLM) -> Gemma4CausalLM:
+    """Route `model.head` through an `nn.Linear` (sharing the tied matrix until one side is quantized)."""
+    w = model.model.embed_tokens.weight if model.cfg.tie_word_embeddings else model.lm_head.weight
+    model.export_head = TiedHead(w)
+    cap = model.cfg.final_logit_softcapping
+
+    def head(h: torch.Tensor) -> torch.Tensor:
+        logits = model.export_head(h)
+        return logits if cap is None else torch.tanh(logits / cap) * cap
+
+    model.head = head  # instance attribute shadows the method
+    return model
+
+
+def _is_body_linear(module: nn.Module, fqn: str) -> bool:
+    return isinstance(module, nn.Linear) and not fqn.startswith("model.embed")
+
+
+def quantize_linears(model: nn.Module, scheme: str, group_size: int = 32, progress: bool = False) -> nn.Module:
+    """torchao int8-dynamic-activation / int4 (grouped) or int8 (per-channel) weights on every Linear.
+
+    Quantizes one Linear at a time, casting it to fp32 just before, so a bf16-loaded model never holds
+    a second full-precision copy.
+    """
+    if scheme == "none":
+        return model
+    if scheme not in LINEAR_QUANT:
+        raise ValueError(f"--quant: expected one of {LINEAR_QUANT}, found {scheme!r}")
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerAxis, PerGroup
+    from tqdm import tqdm
+
+    if scheme == "8da4w":
+        config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(group_size))
+    else:
+        config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
+    targets = [(n, m) for n, m in model.named_modules() if _is_body_linear(m, n)]
+    for name, module in tqdm(targets, desc=f"quantize {scheme}", unit="linear", disable=not progress):
+        if scheme == "8da4w" and module.in_features % group_size:
+            raise ValueError(f"{name}: in_features {module.in_features} is not a multiple of --group-size {group_size}")
+        module.float()
+        quantize_(module, config, filter_fn=lambda m, fqn: isinstance(m, nn.Linear))
+    return model
+
+
+def quantize_embedding(model: Gemma4CausalLM, scheme: str) -> Gemma4CausalLM:
+    """Weight-only int8 (per row) or int4 (per group of 32) main embedding, dequantized at the gather."""
+    if scheme == "none":
+        return model
+    if scheme not in EMBEDDING_QUANT:
+        raise ValueError(f"--embedding-quant: expected one of {EMBEDDING_QUANT}, found {scheme!r}")
+    from torchao.quantization import IntxWeightOnlyConfig, quantize_
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    emb = model.model.embed_tokens
+    if emb.weight is getattr(getattr(model, "export_head", None), "proj", nn.Linear(1, 1)).weight:
+        # The head keeps its own reference to the matrix; the embedding gets a quantized copy.
+        emb.weight = nn.Parameter(emb.weight.detach(), requires_grad=False)
+    emb.float()
+    granularity = PerAxis(0) if scheme == "int8" else PerGroup(32)
+    dtype = torch.int8 if scheme == "int8" else torch.int4
+    quantize_(emb, IntxWeightOnlyConfig(weight_dtype=dtype, granularity=granularity),
+              filter_fn=lambda m, fqn: isinstance(m, nn.Embedding))
+    return model
+
+
+def to_float32(model: nn.Module) -> nn.Module:
+    """Cast the remaining full-precision parameters (norms, unquantized weights) to fp32 for XNNPACK."""
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None and p.dtype in (torch.bfloat16, torch.float16):
+                module._parameters[name] = nn.Parameter(p.detach().float(), requires_grad=False)
+        for name, b in list(module._buffers.items()):
+            if b is not None and b.dtype in (torch.bfloat16, torch.float16):
+                module._buffers[name] = b.float()
+    return model

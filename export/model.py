@@ -27,7 +27,7 @@ class RMSNorm(nn.Module):
 
     def __init__(self, dim: int, eps: float, with_scale: bool = True):
         super().__init__()
-        self.eps = eps
+        self.eps, self.dim = eps, dim
         self.weight = nn.Parameter(torch.ones(dim)) if with_scale else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,23 +52,30 @@ def rope_inv_freq(spec: LayerSpec) -> torch.Tensor:
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE on [B, T, heads, head_dim] with cos/sin [B or 1, T, head_dim]."""
-    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    """Rotate-half RoPE on [B, T, heads, head_dim] with cos/sin [1, T, 1, head_dim]."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Scaled (by 1.0) dot-product attention; q [B,H,T,D], k/v [B,KV,S,D], mask bool [T,S]; fp32 softmax."""
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:
-        k = k.repeat_interleave(groups, dim=1)
-        v = v.repeat_interleave(groups, dim=1)
-    scores = torch.matmul(q, k.transpose(2, 3))  # [B, H, T, S]
-    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    """Attention scaled by 1.0 with an fp32 softmax: q [B,H,T,D], k/v [B,KV,S,D], additive mask [G·T,S].
+
+    Query heads are grouped under their KV head (head h uses KV head h // G, G = H/KV, as transformers'
+    repeat_kv does) so K and V are never copied: one matmul per KV head covers its G query heads.
+    """
+    b, heads, t, d = q.shape
+    kv, s = k.shape[1], k.shape[2]
+    qg = q.reshape(b * kv, (heads // kv) * t, d)  # [B·KV, G·T, D]
+    scores = torch.bmm(qg, k.reshape(b * kv, s, d).transpose(1, 2)) + mask  # [B·KV, G·T, S]
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-    return torch.matmul(probs, v)  # [B, H, T, D]
+    return torch.bmm(probs, v.reshape(b * kv, s, d)).view(b, heads, t, d)
+
+
+def additive_mask(allowed: torch.Tensor, groups: int) -> torch.Tensor:
+    """Bool [T, S] (True = may attend) -> float [G·T, S] of 0 / fp32-min in grouped-query row order;
+    built once per forward and attention type, not in every layer."""
+    return torch.where(allowed, 0.0, torch.finfo(torch.float32).min).repeat(groups, 1)
 
 
 class Attention(nn.Module):
@@ -190,10 +197,10 @@ class TextModel(nn.Module):
         return self.embed_tokens(input_ids) * torch.tensor(self.cfg.embed_scale, dtype=w.dtype)
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """cos/sin [1, T, head_dim] per attention type for absolute positions [T]."""
+        """cos/sin [1, T, 1, head_dim] per attention type for absolute positions [T]."""
         out = {}
         for layer_type in sorted(set(self.cfg.layer_types)):
-            freqs = positions.float()[None, :, None] * getattr(self, f"{layer_type}_inv_freq")
+            freqs = positions.float()[None, :, None, None] * getattr(self, f"{layer_type}_inv_freq")
             emb = torch.cat([freqs, freqs], dim=-1)
             out[layer_type] = (emb.cos().to(dtype), emb.sin().to(dtype))
         return out
@@ -208,7 +215,7 @@ class TextModel(nn.Module):
         rope = self.rope(positions, h.dtype)
         for i, layer in enumerate(self.layers):
             cos, sin = rope[layer.spec.layer_type]
-            h = layer(h, cos, sin, kv_step, None if ple is None else ple[:, :, i, :])
+            h = layer(h, cos, sin, kv_step, None if ple is None else ple[:, :, i:i + 1, :].reshape(ple.shape[0], -1, ple.shape[-1]))
         return self.norm(h)
 
 
@@ -237,13 +244,23 @@ class Gemma4CausalLM(nn.Module):
         if hasattr(self.model, "embed_tokens_per_layer"):
             del self.model.embed_tokens_per_layer
 
+    def masks(self, allowed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Additive masks per attention type, tiled for that type's query-heads-per-KV-head."""
+        out = {}
+        for spec in self.cfg.layers:
+            if spec.layer_type not in out:
+                groups = self.cfg.num_attention_heads // spec.num_key_value_heads
+                out[spec.layer_type] = additive_mask(allowed[spec.layer_type], groups)
+        return out
+
     # ---- whole-sequence reference forward
     def forward(self, input_ids: torch.Tensor, ple_rows: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, T, V] for a whole sequence starting at position 0; no cache involved."""
         t = input_ids.shape[1]
         pos = torch.arange(t, device=input_ids.device)
         causal = pos[None, :] <= pos[:, None]  # [T, T]
-        masks = {FULL: causal, SLIDING: causal & (pos[:, None] - pos[None, :] < self.cfg.sliding_window)}
+        window = pos[:, None] - pos[None, :] < self.cfg.sliding_window
+        masks = self.masks({FULL: causal, SLIDING: causal & window})
         shared: dict[str, tuple] = {}
 
         def kv_step(spec: LayerSpec, k, v):
@@ -300,7 +317,7 @@ class Gemma4CausalLM(nn.Module):
         t = input_ids.shape[1]
         window = self.ring_pos.shape[0]
         full_mask = torch.arange(self.max_context)[None, :] <= input_pos[:, None]  # [T, max_context]
-        masks = {FULL: full_mask, SLIDING: self.sliding_mask(input_pos)}
+        masks = self.masks({FULL: full_mask, SLIDING: self.sliding_mask(input_pos)})
         keep = min(t, window)  # ring slots this step writes (the last `window` tokens when t > window)
         slots = input_pos[t - keep:] % window
         shared: dict[str, tuple] = {}

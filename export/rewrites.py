@@ -40,6 +40,33 @@ def untie_head(model: Gemma4CausalLM) -> Gemma4CausalLM:
     return model
 
 
+class RMSNormXnnpack(nn.Module):
+    """RMSNorm from ops XNNPACK delegates: the mean square as a 4-D mean over dims (2, 3) — the only mean
+    it runs — then rsqrt. The eager `pow(mean(-1), -0.5)` would leave two undelegated ops in every norm."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.eps = norm.eps
+        self.weight = norm.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        mean_sq = (x * x).reshape(-1, 1, 1, shape[-1]).mean(dim=(2, 3), keepdim=True)  # [N, 1, 1, 1]
+        y = x * torch.rsqrt(mean_sq + self.eps).reshape(*shape[:-1], 1)
+        return y if self.weight is None else y * self.weight
+
+
+def replace_rmsnorm_for_xnnpack(model: nn.Module) -> nn.Module:
+    """Swap every RMSNorm for `RMSNormXnnpack` (same math; for fp32 export)."""
+    from .model import RMSNorm
+
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, RMSNorm):
+                setattr(module, child_name, RMSNormXnnpack(child))
+    return model
+
+
 def _is_body_linear(module: nn.Module, fqn: str) -> bool:
     return isinstance(module, nn.Linear) and not fqn.startswith("model.embed")
 

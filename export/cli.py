@@ -29,6 +29,23 @@ def _parity(args) -> int:
     return 0 if ok else 1
 
 
+def _export(args) -> int:
+    import logging
+
+    from .exporter import ExportSettings, export_bundle
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    formats = ("pte", "onnx") if args.format == "both" else (args.format,)
+    settings = ExportSettings(quant=args.quant, group_size=args.group_size, embedding_quant=args.embedding_quant,
+                              ple_dtype=args.ple_dtype, max_context=args.max_context,
+                              prefill_chunk=args.prefill_chunk, formats=formats)
+    out = export_bundle(args.checkpoint, args.out, settings, progress=not args.quiet, overwrite=args.overwrite)
+    from .bundle import describe_bundle
+
+    print(describe_bundle(out)[0])
+    return 0
+
+
 def _inspect(args) -> int:
     path = Path(args.path)
     if path.is_dir():
@@ -61,6 +78,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--multimodal", action="store_true")
     p.set_defaults(func=_parity)
+
+    from .exporter import FORMATS, PLE_DTYPES
+    from .rewrites import EMBEDDING_QUANT, LINEAR_QUANT
+
+    p = sub.add_parser("export", help="checkpoint folder -> bundle (model.pte + model.ple + manifest.json)")
+    p.add_argument("checkpoint", help="Hugging Face checkpoint folder (config.json + safetensors)")
+    p.add_argument("--out", required=True, help="bundle folder to create")
+    p.add_argument("--quant", default="8da4w", choices=LINEAR_QUANT,
+                   help="linears: int8 dynamic activations with int4 grouped (8da4w) or int8 (8da8w) weights")
+    p.add_argument("--group-size", type=int, default=32, help="8da4w weight group size")
+    p.add_argument("--embedding-quant", default="int8", choices=EMBEDDING_QUANT, help="main embedding table")
+    p.add_argument("--ple-dtype", default="int4", choices=PLE_DTYPES, help="stored dtype of the PLE flash file")
+    p.add_argument("--max-context", type=int, default=1024)
+    p.add_argument("--prefill-chunk", type=int, default=128, help="most tokens per prefill call (≤ sliding window)")
+    p.add_argument("--format", default="pte", choices=FORMATS)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("inspect", help="describe a .ple file or an export bundle folder")
     p.add_argument("path")

@@ -108,6 +108,7 @@ def prepare_model(checkpoint: Path, settings: ExportSettings, stages: StageLog, 
     stages.run("quantize_embedding", rewrites.quantize_embedding, model, settings.embedding_quant)
     rewrites.to_float32(model)
     rewrites.replace_rmsnorm_for_xnnpack(model)
+    rewrites.replace_gelu_for_xnnpack(model)
     model.setup_cache(settings.max_context, dtype=torch.float32)
     return cfg, model.eval()
 

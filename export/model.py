@@ -119,9 +119,10 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(hidden, width, bias=False)
         self.up_proj = nn.Linear(hidden, width, bias=False)
         self.down_proj = nn.Linear(width, hidden, bias=False)
+        self.act_fn = nn.GELU(approximate="tanh")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderLayer(nn.Module):
@@ -143,6 +144,7 @@ class DecoderLayer(nn.Module):
             self.per_layer_input_gate = nn.Linear(h, p, bias=False)
             self.per_layer_projection = nn.Linear(p, h, bias=False)
             self.post_per_layer_input_norm = RMSNorm(h, eps)
+            self.act_fn = nn.GELU(approximate="tanh")
 
     def forward(self, h, cos, sin, kv_step, ple: torch.Tensor | None) -> torch.Tensor:
         """`kv_step(layer, k_new, v_new) -> (k, v, mask)` supplies the keys this layer attends over."""
@@ -153,7 +155,7 @@ class DecoderLayer(nn.Module):
         h = h + self.post_attention_layernorm(self.self_attn.output(attend(q, k, v, mask)))
         h = h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
         if ple is not None:
-            gated = F.gelu(self.per_layer_input_gate(h), approximate="tanh") * ple
+            gated = self.act_fn(self.per_layer_input_gate(h)) * ple
             h = h + self.post_per_layer_input_norm(self.per_layer_projection(gated))
         return (h * self.layer_scalar).to(h.dtype)  # computed as the reference does, in the wider type
 

@@ -47,8 +47,9 @@ def _shard_plan(entries: list[tuple[str, tuple, int]], shard_bytes: int) -> list
 
 def write_random_checkpoint(out_dir: str | Path, cfg: TextConfig, *, dtype: torch.dtype = torch.bfloat16,
                             seed: int = 0, shard_bytes: int = 2 << 30, multimodal: bool = False,
-                            progress: bool = True) -> Path:
-    """Write config.json + sharded safetensors + index for `cfg` into `out_dir` (which must not exist)."""
+                            tokenizer: bool = True, progress: bool = True) -> Path:
+    """Write config.json + sharded safetensors + index (+ a test tokenizer.json of the same vocabulary)
+    for `cfg` into `out_dir` (which must not exist)."""
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
@@ -101,6 +102,10 @@ def write_random_checkpoint(out_dir: str | Path, cfg: TextConfig, *, dtype: torc
         else:
             config = {**text, "architectures": ["Gemma4ForCausalLM"]}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        if tokenizer:
+            from gemma_edge.runtime.tokenizer import write_test_tokenizer
+
+            write_test_tokenizer(tmp, cfg.vocab_size)
         os.rename(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,197 @@
+"""The three step executors behind a Session — .pte (ExecuTorch), .onnx (onnxruntime), eager (our PyTorch model).
+
+Each offers the same two calls, over KV-cache state it owns:
+  prefill(tokens [T] i64, start_pos, ple_rows [T, L, P] f32) -> logits [V] f32 (last position)
+  decode(token, pos, ple_row [L, P] f32) -> logits [V] f32
+and `all_logits(tokens, ple_rows)` for validation. Positions restart at 0 for a new sequence (the
+caches self-reset then). The PLE rows always come from outside: a `.ple` reader, or `TablePle` — the
+in-memory table of a checkpoint behind the reader's fetch interface, so the loop is the same.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gemma_edge.ple_store import FetchStats
+
+
+def preload(backend: str) -> None:
+    """Import a back-end's native libraries now (so a process's baseline memory can be measured after them)."""
+    if backend == "pte":
+        import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
+        import executorch.kernels.quantized  # noqa: F401
+        import executorch.runtime  # noqa: F401
+    elif backend == "onnx":
+        import onnxruntime  # noqa: F401
+
+
+class TablePle:
+    """The checkpoint's PLE table in RAM, with the `.ple` reader's fetch / fetch_one / fetch_log interface."""
+
+    def __init__(self, table: torch.Tensor, num_layers: int, ple_dim: int, scale: float):
+        self.table = table                          # [V, L·P], the checkpoint's dtype
+        self.num_layers, self.ple_dim = num_layers, ple_dim
+        self.scale = torch.tensor(scale, dtype=table.dtype)   # cast like the reference's scaled embedding
+        self.fetch_log: list[FetchStats] = []
+
+    @property
+    def vocab_size(self) -> int:
+        return self.table.shape[0]
+
+    def fetch(self, token_ids) -> np.ndarray:
+        t0 = time.perf_counter()
+        ids = torch.as_tensor(np.asarray(token_ids, dtype=np.int64))
+        rows = (self.table[ids] * self.scale).float().view(len(ids), self.num_layers, self.ple_dim)
+        uniq = len(torch.unique(ids))
+        self.fetch_log.append(FetchStats(tokens=len(ids), unique_rows=uniq,
+                                         bytes_requested=uniq * self.table.shape[1] * self.table.element_size(),
+                                         pages_touched=0, read_calls=1, wall_s=time.perf_counter() - t0,
+                                         strategy="in-memory"))
+        return rows.numpy()
+
+    def fetch_one(self, token_id: int) -> np.ndarray:
+        return self.fetch([int(token_id)])[0]
+
+    def resident_bytes(self) -> int:
+        return self.table.numel() * self.table.element_size()
+
+    def evict(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------------
+# ExecuTorch
+# ---------------------------------------------------------------------------------------------------
+
+class PteBackend:
+    """Both methods of model.pte loaded up front (they share the mutable KV-cache buffers)."""
+
+    name = "pte"
+
+    def __init__(self, path: Path, prefill_method: str = "prefill", decode_method: str = "decode"):
+        import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (registers llama:: kernels)
+        import executorch.kernels.quantized  # noqa: F401  (quantized embedding kernels)
+        from executorch.runtime import Runtime
+
+        self.path = path
+        self.program = Runtime.get().load_program(path)
+        names = set(self.program.method_names)
+        missing = [m for m in (prefill_method, decode_method) if m not in names]
+        if missing:
+            raise ValueError(f"{path}: methods {missing} missing; the program has {sorted(names)}")
+        self._prefill = self.program.load_method(prefill_method)
+        self._decode = self.program.load_method(decode_method)
+
+    @staticmethod
+    def _run(method, tokens: np.ndarray, pos: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        out = method.execute([torch.from_numpy(tokens.reshape(1, -1)), torch.from_numpy(pos),
+                              torch.from_numpy(np.ascontiguousarray(rows, np.float32)[None])])
+        return out[0].numpy().reshape(-1)
+
+    def prefill(self, tokens: np.ndarray, start: int, rows: np.ndarray) -> np.ndarray:
+        pos = np.arange(start, start + len(tokens), dtype=np.int64)
+        return self._run(self._prefill, tokens.astype(np.int64), pos, rows)
+
+    def decode(self, token: int, pos: int, row: np.ndarray) -> np.ndarray:
+        return self._run(self._decode, np.array([token], np.int64), np.array([pos], np.int64), row[None])
+
+    def all_logits(self, tokens: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """[T, V] by running the decode method token by token (the program returns only the last position)."""
+        return np.stack([self.decode(int(t), i, rows[i]) for i, t in enumerate(tokens)])
+
+
+# ---------------------------------------------------------------------------------------------------
+# ONNX
+# ---------------------------------------------------------------------------------------------------
+
+class OnnxBackend:
+    """model.onnx: one step graph with the KV caches as explicit `cache_in_*` inputs / `cache_out_*` outputs."""
+
+    name = "onnx"
+
+    def __init__(self, path: Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.path = path
+        self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        inputs = {i.name: i for i in self.sess.get_inputs()}
+        outputs = [o.name for o in self.sess.get_outputs()]
+        for need in ("tokens", "input_pos", "ple_rows"):
+            if need not in inputs:
+                raise ValueError(f"{path}: graph input {need!r} missing; inputs are {sorted(inputs)}")
+        self.cache_names = sorted(n for n in inputs if n.startswith("cache_in_"))
+        for n in self.cache_names:
+            if "cache_out_" + n[len("cache_in_"):] not in outputs:
+                raise ValueError(f"{path}: input {n} has no matching output cache_out_{n[len('cache_in_'):]}")
+        self.logits_name = "logits" if "logits" in outputs else outputs[0]
+        self.cache_meta = {n: inputs[n] for n in self.cache_names}
+        self.caches: dict[str, np.ndarray] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        types = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
+        for n, meta in self.cache_meta.items():
+            if any(not isinstance(d, int) for d in meta.shape):
+                raise ValueError(f"{self.path}: cache input {n} has a symbolic shape {meta.shape}; "
+                                 "expected a fixed-size cache")
+            self.caches[n] = np.zeros(meta.shape, types.get(meta.type, np.float32))
+
+    def _run(self, tokens: np.ndarray, start: int, rows: np.ndarray) -> np.ndarray:
+        if start == 0:
+            self.reset()
+        feed = {"tokens": tokens.reshape(1, -1).astype(np.int64),
+                "input_pos": np.arange(start, start + len(tokens), dtype=np.int64),
+                "ple_rows": np.ascontiguousarray(rows, np.float32)[None], **self.caches}
+        names = [self.logits_name] + ["cache_out_" + n[len("cache_in_"):] for n in self.cache_names]
+        out = self.sess.run(names, feed)
+        for n, value in zip(self.cache_names, out[1:]):
+            self.caches[n] = value
+        return out[0].reshape(-1, out[0].shape[-1])[-1]
+
+    def prefill(self, tokens: np.ndarray, start: int, rows: np.ndarray) -> np.ndarray:
+        return self._run(tokens, start, rows)
+
+    def decode(self, token: int, pos: int, row: np.ndarray) -> np.ndarray:
+        return self._run(np.array([token]), pos, row[None])
+
+    def all_logits(self, tokens: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return np.stack([self.decode(int(t), i, rows[i]) for i, t in enumerate(tokens)])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Eager
+# ---------------------------------------------------------------------------------------------------
+
+class EagerBackend:
+    """Our Gemma4CausalLM (PLE table dropped: rows come in like the program's) over setup_cache caches."""
+
+    name = "eager"
+
+    def __init__(self, model, max_context: int):
+        self.model = model
+        model.setup_cache(max_context)
+
+    @torch.no_grad()
+    def prefill(self, tokens: np.ndarray, start: int, rows: np.ndarray) -> np.ndarray:
+        pos = torch.arange(start, start + len(tokens))
+        out = self.model.forward_cached(torch.from_numpy(tokens.astype(np.int64))[None], pos,
+                                        torch.from_numpy(np.ascontiguousarray(rows))[None])
+        return out[0].float().numpy()
+
+    def decode(self, token: int, pos: int, row: np.ndarray) -> np.ndarray:
+        return self.prefill(np.array([token]), pos, row[None])
+
+    @torch.no_grad()
+    def all_logits(self, tokens: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        out = self.model.forward_cached(torch.from_numpy(tokens.astype(np.int64))[None], torch.arange(len(tokens)),
+                                        torch.from_numpy(np.ascontiguousarray(rows))[None], all_logits=True)
+        return out[0].float().numpy()

@@ -1,0 +1,302 @@
+"""The memory budget: RAM-resident and flash bytes of a model at a quantization and context, and whether it fits a phone.
+
+Program bytes = the weights as the exported .pte stores them (8da4w: int4 values + one bf16 scale per
+group; 8da8w: int8 + one fp32 scale per output channel; none: fp32), the tied matrix counted TWICE — the
+exporter unties it (`rewrites.untie_head`): the head is a linear (quantized like the linears), the
+embedding a separate gather table (embedding_quant). This matches the .pte size to 0.1 % (E2B-10l 8da4w).
+
+RAM = how ExecuTorch 1.5.1 + XNNPACK hold that program, as measured here (/proc smaps, E2B-10l 8da4w):
+the embedding stays in the mmap'd file (file-backed, paged in as read); every linear is an XNNPACK
+delegate whose weights are repacked into anonymous memory by EACH method that loads it — prefill and
+decode each pack their own copy (`packed_copies` = 2; 1 with a shared XNNPACK weight cache) — and
+while a delegate is packed its serialized blob is held too (`load_transient`: the largest linear, the
+head). Plus KV caches (fp32; sliding layers capped at sliding_window slots, KV-shared layers none),
+activations of one prefill chunk, and a runtime overhead. Flash = the .ple file. The PLE table is not in RAM.
+
+Big-model shapes (no PLE; this decoder does not run them, the budget counts them):
+* 26B-A4B (MoE): hidden 2816, 30 layers (5 sliding : 1 full), 16 heads, 8 KV heads (2 on full layers,
+  K = V there), head_dim 256 / 512, dense MLP 2112 in every layer PLUS 128 experts of width 704
+  (top-8) with a router [128, H], window 1024, vocab 262144, tied.
+* 31B (dense): hidden 5376, 60 layers (5:1), 32 heads, 16 KV heads (4 on full layers, K = V), head_dim
+  256 / 512, MLP 21504, window 1024, vocab 262144, tied.
+Source: the google/gemma-4-26B-A4B(-it) and gemma-4-31B(-it) config.json values as restated verbatim in
+public test fixtures of several independent Gemma 4 ports (the hub itself is not reachable from here),
+and transformers 5.23 `Gemma4TextDecoderLayer` / `Gemma4TextExperts` for how the MoE block is built.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gemma_edge.export.config import FULL, SLIDING, TextConfig
+
+DEVICES_FILE = Path(__file__).with_name("devices.json")
+RUNTIME_OVERHEAD = 60 << 20     # native ExecuTorch runtime + XNNPACK threadpool + allocator slack on a phone
+
+_PATTERN = lambda n, p: [FULL if (i + 1) % p == 0 else SLIDING for i in range(n)]   # noqa: E731
+BIG_MODELS = {
+    "26b-a4b": dict(config=dict(vocab_size=262_144, hidden_size=2816, intermediate_size=2112, num_hidden_layers=30,
+                                num_attention_heads=16, num_key_value_heads=8, num_global_key_value_heads=2,
+                                head_dim=256, global_head_dim=512, attention_k_eq_v=True, sliding_window=1024,
+                                layer_types=_PATTERN(30, 6), hidden_size_per_layer_input=0,
+                                final_logit_softcapping=30.0, eos_token_id=[1, 106]),
+                    moe=dict(num_experts=128, top_k_experts=8, moe_intermediate_size=704)),
+    "31b": dict(config=dict(vocab_size=262_144, hidden_size=5376, intermediate_size=21504, num_hidden_layers=60,
+                            num_attention_heads=32, num_key_value_heads=16, num_global_key_value_heads=4,
+                            head_dim=256, global_head_dim=512, attention_k_eq_v=True, sliding_window=1024,
+                            layer_types=_PATTERN(60, 6), hidden_size_per_layer_input=0,
+                            final_logit_softcapping=30.0, eos_token_id=[1, 106]),
+                moe=None),
+}
+
+
+def load_devices() -> dict[str, dict]:
+    return json.loads(DEVICES_FILE.read_text())["devices"]
+
+
+def model_config(name: str) -> tuple[TextConfig, dict | None]:
+    """A preset ('e2b', 'e4b', 'e2b-10l', 'tiny', ...) or a big model ('26b-a4b', '31b') -> (config, moe)."""
+    if name in BIG_MODELS:
+        spec = BIG_MODELS[name]
+        return TextConfig(**spec["config"]), spec["moe"]
+    from gemma_edge.export.presets import preset
+
+    return preset(name), None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bytes of stored tensors
+# ---------------------------------------------------------------------------------------------------
+
+def linear_bytes(n_out: int, n_in: int, quant: str, group_size: int) -> int:
+    n = n_out * n_in
+    if quant == "none":
+        return 4 * n
+    if quant == "8da4w":
+        return n // 2 + (n // group_size) * 2           # packed int4 + bf16 group scales
+    if quant == "8da8w":
+        return n + 4 * n_out                             # int8 + fp32 per-channel scale
+    raise ValueError(f"quant: expected none, 8da4w or 8da8w, found {quant!r}")
+
+
+def embedding_bytes(rows: int, dim: int, quant: str) -> int:
+    n = rows * dim
+    if quant == "none":
+        return 4 * n
+    if quant == "int8":
+        return n + 4 * rows                              # int8 + fp32 scale per row
+    if quant == "int4":
+        return n // 2 + (n // 32) * 4                    # packed int4 + fp32 scale per group of 32
+    raise ValueError(f"embedding quant: expected none, int8 or int4, found {quant!r}")
+
+
+def ple_file_bytes(cfg: TextConfig, ple_dtype: str) -> int:
+    """Size of the .ple file the writer would produce (layout from ple_store.format)."""
+    if not cfg.has_ple:
+        return 0
+    from gemma_edge.ple_store.format import (DATA_OFFSET, StoredDtype, block_groups_for, choose_layout,
+                                             file_bytes_for, row_payload_bytes)
+
+    dt = StoredDtype.parse(ple_dtype)
+    layout = choose_layout(row_payload_bytes(dt, cfg.num_hidden_layers, cfg.hidden_size_per_layer_input))
+    groups = layout.num_groups(cfg.vocab_size_per_layer_input)
+    blocks = -(-groups // block_groups_for(layout.group_bytes))
+    return file_bytes_for(DATA_OFFSET + groups * layout.group_bytes, blocks)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The budget
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class Budget:
+    model: str
+    quant: str
+    group_size: int
+    embedding_quant: str
+    ple_dtype: str
+    context: int
+    prefill_chunk: int
+    weights: dict[str, int] = field(default_factory=dict)   # part -> bytes as the program stores it
+    packed_copies: int = 2                                    # methods that each repack the delegated linears
+    kv_cache: int = 0
+    activations: int = 0
+    runtime: int = 0
+    flash_ple: int = 0
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights in the program file (what one decode step reads once)."""
+        return sum(self.weights.values())
+
+    @property
+    def decode_read_bytes(self) -> int:
+        """Weight bytes one decode step reads: every linear and norm, but only one row of the embedding."""
+        return self.weight_bytes - self.weights.get("embedding", 0)
+
+    @property
+    def linear_bytes(self) -> int:
+        return sum(v for k, v in self.weights.items() if k not in ("embedding", "norms"))
+
+    @property
+    def resident_weight_bytes(self) -> int:
+        """Weights in RAM after both methods are loaded: the embedding and norms once, linears per method."""
+        return self.weight_bytes + (self.packed_copies - 1) * self.linear_bytes
+
+    @property
+    def load_transient(self) -> int:
+        """Extra bytes while a delegate is being packed: its serialized blob (the largest linear, the head)."""
+        return self.weights.get("head", 0)
+
+    @property
+    def ram_bytes(self) -> int:
+        """Peak resident bytes: weights as held, KV caches, activations, runtime, and the load transient."""
+        return self.resident_weight_bytes + self.kv_cache + self.activations + self.runtime + self.load_transient
+
+    def verdict(self, device: dict) -> dict:
+        usable = int(device["ram_bytes"] * device["app_ram_fraction"])
+        return {"device": device["name"], "ram_bytes": device["ram_bytes"], "usable_bytes": usable,
+                "needed_bytes": self.ram_bytes, "headroom_bytes": usable - self.ram_bytes,
+                "fits": self.ram_bytes <= usable}
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(weight_bytes=self.weight_bytes, resident_weight_bytes=self.resident_weight_bytes,
+                 load_transient=self.load_transient, ram_bytes=self.ram_bytes)
+        return d
+
+
+def kv_cache_bytes(cfg: TextConfig, context: int, dtype_bytes: int = 4) -> int:
+    """K and V of every layer that owns them: sliding layers min(window, context) slots, full ones context."""
+    total = 0
+    for spec in cfg.layers:
+        if not spec.owns_kv:
+            continue
+        slots = min(cfg.sliding_window, context) if spec.is_sliding else context
+        total += 2 * spec.num_key_value_heads * slots * spec.head_dim * dtype_bytes
+    window = min(cfg.sliding_window, context)
+    return total + 8 * window                                     # ring_pos (int64 per ring slot)
+
+
+def activation_bytes(cfg: TextConfig, context: int, chunk: int) -> int:
+    """One prefill chunk's live tensors (fp32), as memory planning lays them out: the widest MLP
+    intermediates, q/k/v, the attention scores over the whole cache, the PLE inputs, and the logits."""
+    h, t = cfg.hidden_size, chunk
+    heads = cfg.num_attention_heads
+    hd = max(s.head_dim for s in cfg.layers)
+    inter = max(s.intermediate_size for s in cfg.layers)
+    per_token = 3 * inter + 4 * h + 3 * heads * hd + 2 * cfg.ple_width
+    scores = 2 * heads * t * (context + min(cfg.sliding_window, context) + t)
+    return 4 * (t * per_token + scores + 2 * cfg.vocab_size)
+
+
+def weight_parts(cfg: TextConfig, moe: dict | None, quant: str, group_size: int, emb_quant: str) -> dict[str, int]:
+    lin = lambda o, i: linear_bytes(o, i, quant, group_size)   # noqa: E731
+    h, heads = cfg.hidden_size, cfg.num_attention_heads
+    parts = {"embedding": embedding_bytes(cfg.vocab_size, h, emb_quant),
+             "head": lin(cfg.vocab_size, h),   # tied or not, the program holds the head as its own linear
+             "attention": 0, "mlp": 0, "moe": 0, "ple_mix": 0, "norms": 0}
+    for s in cfg.layers:
+        parts["attention"] += lin(heads * s.head_dim, h) + lin(h, heads * s.head_dim)
+        if s.owns_kv:
+            parts["attention"] += lin(s.num_key_value_heads * s.head_dim, h) * (1 if s.k_eq_v else 2)
+            parts["norms"] += 4 * s.head_dim                            # k_norm (v_norm has no weight)
+        parts["norms"] += 4 * (s.head_dim + 4 * h + 1)                  # q_norm, 4 sandwich norms, layer_scalar
+        parts["mlp"] += 3 * lin(s.intermediate_size, h)
+        if moe:
+            e, w = moe["num_experts"], moe["moe_intermediate_size"]
+            parts["moe"] += e * 3 * lin(w, h) + 4 * e * h + 4 * (e + h) + 4 * 3 * h
+        if cfg.has_ple:
+            p = cfg.hidden_size_per_layer_input
+            parts["ple_mix"] += lin(p, h) + lin(h, p)
+            parts["norms"] += 4 * h
+    if cfg.has_ple:
+        parts["ple_mix"] += lin(cfg.ple_width, h)
+        parts["norms"] += 4 * cfg.hidden_size_per_layer_input
+    parts["norms"] += 4 * h
+    return {k: v for k, v in parts.items() if v}
+
+
+def estimate(model: str | TextConfig, *, quant: str = "8da4w", group_size: int = 32, embedding_quant: str = "int8",
+             ple_dtype: str = "int4", context: int = 1024, prefill_chunk: int = 128, moe: dict | None = None,
+             runtime_bytes: int = RUNTIME_OVERHEAD, packed_copies: int = 2) -> Budget:
+    if isinstance(model, str):
+        name = model
+        cfg, moe = model_config(model)
+    else:
+        name, cfg = "config", model
+    if context < 1:
+        raise ValueError(f"context: expected ≥ 1 tokens, found {context}")
+    chunk = min(prefill_chunk, context)
+    return Budget(model=name, quant=quant, group_size=group_size, embedding_quant=embedding_quant,
+                  ple_dtype=ple_dtype, context=context, prefill_chunk=chunk,
+                  weights=weight_parts(cfg, moe, quant, group_size, embedding_quant), packed_copies=packed_copies,
+                  kv_cache=kv_cache_bytes(cfg, context), activations=activation_bytes(cfg, context, chunk),
+                  runtime=runtime_bytes, flash_ple=ple_file_bytes(cfg, ple_dtype))
+
+
+def estimate_bundle(bundle_dir: str | Path, context: int | None = None, runtime_bytes: int = RUNTIME_OVERHEAD,
+                    packed_copies: int = 2) -> Budget:
+    """The budget of an exported bundle, from its manifest (config, quantization, max_context)."""
+    from gemma_edge.export import bundle_format as bf
+
+    m = bf.read_manifest(bundle_dir)
+    q = m["quantization"]
+    b = estimate(TextConfig.from_dict(m["config"]), quant=q["linear"], group_size=q["group_size"],
+                 embedding_quant=q["embedding"], ple_dtype=q["ple_dtype"], context=context or m["max_context"],
+                 prefill_chunk=m["prefill_chunk"], runtime_bytes=runtime_bytes, packed_copies=packed_copies)
+    b.model = str(bundle_dir)
+    return b
+
+
+def format_budget(b: Budget, devices: dict[str, dict]) -> str:
+    gib = lambda n: f"{n / 2**30:7.3f} GiB"   # noqa: E731
+    lines = [f"memory budget: {b.model}  linear {b.quant} (group {b.group_size}), embedding {b.embedding_quant}, "
+             f"PLE {b.ple_dtype}, context {b.context}, prefill chunk {b.prefill_chunk}",
+             f"  program weights (.pte):  {gib(b.weight_bytes)}"]
+    for part, n in b.weights.items():
+        lines.append(f"    {part:<20} {gib(n)}")
+    lines += ["  RAM (peak resident):",
+              f"    weights              {gib(b.resident_weight_bytes)}  (linears packed once per method × "
+              f"{b.packed_copies}, embedding mmap'd once)",
+              f"    load transient       {gib(b.load_transient)}  (a delegate's blob while it is packed: the head)",f"    kv_cache             {gib(b.kv_cache)}  (fp32; sliding layers capped at the window, shared "
+              "layers free)",
+              f"    activations          {gib(b.activations)}  (one prefill chunk)",
+              f"    runtime              {gib(b.runtime)}",
+              f"    total                {gib(b.ram_bytes)}",
+              f"  flash: .ple file       {gib(b.flash_ple)}  (not resident: one batched read per prompt)"]
+    for key, dev in devices.items():
+        v = b.verdict(dev)
+        lines.append(f"  {key:<13} {'fits' if v['fits'] else 'DOES NOT FIT':<13} usable "
+                     f"{v['usable_bytes'] / 2**30:5.2f} GiB ({dev['app_ram_fraction']:.0%} of "
+                     f"{dev['ram_bytes'] / 1e9:.0f} GB), headroom {v['headroom_bytes'] / 2**30:+6.2f} GiB")
+    lines.append("  usable = app_ram_fraction × RAM: Android keeps the system, GPU carve-outs and cached apps "
+                 "resident and the low-memory killer ends a foreground app well before physical RAM runs out.")
+    return "\n".join(lines)
+
+
+def plot_budget(path: str | Path, model: str | TextConfig, devices: dict[str, dict], max_context: int = 131072,
+                **kw) -> Path:
+    """RAM needed vs context (log scale), one line per device's usable RAM."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ctxs = [2**k for k in range(8, max_context.bit_length()) if 2**k <= max_context]
+    ram = [estimate(model, context=c, **kw).ram_bytes / 2**30 for c in ctxs]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(ctxs, ram, marker="o", label=f"{model if isinstance(model, str) else 'model'} RAM needed")
+    for i, (key, dev) in enumerate(devices.items()):
+        ax.axhline(dev["ram_bytes"] * dev["app_ram_fraction"] / 2**30, linestyle="--", linewidth=0.9,
+                   color=f"C{i + 1}", label=f"{key} usable")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context (tokens)")
+    ax.set_ylabel("GiB")
+    ax.set_title(f"RAM vs context ({kw.get('quant', '8da4w')}, emb {kw.get('embedding_quant', 'int8')})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,97 @@
+"""`gemma-edge` subcommands of the runtime package: run, budget, demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _run(args) -> int:
+    from .run_report import result_json, run_bundle
+
+    r = run_bundle(args.bundle, prompt=args.prompt, ids=args.ids, chat=args.chat, max_new_tokens=args.max_new_tokens,
+                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                   device=args.device, backend=args.backend, validate=args.validate, checkpoint=args.checkpoint)
+    if args.json:
+        print(result_json(r))
+    return 0 if r.phone is None or r.phone.ok else 1
+
+
+def _budget(args) -> int:
+    from .budget import estimate, estimate_bundle, format_budget, load_devices, plot_budget
+
+    devices = load_devices()
+    if args.device:
+        if args.device not in devices:
+            raise ValueError(f"--device: expected one of {sorted(devices)}, found {args.device!r}")
+        devices = {args.device: devices[args.device]}
+    if args.bundle:
+        b = estimate_bundle(args.bundle, context=args.context, packed_copies=1 if args.weight_cache else 2)
+        model = None
+    else:
+        model = args.model
+        b = estimate(model, quant=args.quant, group_size=args.group_size, embedding_quant=args.embedding_quant,
+                     ple_dtype=args.ple_dtype, context=args.context or 1024, prefill_chunk=args.prefill_chunk,
+                     packed_copies=1 if args.weight_cache else 2)
+    if args.json:
+        print(json.dumps({**b.to_dict(), "verdicts": {k: b.verdict(d) for k, d in devices.items()}}, indent=2))
+    else:
+        print(format_budget(b, devices))
+    if args.plot:
+        if model is None:
+            raise ValueError("--plot: needs --model (it sweeps the context for a named model)")
+        path = plot_budget(args.plot, model, devices, quant=args.quant, group_size=args.group_size,
+                           embedding_quant=args.embedding_quant, ple_dtype=args.ple_dtype,
+                           prefill_chunk=args.prefill_chunk)
+        print(f"plot written to {path}", file=sys.stderr)
+    return 0 if all(b.verdict(d)["fits"] for d in devices.values()) or not args.device else 1
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.work_dir, prompt=args.prompt, max_new_tokens=args.max_new_tokens, device=args.device)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from .budget import BIG_MODELS
+
+    p = sub.add_parser("run", help="generate with an export bundle and report speed, memory and phone figures")
+    p.add_argument("bundle", help="export bundle folder")
+    p.add_argument("--prompt", help="prompt text (needs the bundle's tokenizer.json)")
+    p.add_argument("--ids", help="raw prompt token ids, comma-separated (bos included if wanted)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in Gemma 4's chat template")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="pixel-8", help="phone profile of runtime_py/devices.json")
+    p.add_argument("--backend", default="pte", choices=("pte", "onnx"))
+    p.add_argument("--validate", action="store_true", help="compare logits with the eager model on a checkpoint")
+    p.add_argument("--checkpoint", help="checkpoint for --validate (default: the manifest's source checkpoint)")
+    p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("budget", help="RAM and flash a model needs, and whether it fits a phone")
+    p.add_argument("--model", default="e2b", help=f"a preset (e2b, e4b, e2b-10l, tiny, ...) or {', '.join(BIG_MODELS)}")
+    p.add_argument("--bundle", help="an export bundle folder (its manifest's config and quantization)")
+    p.add_argument("--quant", default="8da4w", choices=("none", "8da4w", "8da8w"))
+    p.add_argument("--group-size", type=int, default=32)
+    p.add_argument("--embedding-quant", default="int8", choices=("none", "int8", "int4"))
+    p.add_argument("--ple-dtype", default="int4", choices=("fp32", "bf16", "int8", "int4"))
+    p.add_argument("--context", type=int, default=None, help="tokens of context (default 1024, or the bundle's)")
+    p.add_argument("--prefill-chunk", type=int, default=128)
+    p.add_argument("--device", help="one phone profile (default: all)")
+    p.add_argument("--weight-cache", action="store_true",
+                   help="assume one shared XNNPACK weight cache (linears packed once, not once per method)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", help="write RAM vs context per device to this PNG")
+    p.set_defaults(func=_budget)
+
+    p = sub.add_parser("demo", help="random tiny checkpoint → export → run → report, in a few minutes")
+    p.add_argument("--work-dir", default="work_dirs/demo", help="reused if it already holds the files")
+    p.add_argument("--prompt", default="The quick brown fox")
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--device", default="pixel-8")
+    p.set_defaults(func=_demo)

@@ -1,0 +1,151 @@
+"""One measured run of a bundle: stream the text, then timings, PLE fetch stats, peak RSS vs predicted, phone figures.
+
+Used by `gemma-edge run` and `gemma-edge demo`. The PLE file is evicted from the page cache after the
+session opens, so the residency check after the run sees only what the run itself fetched.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .budget import estimate_bundle, load_devices
+from .phone import check_run, kv_bytes_per_token, proc_status, simulate
+from .session import Session
+
+
+@dataclass
+class RunResult:
+    tokens: list[int]
+    text: str
+    stats: object
+    rss_before: dict
+    rss_after: dict
+    predicted_rss: int
+    phone: object | None
+    validation: dict | None = None
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def rss_gap(self) -> float:
+        return (self.rss_after["VmHWM"] - self.predicted_rss) / self.predicted_rss
+
+
+def prompt_ids(session: Session, prompt: str | None, ids: str | None, chat: bool) -> list[int]:
+    if ids:
+        try:
+            return [int(x) for x in ids.replace(" ", "").split(",") if x]
+        except ValueError as e:
+            raise ValueError(f"--ids: expected comma-separated integers, found {ids!r}") from e
+    if prompt is None:
+        raise ValueError("give --prompt TEXT or --ids 2,45,...")
+    return session.encode(prompt, chat=chat)
+
+
+def run_bundle(bundle: str | Path, *, prompt: str | None = None, ids: str | None = None, chat: bool = False,
+               max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+               seed: int = 0, device: str = "pixel-8", backend: str = "pte", validate: bool = False,
+               checkpoint: str | Path | None = None, out=sys.stdout) -> RunResult:
+    devices = load_devices()
+    if device not in devices:
+        raise ValueError(f"--device: expected one of {sorted(devices)}, found {device!r}")
+    from .backends import preload
+
+    preload(backend)
+    rss_before = proc_status()
+    session = Session(bundle, backend=backend)
+    try:
+        resident_before = []
+        if session.ple is not None:
+            session.ple.evict()
+            resident_before = session.ple.resident_pages().tolist()
+        ids_list = prompt_ids(session, prompt, ids, chat)
+        pieces = []
+        for step in session.generate(ids_list, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                     seed=seed):
+            pieces.append(step.text)
+            print(step.text, end="", file=out, flush=True)
+        print(file=out)
+        st = session.last_run
+        rss_after = proc_status()
+        budget = estimate_bundle(bundle, runtime_bytes=rss_before["VmRSS"])
+        dev = devices[device]
+        fetched = ids_list + st.tokens[:-1]
+        pf = st.prompt_fetch
+        row_pages = session.ple.header.layout.pages_per_row if session.ple is not None else 0
+        phone = simulate(dev, prompt_tokens=len(ids_list), prompt_pages=pf.pages_touched if pf else 0,
+                         row_pages=row_pages,
+                         generated=st.generated, weight_bytes=budget.decode_read_bytes,
+                         kv_bytes_per_token=kv_bytes_per_token(session.config),
+                         ram_needed=estimate_bundle(bundle).ram_bytes,
+                         context_at_end=len(ids_list) + st.generated)
+        check_run(phone, st, session.ple, fetched, None, resident_before)
+        result = RunResult(st.tokens, "".join(pieces), st, rss_before, rss_after, budget.ram_bytes, phone)
+    finally:
+        session.close()
+    if validate:
+        result.validation = validate_against_eager(bundle, ids_list + st.tokens, checkpoint, backend)
+    result.lines = report_lines(result, session)
+    print("\n".join(result.lines), file=out)
+    return result
+
+
+def validate_against_eager(bundle: str | Path, token_ids: list[int], checkpoint, backend: str) -> dict:
+    """Logits of the bundle (decode method token by token) vs the eager model on the checkpoint."""
+    from gemma_edge.export import bundle_format as bf
+
+    m = bf.read_manifest(bundle)
+    ckpt = checkpoint or (m.get("export") or {}).get("source_checkpoint") or m.get("source_checkpoint")
+    if not ckpt or not Path(ckpt).exists():
+        raise ValueError(f"--validate: no checkpoint: pass --checkpoint DIR (manifest records {ckpt!r})")
+    with Session(bundle, backend=backend) as s:
+        got = s.logits(token_ids)
+    out = {"checkpoint": str(ckpt), "tokens": len(token_ids)}
+    # end to end: the checkpoint's own full-precision PLE table; program only: the bundle's .ple rows
+    for key, ple_file in (("", None), ("program_", Path(bundle) / m["files"]["ple"]["path"])):
+        eager = Session.from_checkpoint(ckpt, max_context=m["max_context"], prefill_chunk=m["prefill_chunk"],
+                                        ple_file=ple_file)
+        ref = eager.logits(token_ids)
+        eager.close()
+        out.update({key + "max_abs": float(np.abs(got - ref).max()), key + "logit_scale": float(np.abs(ref).max()),
+                    key + "top1_agreement": float((got.argmax(-1) == ref.argmax(-1)).mean())})
+    return out
+
+
+def report_lines(r: RunResult, session: Session) -> list[str]:
+    st = r.stats
+    from gemma_edge.ple_store import FetchStats
+
+    pf = st.prompt_fetch or FetchStats()
+    tf = st.token_fetch
+    mib = lambda n: f"{n / 2**20:8.1f} MiB"   # noqa: E731
+    lines = [f"prompt {st.prompt_tokens} tokens, generated {st.generated} (stop: {st.stop_reason})",
+             f"  prefill {st.prefill_s * 1e3:8.1f} ms  ({st.prefill_tok_s:8.1f} tok/s, {st.prefill_chunks} chunk(s) "
+             f"of ≤ {session.prefill_chunk})",
+             f"  TTFT    {st.ttft_s * 1e3:8.1f} ms   decode {st.decode_tok_s:8.1f} tok/s",
+             f"  PLE prompt fetch: 1 batched call, {pf.tokens} ids → {pf.unique_rows} unique rows, "
+             f"{pf.bytes_requested} B requested, {pf.pages_touched} pages, {pf.read_calls} read calls, "
+             f"{pf.wall_s * 1e3:.2f} ms",
+             f"  PLE per-token fetches: {st.token_fetches} × fetch_one, {tf.bytes_requested} B, {tf.pages_touched} pages",
+             f"  peak RSS {mib(r.rss_after['VmHWM'])} measured vs {mib(r.predicted_rss)} predicted "
+             f"({r.rss_gap:+.1%}); now anon {mib(r.rss_after.get('RssAnon', 0))}, file-backed "
+             f"{mib(r.rss_after.get('RssFile', 0))}; process before loading {mib(r.rss_before['VmRSS'])}"]
+    if r.phone is not None:
+        lines += r.phone.lines()
+    if r.validation:
+        v = r.validation
+        lines.append(f"validate vs eager ({v['checkpoint']}, {v['tokens']} positions): max |Δlogit| "
+                     f"{v['max_abs']:.2e} (max |logit| {v['logit_scale']:.2f}), top-1 agreement {v['top1_agreement']:.1%}"
+                     f"; program only (eager fed the bundle's .ple rows): max |Δlogit| {v['program_max_abs']:.2e}, "
+                     f"top-1 {v['program_top1_agreement']:.1%}")
+    return lines
+
+
+def result_json(r: RunResult) -> str:
+    st = r.stats
+    return json.dumps({"tokens": r.tokens, "text": r.text, "prefill_tok_s": st.prefill_tok_s,
+                       "decode_tok_s": st.decode_tok_s, "ttft_s": st.ttft_s, "peak_rss": r.rss_after["VmHWM"],
+                       "predicted_rss": r.predicted_rss, "validation": r.validation}, indent=2)

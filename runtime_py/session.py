@@ -1,0 +1,257 @@
+"""A Session: one model (an export bundle's .pte / .onnx, or a checkpoint run eagerly) and its generation loop.
+
+The loop is the one Generator.java runs: per prompt exactly ONE batched PLE fetch (all prompt ids; the
+store dedupes), sliced per prefill chunk; then repeat { sample; emit; stop on eos / max_new_tokens /
+context; fetch_one(token); decode } — the token that ends generation is never decoded, so it costs no
+fetch. Both kinds of fetch are counted in `RunStats`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from gemma_edge.export import bundle_format as bf
+from gemma_edge.export.config import TextConfig
+from gemma_edge.ple_store import FetchStats
+
+from .backends import EagerBackend, OnnxBackend, PteBackend, TablePle
+from .sampling import Sampler
+from .tokenizer import TextCodec, TextStream
+
+
+@dataclass
+class GeneratedToken:
+    """One generated token as it streams out."""
+    token: int
+    text: str          # newly decoded text ("" while a UTF-8 character is incomplete, or without a tokenizer)
+    index: int         # 0 for the first generated token
+    elapsed_s: float   # since generate() started
+    step_s: float      # time to produce it: fetch + prefill + sample for the first, fetch_one + decode + sample after
+
+
+@dataclass
+class RunStats:
+    """Counters and timings of the last generate() call."""
+    prompt_tokens: int = 0
+    generated: int = 0
+    prompt_fetches: int = 0            # batched fetches for the prompt: exactly 1
+    token_fetches: int = 0             # fetch_one calls: one per decoded token
+    prefill_chunks: int = 0
+    fetch_s: float = 0.0               # the prompt's batched fetch
+    prefill_s: float = 0.0
+    ttft_s: float = 0.0
+    decode_s: float = 0.0              # from the first token to the last
+    total_s: float = 0.0
+    stop_reason: str = ""
+    prompt_fetch: FetchStats | None = None
+    token_fetch: FetchStats = field(default_factory=lambda: FetchStats(strategy="total"))
+    tokens: list[int] = field(default_factory=list)
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        return (self.generated - 1) / self.decode_s if self.generated > 1 and self.decode_s > 0 else 0.0
+
+
+class Session:
+    """`Session(bundle_dir, backend="pte"|"onnx")` or `Session.from_checkpoint(dir)`; then `generate` / `logits`."""
+
+    def __init__(self, bundle_dir: str | Path, backend: str = "pte", *, verify: str = "fast",
+                 prefill_chunk: int | None = None):
+        """verify: "full" hashes every file; "fast" (default) hashes all but the .ple, whose size, header
+        and identity (SHA-256 of its header and CRC table) are checked instead — hashing it would pull
+        the whole table into the page cache; "none" skips the checks."""
+        from gemma_edge import ple_store
+
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest = bf.read_manifest(self.bundle_dir)
+        if verify not in ("full", "fast", "none"):
+            raise ValueError(f"verify: expected 'full', 'fast' or 'none', found {verify!r}")
+        if verify != "none":
+            problems = bf.verify_bundle(self.bundle_dir, full_hash=True, hash_ple=verify == "full")
+            if problems:
+                raise bf.BundleError(f"{self.bundle_dir}: bundle does not match its manifest:\n  "
+                                     + "\n  ".join(problems))
+        files = self.manifest["files"]
+        m = self.manifest
+        cfg = TextConfig.from_dict(m["config"])
+        ple = ple_store.open(self.bundle_dir / files["ple"]["path"]) if "ple" in files else None
+        if ple is not None:
+            h = ple.header
+            for name, want, found in (("vocab_size", cfg.vocab_size_per_layer_input, h.vocab_size),
+                                      ("num_layers", m["num_layers"], h.num_layers),
+                                      ("ple_dim", m["ple_dim"], h.ple_dim)):
+                if want != found:
+                    ple.close()
+                    raise bf.BundleError(f"{ple.path}: header {name} is {found}, the manifest needs {want}")
+        if backend == "pte":
+            if "program" not in files:
+                raise bf.BundleError(f"{self.bundle_dir}: no program (model.pte) in the manifest's files")
+            runner = PteBackend(self.bundle_dir / files["program"]["path"], bf.PREFILL_METHOD, bf.DECODE_METHOD)
+        elif backend == "onnx":
+            if "onnx" not in files:
+                raise bf.BundleError(f"{self.bundle_dir}: no model.onnx in the manifest's files "
+                                     "(export with formats=('pte', 'onnx'))")
+            runner = OnnxBackend(self.bundle_dir / files["onnx"]["path"])
+        else:
+            raise ValueError(f"backend: expected 'pte' or 'onnx', found {backend!r}")
+        codec = None
+        if "tokenizer" in files:
+            codec = TextCodec(self.bundle_dir / files["tokenizer"]["path"], m["bos_token_id"], m.get("chat_template"))
+        self._setup(cfg, runner, ple, codec, m["max_context"], m["prefill_chunk"], prefill_chunk,
+                    m["eos_token_ids"], m["bos_token_id"])
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_dir: str | Path, *, max_context: int = 1024, prefill_chunk: int = 128,
+                        dtype=None, ple_file: str | Path | None = None) -> "Session":
+        """The eager back-end: our Gemma4CausalLM over the same loop. PLE rows come from the checkpoint's table
+        held in RAM (behind the reader's fetch interface), or from `ple_file` (a bundle's .ple: then the eager
+        model sees exactly the rows the program sees, and the table is not loaded)."""
+        import torch
+
+        from gemma_edge import ple_store
+        from gemma_edge.export.checkpoint import load_checkpoint
+
+        checkpoint_dir = Path(checkpoint_dir)
+        cfg, model = load_checkpoint(checkpoint_dir, dtype=dtype or torch.float32, load_ple_table=ple_file is None)
+        self = cls.__new__(cls)
+        self.bundle_dir, self.manifest = None, None
+        ple = None
+        if cfg.has_ple and ple_file is not None:
+            ple = ple_store.open(ple_file)
+        elif cfg.has_ple:
+            table = model.model.embed_tokens_per_layer.weight.detach()
+            ple = TablePle(table, cfg.num_hidden_layers, cfg.hidden_size_per_layer_input, cfg.ple_scale)
+            model.drop_ple_table()
+        codec = None
+        if (checkpoint_dir / bf.TOKENIZER_FILE).exists():
+            codec = TextCodec(checkpoint_dir / bf.TOKENIZER_FILE, cfg.bos_token_id)
+        self._setup(cfg, EagerBackend(model, max_context), ple, codec, max_context, prefill_chunk, None,
+                    cfg.eos_token_ids, cfg.bos_token_id)
+        return self
+
+    def _setup(self, cfg, runner, ple, codec, max_context, chunk, chunk_override, eos, bos) -> None:
+        self.config: TextConfig = cfg
+        self.backend = runner
+        self.ple = ple
+        self.tokenizer: TextCodec | None = codec
+        self.max_context = int(max_context)
+        self.prefill_chunk = int(chunk)
+        if chunk_override is not None:
+            if not 1 <= chunk_override <= chunk:
+                raise ValueError(f"prefill_chunk: expected 1..{chunk} (the program's maximum), found {chunk_override}")
+            self.prefill_chunk = int(chunk_override)
+        self.eos_ids = set(int(e) for e in eos)
+        self.bos_token_id = bos
+        self.last_run = RunStats()
+        self._rows_shape = (cfg.num_hidden_layers, max(cfg.hidden_size_per_layer_input, 1))
+
+    def close(self) -> None:
+        if self.ple is not None:
+            self.ple.close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------------
+    def _check_ids(self, token_ids) -> np.ndarray:
+        ids = np.asarray(list(token_ids), dtype=np.int64)
+        if ids.ndim != 1 or len(ids) == 0:
+            raise ValueError(f"prompt: expected at least one token id, found {len(ids)}")
+        bad = np.flatnonzero((ids < 0) | (ids >= self.config.vocab_size))
+        if len(bad):
+            i = int(bad[0])
+            raise ValueError(f"prompt token {i}: expected an id in [0, {self.config.vocab_size}) (vocab_size), "
+                             f"found {int(ids[i])}")
+        return ids
+
+    def _fetch(self, ids: np.ndarray) -> np.ndarray:
+        """The prompt's one batched fetch: rows [T, L, P] float32 (zeros for a model without PLE)."""
+        if self.ple is None:
+            return np.zeros((len(ids), *self._rows_shape), np.float32)
+        return self.ple.fetch(ids)
+
+    def _fetch_one(self, token: int) -> np.ndarray:
+        if self.ple is None:
+            return np.zeros(self._rows_shape, np.float32)
+        return self.ple.fetch_one(token)
+
+    def logits(self, token_ids) -> np.ndarray:
+        """float32 [T, V] for positions 0..T-1 after one batched fetch. The .pte/.onnx back-ends run their
+        decode step token by token (the program returns only the last position); eager runs one forward."""
+        ids = self._check_ids(token_ids)
+        if len(ids) > self.max_context:
+            raise ValueError(f"prompt: {len(ids)} tokens exceed max_context {self.max_context}")
+        return self.backend.all_logits(ids, self._fetch(ids))
+
+    def encode(self, text: str, chat: bool = False, system: str | None = None) -> list[int]:
+        if self.tokenizer is None:
+            raise ValueError(f"{self.bundle_dir or 'checkpoint'}: no tokenizer.json; pass token ids instead")
+        return self.tokenizer.encode_chat(text, system) if chat else self.tokenizer.encode(text)
+
+    def generate(self, token_ids, max_new_tokens: int = 32, *, temperature: float = 0.0, top_k: int = 0,
+                 top_p: float = 1.0, seed: int = 0, stop_on_eos: bool = True) -> Iterator[GeneratedToken]:
+        """Yield generated tokens; greedy at temperature 0. Checks run before any work is done."""
+        ids = self._check_ids(token_ids)
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: expected ≥ 1, found {max_new_tokens}")
+        if len(ids) + max_new_tokens > self.max_context:
+            raise ValueError(f"context: prompt {len(ids)} + max_new_tokens {max_new_tokens} = "
+                             f"{len(ids) + max_new_tokens} tokens, expected ≤ max_context {self.max_context}")
+        sampler = Sampler(temperature, top_k, top_p, seed)
+        return self._loop(ids, max_new_tokens, sampler, stop_on_eos)
+
+    def _loop(self, ids: np.ndarray, max_new: int, sampler: Sampler, stop_on_eos: bool) -> Iterator[GeneratedToken]:
+        st = RunStats(prompt_tokens=len(ids))
+        self.last_run = st
+        stream = TextStream(self.tokenizer)
+        t0 = time.perf_counter()
+        rows = self._fetch(ids)                                              # ONE batched fetch: [T, L, P]
+        st.prompt_fetches = 1
+        if self.ple is not None and self.ple.fetch_log:
+            st.prompt_fetch = self.ple.fetch_log[-1]
+        t1 = time.perf_counter()
+        st.fetch_s = t1 - t0
+        logits = None
+        for start in range(0, len(ids), self.prefill_chunk):
+            end = min(len(ids), start + self.prefill_chunk)
+            logits = self.backend.prefill(ids[start:end], start, rows[start:end])
+            st.prefill_chunks += 1
+        st.prefill_s = time.perf_counter() - t1
+        pos, t_prev, t_first = len(ids), t0, 0.0
+        while True:
+            tok = sampler(logits)
+            now = time.perf_counter()
+            st.tokens.append(tok)
+            st.generated = len(st.tokens)
+            if st.generated == 1:
+                st.ttft_s, t_first = now - t0, now
+            st.decode_s = now - t_first
+            st.total_s = now - t0
+            if stop_on_eos and tok in self.eos_ids:
+                st.stop_reason = "eos"
+            elif st.generated >= max_new:
+                st.stop_reason = "max_new_tokens"
+            elif pos >= self.max_context:
+                st.stop_reason = "max_context"
+            text = "" if tok in self.eos_ids else stream.push(tok)
+            yield GeneratedToken(tok, text, st.generated - 1, now - t0, now - t_prev)
+            if st.stop_reason:
+                return
+            t_prev = time.perf_counter()
+            row = self._fetch_one(tok)
+            st.token_fetches += 1
+            if self.ple is not None and self.ple.fetch_log:
+                st.token_fetch = st.token_fetch + self.ple.fetch_log[-1]
+            logits = self.backend.decode(tok, pos, row)
+            pos += 1

@@ -1,0 +1,38 @@
+"""Shared session-scoped fixtures: a tiny random checkpoint (with tokenizer) and its bundle, exported once per session."""
+import os
+from pathlib import Path
+
+import pytest
+
+# Reuse an existing checkpoint / bundle instead of building them (local iteration): both must be set together.
+REUSE_CHECKPOINT, REUSE_BUNDLE = os.environ.get("GEMMA_EDGE_TINY_CHECKPOINT"), os.environ.get("GEMMA_EDGE_TINY_BUNDLE")
+
+TINY_EXPORT = dict(quant="none", embedding_quant="none", ple_dtype="int8", max_context=64, prefill_chunk=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """transformers' Gemma4ForCausalLM, tiny preset, random weights large enough to give decisive logits,
+    saved with save_pretrained, plus a test tokenizer.json of the same vocabulary."""
+    from gemma_edge.export.parity import random_hf_model
+    from gemma_edge.export.presets import preset
+    from gemma_edge.runtime.tokenizer import write_test_tokenizer
+
+    if REUSE_CHECKPOINT:
+        return Path(REUSE_CHECKPOINT)
+    cfg = preset("tiny")
+    path = tmp_path_factory.mktemp("tiny") / "checkpoint"
+    random_hf_model(cfg, seed=0).save_pretrained(path)
+    write_test_tokenizer(path, cfg.vocab_size)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny checkpoint exported (quant none, PLE int8, max_context 64, prefill_chunk 8)."""
+    from gemma_edge.export.exporter import ExportSettings, export_bundle
+
+    if REUSE_BUNDLE:
+        return Path(REUSE_BUNDLE)
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    return export_bundle(tiny_checkpoint, out, ExportSettings(**TINY_EXPORT), progress=False)

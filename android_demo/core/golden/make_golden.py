@@ -409,6 +409,63 @@ def make_tokenizers(out: str) -> str:
 # Generation runs over recorded logits
 # ---------------------------------------------------------------------------------------------------
 
+def runtime_recorded_case(v: int) -> dict:
+    """A case recorded from the Python runtime itself: `Session.from_checkpoint` (the eager back-end of
+    `gemma_edge.runtime`, same generation loop as a bundle) over a tiny random checkpoint, sampling with a
+    seed. Its logits, tokens and fetch counts become the expectations Java must reproduce."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from gemma_edge.export.presets import preset
+    from gemma_edge.export.random_checkpoint import write_random_checkpoint
+    from gemma_edge.runtime import Session
+
+    cfg = preset("tiny")
+    assert cfg.vocab_size <= v, "the recorded prompt must index the golden PLE file"
+    sampler_cfg = dict(temperature=0.9, top_k=50, top_p=0.95, seed=4242)
+    chunk, max_context, max_new = 8, 64, 12
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = write_random_checkpoint(Path(tmp) / "ckpt", cfg, dtype=torch.float32, seed=3, tokenizer=False,
+                                       progress=False)
+        session = Session.from_checkpoint(ckpt, max_context=max_context, prefill_chunk=chunk)
+        recorded, depth = [], [0]
+
+        def record(fn):
+            def wrapped(*args):
+                depth[0] += 1                                           # the eager decode calls its own prefill:
+                try:                                                    # keep only the outermost call's logits
+                    out = fn(*args)
+                finally:
+                    depth[0] -= 1
+                if depth[0] == 0:
+                    recorded.append(np.asarray(out, np.float32).reshape(-1).copy())
+                return out
+            return wrapped
+
+        session.backend.prefill = record(session.backend.prefill)
+        session.backend.decode = record(session.backend.decode)
+        rng = np.random.default_rng(SEED + 7)
+        prompt = [2] + rng.integers(3, cfg.vocab_size, 18).tolist()
+        prompt[9] = prompt[4]                                           # a duplicate id
+        tokens = [g.token for g in session.generate(prompt, max_new, temperature=sampler_cfg["temperature"],
+                                                     top_k=sampler_cfg["top_k"], top_p=sampler_cfg["top_p"],
+                                                     seed=sampler_cfg["seed"])]
+        run = session.last_run
+        eos = sorted(session.eos_ids)
+    n_chunks = -(-len(prompt) // chunk)
+    steps = recorded[n_chunks - 1:]                                     # the logits each token was sampled from
+    assert run.prompt_fetches == 1 and run.token_fetches == len(tokens) - 1, (run.prompt_fetches, run.token_fetches)
+    ref_tokens, fetches, prefill_calls, decode_calls = reference_generate(
+        prompt, steps, sampler_cfg, eos, max_new, max_context, chunk)
+    assert ref_tokens == tokens, (ref_tokens, tokens)                   # the runtime's loop = the documented one
+    return {"name": "runtime_recorded_tiny", "prompt": prompt, "prefill_chunk": chunk, "max_context": max_context,
+            "max_new_tokens": max_new, "eos": eos, "steps": [{"logits": [float(f) for f in x]} for x in steps],
+            "expected_tokens": tokens, "expected_fetches": fetches,
+            "expected_prefill_calls": prefill_calls, "expected_decode_calls": decode_calls, "sampler": sampler_cfg}
+
+
 def make_generation(out: str, ple_path: str) -> None:
     d = os.path.join(out, "generation")
     os.makedirs(d, exist_ok=True)
@@ -455,6 +512,7 @@ def make_generation(out: str, ple_path: str) -> None:
                       "expected_tokens": tokens, "expected_fetches": fetches,
                       "expected_prefill_calls": prefill_calls, "expected_decode_calls": decode_calls,
                       "sampler": sampler_cfg})
+    cases.append(runtime_recorded_case(v))
     # single sampler draws over varied logits (ties, -0.0/0.0, huge spreads), for a direct sampler check
     draws = []
     for k in range(60):

@@ -62,9 +62,9 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a directory (expected a Hugging Face checkpoint folder)")
-    config = TextConfig.from_json(path / "config.json") if (path / "config.json").exists() else None
-    if config is None:
+    if not (path / "config.json").exists():
         raise CheckpointError(f"{path}: config.json is missing")
+    config = TextConfig.from_json(path / "config.json")
     index = path / "model.safetensors.index.json"
     if index.exists():
         try:

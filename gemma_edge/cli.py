@@ -9,13 +9,9 @@ import sys
 _COMMAND_MODULES = ("gemma_edge.export.cli", "gemma_edge.runtime.cli")
 
 
-class UserError(Exception):
-    """An error whose message is the whole story (bad input, not a bug): printed without a traceback."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [UserError, FileNotFoundError, FileExistsError, ValueError]
-    return tuple(errors)
+# Errors whose message is the whole story (bad input, not a bug): printed on one line, no traceback.
+# Every input error of the packages (CheckpointError, ConfigError, PleFormatError, BundleError) is a ValueError.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except _user_errors() as e:
+    except USER_ERRORS as e:
         print(f"gemma-edge {args.command}: error: {e}", file=sys.stderr)
         return 2
 

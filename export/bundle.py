@@ -57,11 +57,11 @@ def describe_bundle(path: str | Path, full_hash: bool = True) -> tuple[str, bool
     for role, entry in m["files"].items():
         lines.append(f"    {role:<10} {entry['path']:<16} {entry['bytes'] / 2**20:10.2f} MiB  sha256 {entry['sha256'][:16]}…"
                      + (f"  identity {entry['identity'][:16]}…" if "identity" in entry else ""))
-    lines.append("  methods (manifest):")
-    for name, meth in m["methods"].items():
+    lines.append("  methods (manifest: role -> program method):")
+    for role, meth in m["methods"].items():
         ins = ", ".join(f"{i['name']} {i['dtype']} {i['shape']}" for i in meth["inputs"])
         outs = ", ".join(f"{o['name']} {o['dtype']} {o['shape']}" for o in meth["outputs"])
-        lines.append(f"    {name}({ins}) -> {outs}; max_tokens {meth.get('max_tokens')}")
+        lines.append(f"    {role} -> {meth.get('method', role)}({ins}) -> {outs}; max_tokens {meth.get('max_tokens')}")
     if "program" in m["files"] and (path / m["files"]["program"]["path"]).exists():
         lines.append("  methods (program):")
         lines += _program_methods(path / m["files"]["program"]["path"])

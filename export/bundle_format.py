@@ -1,9 +1,11 @@
 """The export bundle's names and manifest: the one constants module the exporter and every runtime share.
 
 A bundle is a folder: `model.pte` (RAM-resident program), `model.ple` (flash-resident PLE table),
-`manifest.json` (what binds them), and the checkpoint's tokenizer files. Program methods:
-`prefill(tokens [1,T] i64, input_pos [T] i64, ple_rows [1,T,L,P] f32) -> logits [1,V] f32` for
-1 ≤ T ≤ prefill_chunk, and `decode` the same with T = 1; both share one KV-cache state.
+`manifest.json` (what binds them), and the checkpoint's tokenizer files. The program's step:
+`(tokens [1,T] i64, input_pos [T] i64, ple_rows [1,T,L,P] f32) -> logits [1,V] f32`. The manifest's
+`methods` maps the two roles — `prefill` (1 ≤ T ≤ prefill_chunk) and `decode` (T = 1) — to the program
+method that plays each: by default one dynamic method `forward` plays both (one copy of the packed
+weights); a two-method export has `prefill` and `decode` sharing one KV-cache state.
 """
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ PLE_FILE = "model.ple"
 ONNX_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
-PREFILL_METHOD = "prefill"
-DECODE_METHOD = "decode"
+PREFILL_ROLE = "prefill"
+DECODE_ROLE = "decode"
+STEP_METHOD = "forward"  # the one dynamic method of a one-method export
 INPUT_NAMES = ("tokens", "input_pos", "ple_rows")
 OUTPUT_NAMES = ("logits",)
 REQUIRED_KEYS = ("model_hash", "config", "max_context", "prefill_chunk", "bos_token_id", "eos_token_ids",
@@ -54,6 +57,26 @@ def method_signature(t: int | str, num_layers: int, ple_dim: int) -> dict:
     }
 
 
+def method_names_for(methods: str) -> dict[str, str]:
+    """Program method per role for an export's `methods` setting: "one" (a dynamic `forward`) or "two"."""
+    if methods == "one":
+        return {PREFILL_ROLE: STEP_METHOD, DECODE_ROLE: STEP_METHOD}
+    if methods == "two":
+        return {PREFILL_ROLE: PREFILL_ROLE, DECODE_ROLE: DECODE_ROLE}
+    raise ValueError(f"methods: expected 'one' or 'two', found {methods!r}")
+
+
+def role_methods(manifest: dict) -> dict[str, str]:
+    """The program method that plays each role, from a manifest."""
+    out = {}
+    for role in (PREFILL_ROLE, DECODE_ROLE):
+        entry = manifest["methods"].get(role)
+        if not isinstance(entry, dict):
+            raise BundleError(f"manifest methods.{role}: expected an object, found {entry!r}")
+        out[role] = entry.get("method", role)
+    return out
+
+
 def build_manifest(bundle_dir: Path, *, cfg, settings: dict, model_hash: bytes, stages: list[dict],
                    ple_report=None, checkpoint: Path | None = None) -> dict:
     """The manifest for the files now in `bundle_dir` (hashes and sizes computed here)."""
@@ -85,8 +108,9 @@ def build_manifest(bundle_dir: Path, *, cfg, settings: dict, model_hash: bytes, 
         "quantization": {"linear": settings["quant"], "group_size": settings["group_size"],
                          "embedding": settings["embedding_quant"], "ple_dtype": settings["ple_dtype"]},
         "files": files,
-        "methods": {PREFILL_METHOD: {**method_signature("T", layers, p), "max_tokens": settings["prefill_chunk"]},
-                    DECODE_METHOD: {**method_signature(1, layers, p), "max_tokens": 1}},
+        "methods": {role: {"method": method_names_for(settings["methods"])[role], **method_signature(t, layers, p),
+                           "max_tokens": settings["prefill_chunk"] if t == "T" else 1}
+                    for role, t in ((PREFILL_ROLE, "T"), (DECODE_ROLE, 1))},
         "chat_template": chat_template,
         "export": {"stages": stages, "source_checkpoint": str(checkpoint) if checkpoint else None},
     }

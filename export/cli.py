@@ -38,7 +38,7 @@ def _export(args) -> int:
     formats = ("pte", "onnx") if args.format == "both" else (args.format,)
     settings = ExportSettings(quant=args.quant, group_size=args.group_size, embedding_quant=args.embedding_quant,
                               ple_dtype=args.ple_dtype, max_context=args.max_context,
-                              prefill_chunk=args.prefill_chunk, formats=formats)
+                              prefill_chunk=args.prefill_chunk, formats=formats, methods=args.methods)
     out = export_bundle(args.checkpoint, args.out, settings, progress=not args.quiet, overwrite=args.overwrite)
     from .bundle import describe_bundle
 
@@ -93,6 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-context", type=int, default=1024)
     p.add_argument("--prefill-chunk", type=int, default=128, help="most tokens per prefill call (≤ sliding window)")
     p.add_argument("--format", default="pte", choices=FORMATS)
+    p.add_argument("--methods", default="one", choices=("one", "two"),
+                   help="one dynamic method for prefill and decode (weights packed once), or two methods")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_export)

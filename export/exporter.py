@@ -42,6 +42,7 @@ class ExportSettings:
     max_context: int = 1024
     prefill_chunk: int = 128
     formats: tuple[str, ...] = ("pte",)
+    methods: str = "one"  # one dynamic `forward` plays prefill and decode | two: `prefill` + `decode`
 
     def validate(self, cfg: TextConfig) -> None:
         if self.quant not in rewrites.LINEAR_QUANT:
@@ -55,6 +56,8 @@ class ExportSettings:
                              f"(≤ sliding_window, so one step never overruns the ring), found {self.prefill_chunk}")
         if not 2 <= self.max_context <= cfg.max_position_embeddings:
             raise ValueError(f"max_context: expected 2..{cfg.max_position_embeddings}, found {self.max_context}")
+        if self.methods not in ("one", "two"):
+            raise ValueError(f"methods: expected 'one' or 'two', found {self.methods!r}")
         bad = set(self.formats) - {"pte", "onnx"}
         if bad:
             raise ValueError(f"formats: expected pte and/or onnx, found {sorted(bad)}")
@@ -114,20 +117,26 @@ def prepare_model(checkpoint: Path, settings: ExportSettings, stages: StageLog, 
 
 
 def export_programs(cfg: TextConfig, model: nn.Module, settings: ExportSettings):
-    """torch.export the prefill (dynamic T) and decode (T = 1) methods over one shared model."""
+    """torch.export the step over one shared model: one method of dynamic length 1..prefill_chunk that
+    plays both roles (`methods="one"`), or a dynamic `prefill` and a T = 1 `decode` (`methods="two"`)."""
+    from .bundle_format import method_names_for
+
     step = StepProgram(model).eval()
     t = torch.export.Dim("T", min=1, max=settings.prefill_chunk)
     shapes = {"tokens": {1: t}, "input_pos": {0: t}, "ple_rows": {1: t}}
+    names = method_names_for(settings.methods)
     with torch.no_grad():
-        prefill = torch.export.export(step, example_inputs(cfg, min(2, settings.prefill_chunk)),
+        dynamic = torch.export.export(step, example_inputs(cfg, min(2, settings.prefill_chunk)),
                                       dynamic_shapes=shapes if settings.prefill_chunk > 1 else None,
                                       strict=False, prefer_deferred_runtime_asserts_over_guards=True)
+        if settings.methods == "one":
+            return {names["prefill"]: dynamic}
         decode = torch.export.export(step, example_inputs(cfg, 1), strict=False)
-    return {"prefill": prefill, "decode": decode}
+    return {names["prefill"]: dynamic, names["decode"]: decode}
 
 
 def lower_to_executorch(programs: dict, quantized: bool):
-    """XNNPACK-lower both methods into one program whose KV caches are shared between them."""
+    """XNNPACK-lower the methods into one program whose KV caches are shared between them."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
         XnnpackDynamicallyQuantizedPartitioner, XnnpackPartitioner)
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower

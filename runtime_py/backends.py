@@ -70,11 +70,12 @@ class TablePle:
 # ---------------------------------------------------------------------------------------------------
 
 class PteBackend:
-    """Both methods of model.pte loaded up front (they share the mutable KV-cache buffers)."""
+    """The program method(s) playing prefill and decode, loaded up front and once each (two methods share
+    the mutable KV-cache buffers; one dynamic method plays both roles with one copy of the packed weights)."""
 
     name = "pte"
 
-    def __init__(self, path: Path, prefill_method: str = "prefill", decode_method: str = "decode"):
+    def __init__(self, path: Path, prefill_method: str = "forward", decode_method: str = "forward"):
         import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (registers llama:: kernels)
         import executorch.kernels.quantized  # noqa: F401  (quantized embedding kernels)
         from executorch.runtime import Runtime
@@ -86,7 +87,8 @@ class PteBackend:
         if missing:
             raise ValueError(f"{path}: methods {missing} missing; the program has {sorted(names)}")
         self._prefill = self.program.load_method(prefill_method)
-        self._decode = self.program.load_method(decode_method)
+        self._decode = self._prefill if decode_method == prefill_method else self.program.load_method(decode_method)
+        self.methods_loaded = len({prefill_method, decode_method})
 
     @staticmethod
     def _run(method, tokens: np.ndarray, pos: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -102,7 +104,7 @@ class PteBackend:
         return self._run(self._decode, np.array([token], np.int64), np.array([pos], np.int64), row[None])
 
     def all_logits(self, tokens: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """[T, V] by running the decode method token by token (the program returns only the last position)."""
+        """[T, V] by running the decode role token by token (the program returns only the last position)."""
         return np.stack([self.decode(int(t), i, rows[i]) for i, t in enumerate(tokens)])
 
 

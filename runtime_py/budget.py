@@ -7,8 +7,8 @@ embedding a separate gather table (embedding_quant). This matches the .pte size 
 
 RAM = how ExecuTorch 1.5.1 + XNNPACK hold that program, as measured here (/proc smaps, E2B-10l 8da4w):
 the embedding stays in the mmap'd file (file-backed, paged in as read); every linear is an XNNPACK
-delegate whose weights are repacked into anonymous memory by EACH method that loads it — prefill and
-decode each pack their own copy (`packed_copies` = 2; 1 with a shared XNNPACK weight cache) — and
+delegate whose weights are repacked into anonymous memory by EACH method that loads it (`packed_copies`:
+1 for our default one-method program; a two-method export's prefill and decode each pack a copy) — and
 while a delegate is packed its serialized blob is held too (`load_transient`: the largest linear, the
 head). Plus KV caches (fp32; sliding layers capped at sliding_window slots, KV-shared layers none),
 activations of one prefill chunk, and a runtime overhead. Flash = the .ple file. The PLE table is not in RAM.
@@ -119,7 +119,7 @@ class Budget:
     context: int
     prefill_chunk: int
     weights: dict[str, int] = field(default_factory=dict)   # part -> bytes as the program stores it
-    packed_copies: int = 2                                    # methods that each repack the delegated linears
+    packed_copies: int = 1                                    # methods that each repack the delegated linears
     kv_cache: int = 0
     activations: int = 0
     runtime: int = 0
@@ -141,7 +141,7 @@ class Budget:
 
     @property
     def resident_weight_bytes(self) -> int:
-        """Weights in RAM after both methods are loaded: the embedding and norms once, linears per method."""
+        """Weights in RAM after the program's methods are loaded: the embedding and norms once, linears per method."""
         return self.weight_bytes + (self.packed_copies - 1) * self.linear_bytes
 
     @property
@@ -220,7 +220,7 @@ def weight_parts(cfg: TextConfig, moe: dict | None, quant: str, group_size: int,
 
 def estimate(model: str | TextConfig, *, quant: str = "8da4w", group_size: int = 32, embedding_quant: str = "int8",
              ple_dtype: str = "int4", context: int = 1024, prefill_chunk: int = 128, moe: dict | None = None,
-             runtime_bytes: int = RUNTIME_OVERHEAD, packed_copies: int = 2) -> Budget:
+             runtime_bytes: int = RUNTIME_OVERHEAD, packed_copies: int = 1) -> Budget:
     if isinstance(model, str):
         name = model
         cfg, moe = model_config(model)
@@ -237,11 +237,13 @@ def estimate(model: str | TextConfig, *, quant: str = "8da4w", group_size: int =
 
 
 def estimate_bundle(bundle_dir: str | Path, context: int | None = None, runtime_bytes: int = RUNTIME_OVERHEAD,
-                    packed_copies: int = 2) -> Budget:
-    """The budget of an exported bundle, from its manifest (config, quantization, max_context)."""
+                    packed_copies: int | None = None) -> Budget:
+    """The budget of an exported bundle, from its manifest (config, quantization, max_context, methods)."""
     from gemma_edge.export import bundle_format as bf
 
     m = bf.read_manifest(bundle_dir)
+    if packed_copies is None:
+        packed_copies = len(set(bf.role_methods(m).values()))
     q = m["quantization"]
     b = estimate(TextConfig.from_dict(m["config"]), quant=q["linear"], group_size=q["group_size"],
                  embedding_quant=q["embedding"], ple_dtype=q["ple_dtype"], context=context or m["max_context"],

@@ -26,13 +26,13 @@ def _budget(args) -> int:
             raise ValueError(f"--device: expected one of {sorted(devices)}, found {args.device!r}")
         devices = {args.device: devices[args.device]}
     if args.bundle:
-        b = estimate_bundle(args.bundle, context=args.context, packed_copies=1 if args.weight_cache else 2)
+        b = estimate_bundle(args.bundle, context=args.context)
         model = None
     else:
         model = args.model
         b = estimate(model, quant=args.quant, group_size=args.group_size, embedding_quant=args.embedding_quant,
                      ple_dtype=args.ple_dtype, context=args.context or 1024, prefill_chunk=args.prefill_chunk,
-                     packed_copies=1 if args.weight_cache else 2)
+                     packed_copies=1 if args.methods == "one" else 2)
     if args.json:
         print(json.dumps({**b.to_dict(), "verdicts": {k: b.verdict(d) for k, d in devices.items()}}, indent=2))
     else:
@@ -83,8 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--context", type=int, default=None, help="tokens of context (default 1024, or the bundle's)")
     p.add_argument("--prefill-chunk", type=int, default=128)
     p.add_argument("--device", help="one phone profile (default: all)")
-    p.add_argument("--weight-cache", action="store_true",
-                   help="assume one shared XNNPACK weight cache (linears packed once, not once per method)")
+    p.add_argument("--methods", choices=("one", "two"), default="one",
+                   help="program methods of a named model's export (two: prefill and decode each pack the linears); "
+                        "a bundle's manifest says its own")
     p.add_argument("--json", action="store_true")
     p.add_argument("--plot", help="write RAM vs context per device to this PNG")
     p.set_defaults(func=_budget)

@@ -94,7 +94,8 @@ class Session:
         if backend == "pte":
             if "program" not in files:
                 raise bf.BundleError(f"{self.bundle_dir}: no program (model.pte) in the manifest's files")
-            runner = PteBackend(self.bundle_dir / files["program"]["path"], bf.PREFILL_METHOD, bf.DECODE_METHOD)
+            roles = bf.role_methods(m)
+            runner = PteBackend(self.bundle_dir / files["program"]["path"], roles[bf.PREFILL_ROLE], roles[bf.DECODE_ROLE])
         elif backend == "onnx":
             if "onnx" not in files:
                 raise bf.BundleError(f"{self.bundle_dir}: no model.onnx in the manifest's files "

@@ -565,7 +565,8 @@ def make_bundle(out: str, ple_path: str, tokenizer_path: str) -> None:
         "quantization": {"linear": "8da4w", "group_size": 32, "embedding": "int8", "ple_dtype": "int4"},
         "files": {"program": entry("model.pte"), "ple": entry("model.ple", identity=h.identity.hex()),
                   "tokenizer": entry("tokenizer.json")},
-        "methods": {"prefill": {**io("T"), "max_tokens": 32}, "decode": {**io(1), "max_tokens": 1}},
+        "methods": {"prefill": {"method": "forward", **io("T"), "max_tokens": 32},
+                    "decode": {"method": "forward", **io(1), "max_tokens": 1}},
         "unknown_top_level_key": {"ignored": True},
     }
     with open(os.path.join(d, "manifest.json"), "w") as f:

@@ -1,4 +1,4 @@
-// The core's Program implemented with ExecuTorch's Module: runs the bundle's "prefill" and "decode" methods.
+// The core's Program implemented with ExecuTorch's Module: runs the methods the manifest names for prefill and decode.
 package dev.gemmaedge.demo
 
 import dev.gemmaedge.core.Program
@@ -9,10 +9,13 @@ import org.pytorch.executorch.Tensor
 /**
  * Wraps `model.pte` (manifest "methods"): prefill(tokens [1, T] int64, input_pos [T] int64,
  * ple_rows [1, T, L, P] float32) -> logits [1, V]; decode is the same with T = 1. input_pos holds
- * absolute positions; the program keeps its KV cache between calls.
+ * absolute positions; the program keeps its KV cache between calls. Both roles are usually played by
+ * one dynamic method ("forward"), so XNNPACK packs the weights once.
  */
 class EtProgram(
     private val ptePath: String,
+    private val prefillMethod: String,
+    private val decodeMethod: String,
     private val numLayers: Int,
     private val pleDim: Int,
     private val vocabSize: Int
@@ -22,17 +25,17 @@ class EtProgram(
     private val module: Module = Module.load(ptePath, Module.LOAD_MODE_MMAP)
 
     init {
-        for (method in arrayOf("prefill", "decode")) {
+        for (method in setOf(prefillMethod, decodeMethod)) {
             val err = module.loadMethod(method)
             require(err == 0) { "$ptePath: method \"$method\": expected it to load (error 0), found ExecuTorch error 0x${err.toString(16)}" }
         }
     }
 
     override fun prefill(tokens: IntArray, startPos: Int, pleRows: FloatArray): FloatArray =
-        run("prefill", tokens, startPos, pleRows)
+        run(prefillMethod, tokens, startPos, pleRows)
 
     override fun decode(token: Int, pos: Int, pleRow: FloatArray): FloatArray =
-        run("decode", intArrayOf(token), pos, pleRow)
+        run(decodeMethod, intArrayOf(token), pos, pleRow)
 
     private fun run(method: String, tokens: IntArray, startPos: Int, rows: FloatArray): FloatArray {
         val t = tokens.size.toLong()

@@ -47,6 +47,7 @@ public final class Manifest {
     public final Map<String, Object> quantization;
     public final FileEntry program, ple, tokenizer;   // tokenizer may be null
     public final Map<String, Object> methods;
+    public final String prefillMethod, decodeMethod;  // program methods playing each role (often one "forward")
     public final int prefillMaxTokens;
 
     private Manifest(File dir, String source, Map<String, Object> m) {
@@ -83,7 +84,9 @@ public final class Manifest {
         tokenizer = entry(files, "tokenizer", false);
         methods = Json.asObject(m.get("methods"), source + ": methods");
         Map<String, Object> prefill = Json.asObject(methods.get("prefill"), source + ": methods.prefill");
-        Json.asObject(methods.get("decode"), source + ": methods.decode");
+        Map<String, Object> decode = Json.asObject(methods.get("decode"), source + ": methods.decode");
+        prefillMethod = prefill.get("method") == null ? "prefill" : Json.asString(prefill.get("method"), source + ": methods.prefill.method");
+        decodeMethod = decode.get("method") == null ? "decode" : Json.asString(decode.get("method"), source + ": methods.decode.method");
         prefillMaxTokens = prefill.get("max_tokens") == null ? prefillChunk : (int) Json.asLong(prefill.get("max_tokens"), source + ": methods.prefill.max_tokens");
         if (prefillChunk > prefillMaxTokens)
             throw fail("prefill_chunk", "<= methods.prefill.max_tokens " + prefillMaxTokens, String.valueOf(prefillChunk));

@@ -51,6 +51,8 @@ public class ManifestTest {
         m.checkFiles(true);
         assertEquals(256, m.maxContext);
         assertEquals(32, m.prefillChunk);
+        assertEquals("forward", m.prefillMethod);   // one dynamic method plays both roles
+        assertEquals("forward", m.decodeMethod);
         assertEquals(2, m.bosTokenId);
         assertArrayEquals(new int[] {1, 106}, m.eosTokenIds);
         assertEquals("int4", m.quantization.get("ple_dtype"));

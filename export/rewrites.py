@@ -23,7 +23,7 @@ class TiedHead(nn.Module):
 
     def __init__(self, weight: torch.Tensor):
         super().__init__()
-        self.proj = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        self.proj = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")  # nothing allocated
         self.proj.weight = nn.Parameter(weight, requires_grad=False)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -96,35 +96,71 @@ def _is_body_linear(module: nn.Module, fqn: str) -> bool:
     return isinstance(module, nn.Linear) and not fqn.startswith("model.embed")
 
 
+def linear_quant_config(scheme: str, group_size: int):
+    """The torchao config of a linear scheme (8da4w / 8da8w)."""
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    if scheme == "8da4w":
+        # bf16 group scales: what XNNPACK's blockwise int4 kernel stores. With fp32 scales torchao's eager
+        # model would differ from the lowered program by the scales' rounding (1.3e-3 on one linear).
+        return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(group_size),
+                                                     weight_scale_dtype=torch.bfloat16)
+    if scheme == "8da8w":
+        return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
+    raise ValueError(f"--quant: expected one of {LINEAR_QUANT}, found {scheme!r}")
+
+
+QUANT_BLOCK_ROWS = 8192  # rows quantized at a time: torchao's temporaries are ~5x the fp32 block
+
+
+def quantize_by_rows(module: nn.Linear | nn.Embedding, config, block_rows: int = QUANT_BLOCK_ROWS) -> None:
+    """torchao-quantize a bias-free Linear or an Embedding in place, `block_rows` weight rows at a time
+    (the same tensors: every scheme here is row-local), so a 262144-row head or embedding never has a
+    full fp32 copy plus torchao's temporaries of it in RAM."""
+    from torchao.quantization import quantize_
+
+    weight = module.weight.detach()
+    parts = []
+    for start in range(0, weight.shape[0], block_rows):
+        rows = min(block_rows, weight.shape[0] - start)
+        block = (nn.Linear(weight.shape[1], rows, bias=False, device="meta") if isinstance(module, nn.Linear)
+                 else nn.Embedding(rows, weight.shape[1], device="meta"))
+        block.weight = nn.Parameter(weight[start:start + rows].float(), requires_grad=False)
+        quantize_(block, config, filter_fn=lambda m, fqn: isinstance(m, type(module)))
+        parts.append(block.weight)
+    names, attrs = parts[0].__tensor_flatten__()
+    inner = {n: torch.cat([getattr(p, n) for p in parts]) for n in names}
+    module.weight = nn.Parameter(type(parts[0]).__tensor_unflatten__(inner, attrs, weight.shape, weight.stride()),
+                                 requires_grad=False)
+
+
 def quantize_linears(model: nn.Module, scheme: str, group_size: int = 32, progress: bool = False) -> nn.Module:
     """torchao int8-dynamic-activation / int4 (grouped) or int8 (per-channel) weights on every Linear.
 
-    Quantizes one Linear at a time, casting it to fp32 just before, so a bf16-loaded model never holds
-    a second full-precision copy.
+    Quantizes one Linear at a time, a block of rows at a time, casting just that block to fp32, so a
+    bf16-loaded model never holds a second full-precision copy.
     """
     if scheme == "none":
         return model
     if scheme not in LINEAR_QUANT:
         raise ValueError(f"--quant: expected one of {LINEAR_QUANT}, found {scheme!r}")
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
-    from torchao.quantization.granularity import PerAxis, PerGroup
+    from torchao.quantization import quantize_
     from tqdm import tqdm
 
-    if scheme == "8da4w":
-        # bf16 group scales: what XNNPACK's blockwise int4 kernel stores. With fp32 scales torchao's eager
-        # model would differ from the lowered program by the scales' rounding (1.3e-3 on one linear).
-        config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(group_size),
-                                                       weight_scale_dtype=torch.bfloat16)
-    else:
-        config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
+    config = linear_quant_config(scheme, group_size)
     targets = [(n, m) for n, m in model.named_modules() if _is_body_linear(m, n)]
     skipped = []
     for name, module in tqdm(targets, desc=f"quantize {scheme}", unit="linear", disable=not progress):
-        module.float()
         if scheme == "8da4w" and module.in_features % group_size:
+            module.float()
             skipped.append(name)  # kept in fp32: int4 groups must tile the input dimension
             continue
-        quantize_(module, config, filter_fn=lambda m, fqn: isinstance(m, nn.Linear))
+        if module.bias is not None:
+            module.float()
+            quantize_(module, config, filter_fn=lambda m, fqn: isinstance(m, nn.Linear))
+        else:
+            quantize_by_rows(module, config)
     if skipped:
         log.warning("%d linear(s) kept in fp32 (in_features not a multiple of group size %d): %s",
                     len(skipped), group_size, ", ".join(skipped[:4]) + (" ..." if len(skipped) > 4 else ""))
@@ -138,18 +174,13 @@ def quantize_embedding(model: Gemma4CausalLM, scheme: str) -> Gemma4CausalLM:
         return model
     if scheme not in EMBEDDING_QUANT:
         raise ValueError(f"--embedding-quant: expected one of {EMBEDDING_QUANT}, found {scheme!r}")
-    from torchao.quantization import IntxWeightOnlyConfig, quantize_
+    from torchao.quantization import IntxWeightOnlyConfig
     from torchao.quantization.granularity import PerAxis, PerGroup
 
-    emb = model.model.embed_tokens
-    if emb.weight is getattr(getattr(model, "export_head", None), "proj", nn.Linear(1, 1)).weight:
-        # The head keeps its own reference to the matrix; the embedding gets a quantized copy.
-        emb.weight = nn.Parameter(emb.weight.detach(), requires_grad=False)
-    emb.float()
     granularity = PerAxis(0) if scheme == "int8" else PerGroup(32)
     dtype = torch.int8 if scheme == "int8" else torch.int4
-    quantize_(emb, IntxWeightOnlyConfig(weight_dtype=dtype, granularity=granularity),
-              filter_fn=lambda m, fqn: isinstance(m, nn.Embedding))
+    # A tied head keeps its own reference to the matrix: the embedding gets a quantized copy either way.
+    quantize_by_rows(model.model.embed_tokens, IntxWeightOnlyConfig(weight_dtype=dtype, granularity=granularity))
     return model
 
 

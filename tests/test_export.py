@@ -313,3 +313,24 @@ def test_inspect_bundle_cli(gqa, capsys):
     assert main(["inspect", str(gqa[3])]) == 0
     out = capsys.readouterr().out
     assert "prefill" in out and "decode" in out and "model.ple" in out
+
+
+@pytest.mark.parametrize("scheme", ["8da4w", "8da8w"])
+def test_row_block_quantization_equals_whole(scheme):
+    """Quantizing a linear a block of rows at a time (bounded memory on the 262144-row head) gives the
+    very tensors torchao gives for the whole matrix."""
+    from torchao.quantization import quantize_
+
+    torch.manual_seed(0)
+    whole = torch.nn.Sequential(torch.nn.Linear(64, 100, bias=False))
+    blocked = torch.nn.Sequential(torch.nn.Linear(64, 100, bias=False))
+    blocked[0].weight.data.copy_(whole[0].weight.data.to(torch.bfloat16).float())
+    whole[0].weight.data.copy_(blocked[0].weight.data)
+    blocked[0].weight.data = blocked[0].weight.data.to(torch.bfloat16)  # as loaded from a bf16 checkpoint
+    config = rewrites.linear_quant_config(scheme, group_size=32)
+    quantize_(whole, config)
+    rewrites.quantize_by_rows(blocked[0], config, block_rows=32)  # 100 rows: blocks of 32, 32, 32, 4
+    for name in ("qdata", "scale", "zero_point"):
+        assert torch.equal(getattr(blocked[0].weight, name), getattr(whole[0].weight, name)), name
+    x = torch.randn(3, 64)
+    assert torch.equal(blocked(x), whole(x))

@@ -88,7 +88,6 @@ class PteBackend:
             raise ValueError(f"{path}: methods {missing} missing; the program has {sorted(names)}")
         self._prefill = self.program.load_method(prefill_method)
         self._decode = self._prefill if decode_method == prefill_method else self.program.load_method(decode_method)
-        self.methods_loaded = len({prefill_method, decode_method})
 
     @staticmethod
     def _run(method, tokens: np.ndarray, pos: np.ndarray, rows: np.ndarray) -> np.ndarray:

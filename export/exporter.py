@@ -56,8 +56,9 @@ class ExportSettings:
                              f"(≤ sliding_window, so one step never overruns the ring), found {self.prefill_chunk}")
         if not 2 <= self.max_context <= cfg.max_position_embeddings:
             raise ValueError(f"max_context: expected 2..{cfg.max_position_embeddings}, found {self.max_context}")
-        if self.methods not in ("one", "two"):
-            raise ValueError(f"methods: expected 'one' or 'two', found {self.methods!r}")
+        from .bundle_format import method_names_for
+
+        method_names_for(self.methods)  # refuses anything but "one" / "two"
         bad = set(self.formats) - {"pte", "onnx"}
         if bad:
             raise ValueError(f"formats: expected pte and/or onnx, found {sorted(bad)}")

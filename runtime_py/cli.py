@@ -18,6 +18,8 @@ def _run(args) -> int:
 
 
 def _budget(args) -> int:
+    from gemma_edge.export.bundle_format import method_names_for
+
     from .budget import estimate, estimate_bundle, format_budget, load_devices, plot_budget
 
     devices = load_devices()
@@ -32,7 +34,7 @@ def _budget(args) -> int:
         model = args.model
         b = estimate(model, quant=args.quant, group_size=args.group_size, embedding_quant=args.embedding_quant,
                      ple_dtype=args.ple_dtype, context=args.context or 1024, prefill_chunk=args.prefill_chunk,
-                     packed_copies=1 if args.methods == "one" else 2)
+                     packed_copies=len(set(method_names_for(args.methods).values())))
     if args.json:
         print(json.dumps({**b.to_dict(), "verdicts": {k: b.verdict(d) for k, d in devices.items()}}, indent=2))
     else:

@@ -99,3 +99,15 @@ def test_budget_cli(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["verdicts"]["midrange-6gb"]["fits"] is False
     png = plot_budget(tmp_path / "ram.png", "e2b", load_devices(), max_context=4096)
     assert png.stat().st_size > 1000
+
+
+def test_budget_cli_counts_packed_copies_per_method(capsys):
+    from gemma_edge.cli import main
+
+    ram = {}
+    for methods in ("one", "two"):
+        main(["budget", "--model", "e2b", "--device", "pixel-8", "--json", "--methods", methods])
+        ram[methods] = json.loads(capsys.readouterr().out)
+    assert ram["one"]["packed_copies"] == 1 and ram["two"]["packed_copies"] == 2
+    b = estimate("e2b")
+    assert ram["two"]["ram_bytes"] - ram["one"]["ram_bytes"] == b.linear_bytes  # the linears packed once more

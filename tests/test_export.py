@@ -350,3 +350,17 @@ def test_row_block_embedding_quantization_equals_whole(scheme):
     rewrites.quantize_by_rows(blocked, config, block_rows=32)
     ids = torch.tensor([[0, 31, 32, 99, 64]])
     assert torch.equal(blocked(ids), whole(ids))
+
+
+def test_manifest_roles_map_to_program_methods():
+    from gemma_edge.export.bundle_format import BundleError, method_names_for, role_methods
+
+    assert method_names_for("one") == {"prefill": "forward", "decode": "forward"}
+    assert method_names_for("two") == {"prefill": "prefill", "decode": "decode"}
+    with pytest.raises(ValueError, match="methods"):
+        method_names_for("three")
+    # A manifest entry without "method" names the method after its role (two-method bundles of format v1).
+    assert role_methods({"methods": {"prefill": {}, "decode": {"method": "step"}}}) == {"prefill": "prefill",
+                                                                                      "decode": "step"}
+    with pytest.raises(BundleError, match="methods.decode"):
+        role_methods({"methods": {"prefill": {}}})

@@ -50,7 +50,7 @@ def describe_bundle(path: str | Path, full_hash: bool = True) -> tuple[str, bool
              f"PLE {m['num_layers']} × {m['ple_dim']}; model_hash {m['model_hash'][:16]}…",
              f"  context {m['max_context']}, prefill chunk {m['prefill_chunk']}; bos {m['bos_token_id']}, "
              f"eos {m['eos_token_ids']}",
-             f"  quantization: linear {q['linear']} (group {q.get('group_size')}), embedding {q['embedding']}, "
+             f"  quantization: linear {q['linear']} ({bf.granularity_name(q.get('group_size'))}), embedding {q['embedding']}, "
              f"PLE {q['ple_dtype']}",
              f"  chat template: {'yes' if m.get('chat_template') else 'none (raw prompts or the built-in Gemma 4 format)'}",
              "  files:"]

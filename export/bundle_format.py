@@ -18,6 +18,13 @@ FORMAT_VERSION = 1
 PROGRAM_FILE = "model.pte"
 PLE_FILE = "model.ple"
 ONNX_FILE = "model.onnx"
+PER_CHANNEL = 0  # quantization.group_size meaning one scale per output channel (LiteRT-LM's gemma4_mixed48 too)
+
+
+def granularity_name(group_size) -> str:
+    """How a manifest's / budget's group_size reads: "per-channel" for PER_CHANNEL, else "group N"."""
+    return "per-channel" if group_size == PER_CHANNEL else f"group {group_size}"
+
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
 PREFILL_ROLE = "prefill"

@@ -39,7 +39,8 @@ def _export(args) -> int:
     settings = ExportSettings(quant=args.quant, group_size=args.group_size, embedding_quant=args.embedding_quant,
                               ple_dtype=args.ple_dtype, max_context=args.max_context,
                               prefill_chunk=args.prefill_chunk, formats=formats, methods=args.methods)
-    out = export_bundle(args.checkpoint, args.out, settings, progress=not args.quiet, overwrite=args.overwrite)
+    out = export_bundle(args.checkpoint, args.out, settings, progress=not args.quiet, overwrite=args.overwrite,
+                        reuse_program=args.reuse_program)
     from .bundle import describe_bundle
 
     print(describe_bundle(out)[0])
@@ -87,7 +88,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="bundle folder to create")
     p.add_argument("--quant", default="8da4w", choices=LINEAR_QUANT,
                    help="linears: int8 dynamic activations with int4 grouped (8da4w) or int8 (8da8w) weights")
-    p.add_argument("--group-size", type=int, default=32, help="8da4w weight group size")
+    p.add_argument("--reuse-program", metavar="BUNDLE",
+                   help="copy model.pte from an earlier bundle of this checkpoint with the same program settings "
+                        "(e.g. to make an int8-PLE bundle beside an int4 one without lowering again)")
+    p.add_argument("--group-size", type=int, default=0,
+                   help="8da4w weights per scale: 0 = one scale per output channel (default; what LiteRT-LM "
+                        "uses, fastest), else a group size such as 32 or 128 (more accurate, slower)")
     p.add_argument("--embedding-quant", default="int8", choices=EMBEDDING_QUANT, help="main embedding table")
     p.add_argument("--ple-dtype", default="int4", choices=PLE_DTYPES, help="stored dtype of the PLE flash file")
     p.add_argument("--max-context", type=int, default=1024)

@@ -35,8 +35,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 class ExportSettings:
     """What the CLI's export options build; recorded in the manifest."""
 
-    quant: str = "8da4w"  # linears: none | 8da4w (int8 dyn. act., int4 grouped weights) | 8da8w
-    group_size: int = 32
+    quant: str = "8da4w"  # linears: none | 8da4w (int8 dyn. act., int4 weights) | 8da8w
+    group_size: int = 0  # 8da4w: 0 = one scale per output channel (bundle_format.PER_CHANNEL), else weights per group
     embedding_quant: str = "int8"  # main embedding (the tied head is a separate, linear-quantized copy)
     ple_dtype: str = "int4"
     max_context: int = 1024
@@ -49,6 +49,9 @@ class ExportSettings:
             raise ValueError(f"quant: expected one of {rewrites.LINEAR_QUANT}, found {self.quant!r}")
         if self.embedding_quant not in rewrites.EMBEDDING_QUANT:
             raise ValueError(f"embedding_quant: expected one of {rewrites.EMBEDDING_QUANT}, found {self.embedding_quant!r}")
+        if self.group_size < 0:
+            raise ValueError(f"group_size: expected 0 (one scale per output channel) or a group size ≥ 1, "
+                             f"found {self.group_size}")
         if self.ple_dtype not in PLE_DTYPES:
             raise ValueError(f"ple_dtype: expected one of {PLE_DTYPES}, found {self.ple_dtype!r}")
         if not 1 <= self.prefill_chunk <= min(cfg.sliding_window, self.max_context):
@@ -159,6 +162,13 @@ def _fsync_write(path: Path, write) -> None:
         os.fsync(f.fileno())
 
 
+def _copy_from(source: Path):
+    def write(f) -> None:
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, f, 16 << 20)
+    return write
+
+
 def write_ple(checkpoint: Path, path: Path, cfg: TextConfig, dtype: str, mhash: bytes, progress: bool):
     from gemma_edge.ple_store import write
 
@@ -167,10 +177,42 @@ def write_ple(checkpoint: Path, path: Path, cfg: TextConfig, dtype: str, mhash: 
                  embed_scale=cfg.ple_scale, model_hash=mhash, progress=progress)
 
 
-def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, settings: ExportSettings | None = None,
-                  progress: bool = True, overwrite: bool = False) -> Path:
-    """Write `out_dir/{model.pte, model.ple, manifest.json, tokenizer files}` for a checkpoint."""
+def reusable_program(bundle_dir: str | Path, mhash: bytes, settings: ExportSettings) -> Path:
+    """The `model.pte` of an earlier bundle when it is the very program `settings` would build from this
+    checkpoint: same checkpoint hash, linear and embedding quantization, context, chunk and methods. The
+    PLE dtype is not part of the program (it takes fp32 rows), so a bundle with another PLE dtype can be
+    made without quantizing and lowering again (35 min for E2B here)."""
     from . import bundle_format as bf
+
+    bundle_dir = Path(bundle_dir)
+    m = bf.read_manifest(bundle_dir)
+    q = m["quantization"]
+    want = {"model_hash": mhash.hex(), "linear": settings.quant, "group_size": settings.group_size,
+            "embedding": settings.embedding_quant, "max_context": settings.max_context,
+            "prefill_chunk": settings.prefill_chunk, "methods": bf.method_names_for(settings.methods)}
+    found = {"model_hash": m["model_hash"], "linear": q["linear"], "group_size": q.get("group_size"),
+             "embedding": q["embedding"], "max_context": m["max_context"], "prefill_chunk": m["prefill_chunk"],
+             "methods": bf.role_methods(m)}
+    diff = [f"{k}: this export {want[k]!r}, that bundle {found[k]!r}" for k in want if want[k] != found[k]]
+    if diff:
+        raise ValueError(f"--reuse-program {bundle_dir}: not the program this export would build — " + "; ".join(diff))
+    entry = m["files"].get("program")
+    path = bundle_dir / bf.PROGRAM_FILE
+    if entry is None or not path.exists():
+        raise ValueError(f"--reuse-program {bundle_dir}: no {bf.PROGRAM_FILE} in that bundle")
+    if bf.sha256_file(path) != entry["sha256"]:
+        raise ValueError(f"--reuse-program {path}: sha256 does not match its manifest (file changed?)")
+    return path
+
+
+def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, settings: ExportSettings | None = None,
+                  progress: bool = True, overwrite: bool = False, reuse_program: str | Path | None = None) -> Path:
+    """Write `out_dir/{model.pte, model.ple, manifest.json, tokenizer files}` for a checkpoint.
+
+    `reuse_program`: an earlier bundle of the same checkpoint and program settings whose `model.pte` is
+    copied instead of quantizing and lowering again (see `reusable_program`); pte format only."""
+    from . import bundle_format as bf
+    from .checkpoint import open_checkpoint
 
     settings = settings or ExportSettings()
     checkpoint, out_dir = Path(checkpoint_dir), Path(out_dir)
@@ -181,12 +223,21 @@ def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, settings: Exp
     stages = StageLog()
     try:
         mhash = stages.run("hash_checkpoint", model_hash, checkpoint)
-        cfg, model = prepare_model(checkpoint, settings, stages, progress)
+        if reuse_program is not None:
+            if "onnx" in settings.formats:
+                raise ValueError("--reuse-program: copies a .pte only; export ONNX without it")
+            source = reusable_program(reuse_program, mhash, settings)
+            cfg = open_checkpoint(checkpoint).config
+            settings.validate(cfg)
+        else:
+            cfg, model = prepare_model(checkpoint, settings, stages, progress)
         ple_report = None
         if cfg.has_ple:
             ple_report = stages.run("write_ple", write_ple, checkpoint, tmp / bf.PLE_FILE, cfg, settings.ple_dtype,
                                     mhash, progress)
-        if "pte" in settings.formats:
+        if reuse_program is not None:
+            stages.run("copy_pte", _fsync_write, tmp / bf.PROGRAM_FILE, _copy_from(source))
+        elif "pte" in settings.formats:
             programs = stages.run("torch_export", export_programs, cfg, model, settings)
             et_program = stages.run("lower_xnnpack", lower_to_executorch, programs, settings.quant != "none")
             del programs
@@ -201,6 +252,8 @@ def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, settings: Exp
                 shutil.copy2(checkpoint / name, tmp / name)
         manifest = bf.build_manifest(tmp, cfg=cfg, settings=asdict(settings), model_hash=mhash,
                                      stages=stages.stages, ple_report=ple_report, checkpoint=checkpoint)
+        if reuse_program is not None:
+            manifest["export"]["program_reused_from"] = str(reuse_program)
         _fsync_write(tmp / bf.MANIFEST_FILE, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -73,6 +73,8 @@ def linear_bytes(n_out: int, n_in: int, quant: str, group_size: int) -> int:
     n = n_out * n_in
     if quant == "none":
         return 4 * n
+    if quant == "8da4w" and group_size == 0:                # bundle_format.PER_CHANNEL
+        return n // 2 + 2 * n_out                        # packed int4 + bf16 per-channel scale
     if quant == "8da4w":
         return n // 2 + (n // group_size) * 2           # packed int4 + bf16 group scales
     if quant == "8da8w":
@@ -218,7 +220,7 @@ def weight_parts(cfg: TextConfig, moe: dict | None, quant: str, group_size: int,
     return {k: v for k, v in parts.items() if v}
 
 
-def estimate(model: str | TextConfig, *, quant: str = "8da4w", group_size: int = 32, embedding_quant: str = "int8",
+def estimate(model: str | TextConfig, *, quant: str = "8da4w", group_size: int = 0, embedding_quant: str = "int8",
              ple_dtype: str = "int4", context: int = 1024, prefill_chunk: int = 128, moe: dict | None = None,
              runtime_bytes: int = RUNTIME_OVERHEAD, packed_copies: int = 1) -> Budget:
     if isinstance(model, str):
@@ -254,7 +256,9 @@ def estimate_bundle(bundle_dir: str | Path, context: int | None = None, runtime_
 
 def format_budget(b: Budget, devices: dict[str, dict]) -> str:
     gib = lambda n: f"{n / 2**30:7.3f} GiB"   # noqa: E731
-    lines = [f"memory budget: {b.model}  linear {b.quant} (group {b.group_size}), embedding {b.embedding_quant}, "
+    from gemma_edge.export.bundle_format import granularity_name
+
+    lines = [f"memory budget: {b.model}  linear {b.quant} ({granularity_name(b.group_size)}), embedding {b.embedding_quant}, "
              f"PLE {b.ple_dtype}, context {b.context}, prefill chunk {b.prefill_chunk}",
              f"  program weights (.pte):  {gib(b.weight_bytes)}"]
     for part, n in b.weights.items():

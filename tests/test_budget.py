@@ -23,10 +23,12 @@ def test_unquantized_weights_equal_the_model_definition(name):
 
 def test_8da4w_bytes_per_weight():
     assert linear_bytes(2048, 1536, "8da4w", 32) == 2048 * 1536 // 2 + 2048 * 1536 // 32 * 2
-    b4, b8 = estimate("e2b", quant="8da4w"), estimate("e2b", quant="8da8w")
-    body4 = b4.weights["mlp"] + b4.weights["attention"]
-    body8 = b8.weights["mlp"] + b8.weights["attention"]
-    assert 0.55 < body4 / body8 < 0.58        # (0.5 + 2/32) / (1 + small) bytes per weight
+    assert linear_bytes(2048, 1536, "8da4w", 0) == 2048 * 1536 // 2 + 2048 * 2   # one bf16 scale per row
+    grouped, channel, b8 = (estimate("e2b", quant="8da4w", group_size=32), estimate("e2b", quant="8da4w"),
+                            estimate("e2b", quant="8da8w"))
+    body = lambda b: b.weights["mlp"] + b.weights["attention"]  # noqa: E731
+    assert 0.55 < body(grouped) / body(b8) < 0.58   # (0.5 + 2/32) / (1 + small) bytes per weight
+    assert 0.49 < body(channel) / body(b8) < 0.51   # the per-channel default: (0.5 + small) / (1 + small)
 
 
 def test_kv_cache_e2b_by_hand():

@@ -153,7 +153,7 @@ def test_quantized_program_is_faithful_to_eager_quantized(tmp_path):
 
     cfg = preset("tiny-e4b")
     ckpt = write_random_checkpoint(tmp_path / "ckpt", cfg, dtype=torch.float32, seed=7, progress=False)
-    settings = ExportSettings(quant="8da4w", group_size=32, embedding_quant="none", ple_dtype="int4",
+    settings = ExportSettings(quant="8da4w", embedding_quant="none", ple_dtype="int4",  # per-channel int4
                               max_context=48, prefill_chunk=6)
     bundle = export_bundle(ckpt, tmp_path / "bundle", settings, progress=False)
     ids = torch.randint(0, cfg.vocab_size, (1, 8 + 16), generator=torch.Generator().manual_seed(2))
@@ -177,8 +177,8 @@ def test_quantized_program_is_faithful_to_eager_quantized(tmp_path):
     assert (bundle / "model.pte").stat().st_size < 0.6 * sum(p.numel() * 4 for p in fp32.parameters())
 
 
-@pytest.mark.parametrize("scheme,bound", [("8da4w", 1e-5), ("8da8w", 1e-5)])
-def test_one_quantized_linear_lowers_faithfully(scheme, bound):
+@pytest.mark.parametrize("scheme,group,bound", [("8da4w", 0, 1e-5), ("8da4w", 32, 1e-5), ("8da8w", 0, 1e-5)])
+def test_one_quantized_linear_lowers_faithfully(scheme, group, bound):
     """XNNPACK's dynamically quantized linear vs torchao's eager one, on a single layer."""
     import executorch.kernels.quantized  # noqa: F401
     from executorch.runtime import Runtime
@@ -187,7 +187,7 @@ def test_one_quantized_linear_lowers_faithfully(scheme, bound):
 
     torch.manual_seed(0)
     lin = torch.nn.Sequential(torch.nn.Linear(64, 128, bias=False))
-    rewrites.quantize_linears(lin, scheme, group_size=32)
+    rewrites.quantize_linears(lin, scheme, group_size=group)
     x = torch.randn(1, 5, 64)
     with torch.no_grad():
         ref = lin(x)
@@ -239,16 +239,17 @@ def test_untie_head_allclose():
         torch.testing.assert_close(m(ids), before)
 
 
-@pytest.mark.parametrize("scheme", ["8da4w", "8da8w"])
-def test_quantize_linears_close_and_reports_skips(scheme):
+@pytest.mark.parametrize("scheme,group", [("8da4w", 32), ("8da4w", 0), ("8da8w", 0)])
+def test_quantize_linears_close_and_reports_skips(scheme, group):
     cfg, m = _tiny_model(1)
     ids = torch.randint(0, cfg.vocab_size, (1, 9))
     with torch.no_grad():
         before = m(ids)
-        rewrites.quantize_linears(m, scheme, group_size=32)
+        rewrites.quantize_linears(m, scheme, group_size=group)
         after = m(ids)
     assert not torch.equal(after, before)  # something was quantized
     assert ((after - before).abs().max() / before.abs().max()).item() < 0.1
+    # int4 blocks (a group, or a whole row per channel) must be a multiple of 32 for XNNPACK
     expect = [n for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear) and mod.in_features % 32] \
         if scheme == "8da4w" else []
     assert m.quant_skipped == expect
@@ -315,8 +316,8 @@ def test_inspect_bundle_cli(gqa, capsys):
     assert "prefill" in out and "decode" in out and "model.ple" in out
 
 
-@pytest.mark.parametrize("scheme", ["8da4w", "8da8w"])
-def test_row_block_quantization_equals_whole(scheme):
+@pytest.mark.parametrize("scheme,group", [("8da4w", 32), ("8da4w", 0), ("8da8w", 0)])
+def test_row_block_quantization_equals_whole(scheme, group):
     """Quantizing a linear a block of rows at a time (bounded memory on the 262144-row head) gives the
     very tensors torchao gives for the whole matrix."""
     from torchao.quantization import quantize_
@@ -327,7 +328,7 @@ def test_row_block_quantization_equals_whole(scheme):
     blocked[0].weight.data.copy_(whole[0].weight.data.to(torch.bfloat16).float())
     whole[0].weight.data.copy_(blocked[0].weight.data)
     blocked[0].weight.data = blocked[0].weight.data.to(torch.bfloat16)  # as loaded from a bf16 checkpoint
-    config = rewrites.linear_quant_config(scheme, group_size=32)
+    config = rewrites.linear_quant_config(scheme, group_size=group)
     quantize_(whole, config)
     rewrites.quantize_by_rows(blocked[0], config, block_rows=32)  # 100 rows: blocks of 32, 32, 32, 4
     for name in ("qdata", "scale", "zero_point"):
@@ -364,3 +365,22 @@ def test_manifest_roles_map_to_program_methods():
                                                                                       "decode": "step"}
     with pytest.raises(BundleError, match="methods.decode"):
         role_methods({"methods": {"prefill": {}}})
+
+
+def test_reuse_program_makes_another_ple_dtype_without_lowering(tiny_checkpoint, tiny_bundle, tmp_path):
+    """--reuse-program: the same program bytes, a new PLE file of another dtype, a valid bundle; a program
+    built with other settings (or from another checkpoint) is refused with the field named."""
+    from conftest import TINY_EXPORT
+
+    settings = ExportSettings(**{**TINY_EXPORT, "ple_dtype": "int4"})
+    out = export_bundle(tiny_checkpoint, tmp_path / "int4", settings, progress=False, reuse_program=tiny_bundle)
+    m = read_manifest(out)
+    assert sha256_file(out / "model.pte") == read_manifest(tiny_bundle)["files"]["program"]["sha256"]
+    assert m["files"]["ple"]["dtype"] == "int4" and m["quantization"]["ple_dtype"] == "int4"
+    assert [s["stage"] for s in m["export"]["stages"]] == ["hash_checkpoint", "write_ple", "copy_pte"]
+    assert m["export"]["program_reused_from"] == str(tiny_bundle)
+    assert verify_bundle(out) == []
+    with pytest.raises(ValueError, match="max_context: this export 32, that bundle 64"):
+        export_bundle(tiny_checkpoint, tmp_path / "bad", ExportSettings(**{**TINY_EXPORT, "max_context": 32}),
+                      progress=False, reuse_program=tiny_bundle)
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob("bad.partial-*"))

@@ -149,6 +149,30 @@ def test_ple_table_streams_by_row_range(pair):
     assert torch.equal(torch.cat(chunks), ours.model.embed_tokens_per_layer.weight)
 
 
+def test_release_file_pages_drops_mmapped_rows_and_keeps_values(tmp_path):
+    """The exporter's RSS fix: a quantized source tensor's pages of an mmap'd shard leave RSS, and the
+    tensor still reads back the same values (from the file); anonymous memory is never touched."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from gemma_edge.export.checkpoint import release_file_pages
+    from gemma_edge.runtime.phone import proc_status
+
+    big = torch.randn(4096, 1024)  # 16 MiB
+    save_file({"w": big}, tmp_path / "x.safetensors")
+    with safe_open(tmp_path / "x.safetensors", framework="pt") as f:
+        mapped = f.get_tensor("w")
+    before = proc_status()["RssFile"]
+    assert float(mapped.sum()) == float(big.sum())  # touch every page
+    touched = proc_status()["RssFile"]
+    assert touched - before >= 12 * 2**20
+    assert release_file_pages(mapped[:2048]) >= 8 * 2**20
+    assert touched - proc_status()["RssFile"] >= 6 * 2**20
+    assert torch.equal(mapped, big)  # faulted back in from the file
+    anon = big.clone()
+    assert release_file_pages(anon) == 0 and torch.equal(anon, big)
+
+
 def _single_file(d):
     files = sorted(d.glob("*.safetensors"))
     assert len(files) == 1
@@ -211,6 +235,8 @@ def test_half_precision_checkpoints(tmp_path, dtype):
     ref = transformers.Gemma4ForCausalLM.from_pretrained(tmp_path, dtype=dtype, attn_implementation="eager").eval()
     _, ours16 = load_checkpoint(tmp_path, dtype=dtype)
     assert ours16.model.embed_tokens.weight.dtype == dtype
+    chunks = list(ple_row_chunks(tmp_path, chunk_rows=7, dtype=dtype))  # pread, not mmap: same rows
+    assert torch.equal(torch.cat(chunks), ours16.model.embed_tokens_per_layer.weight)
     with torch.no_grad():
         r16 = ref(input_ids=ids).logits.float()
         assert (ours16(ids).float() - r16).abs().max() <= r16.abs().max() * torch.finfo(dtype).eps

@@ -88,6 +88,9 @@ class PteBackend:
             raise ValueError(f"{path}: methods {missing} missing; the program has {sorted(names)}")
         self._prefill = self.program.load_method(prefill_method)
         self._decode = self._prefill if decode_method == prefill_method else self.program.load_method(decode_method)
+        from .phone import release_file_mapping
+
+        self.released = release_file_mapping(path)  # delegates hold packed copies now; see its docstring
 
     @staticmethod
     def _run(method, tokens: np.ndarray, pos: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -114,6 +114,22 @@ def test_ple_residency_within_fetched_rows(pte, eager):
     assert resident and resident <= allowed, f"pages beyond the fetched rows: {sorted(resident - allowed)}"
 
 
+def test_program_pages_released_after_load(tiny_bundle):
+    """After loading, no page of the .pte stays mapped-resident or locked (ExecuTorch mlocks its constants
+    when run as root): the delegates hold packed copies, the embedding rows fault back in on use."""
+    from gemma_edge.runtime.phone import mapping_resident_bytes
+
+    session = Session(tiny_bundle)
+    pte = tiny_bundle / bf.PROGRAM_FILE
+    assert session.backend.released["mapped"] > 0
+    assert mapping_resident_bytes(pte) == 0
+    with open("/proc/self/status") as f:
+        locked = next(int(line.split()[1]) for line in f if line.startswith("VmLck:"))
+    assert locked == 0
+    first = [t.token for t in session.generate(PROMPT, 4, stop_on_eos=False)]
+    assert first == [t.token for t in Session(tiny_bundle).generate(PROMPT, 4, stop_on_eos=False)]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Bad bundles and bad requests
 # ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Peers of gemma-edge for the head-to-head benchmark: each module builds and times one other system."""

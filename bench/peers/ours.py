@@ -1,0 +1,158 @@
+"""gemma-edge itself as a head-to-head system, with the same interface as the peers beside it.
+
+    venv = ensure_venv(Path("work_dirs/peers"))          # this project's own interpreter
+    built = build(checkpoint_dir, out_dir, venv)          # `gemma-edge export`, timed, peak RSS of the child
+    timed = run(Path(built["path"]), venv, ids, n_new)    # our runtime's Session, medians of `repeats` runs
+
+This file is also the child (`python ours.py run SPEC_JSON`): the bundle is loaded by `gemma_edge.runtime
+.Session` (the .pte through the stock `executorch.runtime`, PLE rows through one batched fetch per prompt),
+one warm-up generation, then `repeats` timed ones, each reset and greedy, EOS ignored.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+try:
+    from .et_example import _as_android_app, _clean_env, _tree_rss
+except ImportError:  # run as the child script
+    from et_example import _as_android_app, _clean_env, _tree_rss  # noqa: F401
+
+RAN_ON = "this machine (2 cores, 24 GiB)"
+RESULT_MARK = "@@OURS_RESULT@@ "
+
+
+def ensure_venv(root: Path) -> Path:
+    """Ours runs in this project's own environment (the README's install), not a separate venv."""
+    return Path(sys.prefix)
+
+
+def _run(cmd: list[str], log: Path, env: dict | None = None, preexec_fn=None,
+         rss_limit_bytes: int | None = None) -> dict:
+    """Run `cmd` with output to `log`; peak RSS from wait4; optional kill past `rss_limit_bytes`."""
+    import signal
+
+    t0, killed_at = time.perf_counter(), None
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env or _clean_env(),
+                                preexec_fn=preexec_fn)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if rss_limit_bytes and killed_at is None and _tree_rss(proc.pid) > rss_limit_bytes:
+                killed_at = _tree_rss(proc.pid)
+                os.kill(proc.pid, signal.SIGKILL)
+            time.sleep(0.2)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    result = None
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith(RESULT_MARK):
+            result = json.loads(line[len(RESULT_MARK):])
+    return {"rc": proc.returncode, "elapsed_s": time.perf_counter() - t0, "peak_rss_bytes": usage.ru_maxrss * 1024,
+            "killed_at_rss_bytes": killed_at, "result": result}
+
+
+def build(checkpoint_dir: Path, out_dir: Path, venv: Path, *, ple_dtype: str = "int4", quant: str = "8da4w",
+          max_context: int = 1024, prefill_chunk: int = 128, reuse_program: Path | None = None,
+          rss_limit_bytes: int | None = None) -> dict:
+    """`gemma-edge export CHECKPOINT --out OUT_DIR` (defaults: 8da4w per-channel, int8 embedding, the given
+    PLE dtype) in a child; reuses an existing bundle of the same checkpoint and settings as it is.
+    Returns {"path" (bundle dir), "bytes" (.pte + .ple), "export_s", "export_peak_rss_bytes", "stages", ...}."""
+    out_dir = Path(out_dir)
+    gemma_edge = Path(venv) / "bin" / "gemma-edge"
+    cmd = [str(gemma_edge), "export", str(checkpoint_dir), "--out", str(out_dir), "--quant", quant,
+           "--ple-dtype", ple_dtype, "--max-context", str(max_context), "--prefill-chunk", str(prefill_chunk),
+           "--quiet"]
+    if reuse_program is not None:
+        cmd += ["--reuse-program", str(reuse_program)]
+    if not (out_dir / "manifest.json").exists():
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        log = out_dir.parent / f"{out_dir.name}.export.log"
+        child = _run(cmd, log, rss_limit_bytes=rss_limit_bytes)
+        if child["killed_at_rss_bytes"] is not None:
+            return {"killed_at_rss_bytes": child["killed_at_rss_bytes"], "export_s": round(child["elapsed_s"], 1),
+                    "log": str(log), "ran_on": RAN_ON}
+        if child["rc"] != 0:
+            raise RuntimeError(f"gemma-edge export exited with {child['rc']} (log: {log})")
+        (out_dir / "export_run.json").write_text(json.dumps(
+            {"export_s": round(child["elapsed_s"], 1), "export_peak_rss_bytes": child["peak_rss_bytes"],
+             "command": cmd, "ran_on": RAN_ON}, indent=2))
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    run_info = json.loads((out_dir / "export_run.json").read_text()) if (out_dir / "export_run.json").exists() else {}
+    files = manifest["files"]
+    return {"path": str(out_dir), "bytes": files["program"]["bytes"] + files.get("ple", {}).get("bytes", 0),
+            "program_bytes": files["program"]["bytes"], "ple_bytes": files.get("ple", {}).get("bytes", 0),
+            "export_s": run_info.get("export_s"), "export_peak_rss_bytes": run_info.get("export_peak_rss_bytes"),
+            "stages": manifest["export"]["stages"], "program_reused_from": manifest["export"].get("program_reused_from"),
+            "quantization": manifest["quantization"], "ran_on": run_info.get("ran_on", RAN_ON)}
+
+
+def run(bundle: Path, venv: Path, prompt_ids: list[int], n_new: int, threads: int = 2, repeats: int = 3,
+        *, mlock: bool = False) -> dict:
+    """Time our Session on `prompt_ids` + `n_new` greedy tokens (EOS ignored) in a child: one warm-up, then
+    `repeats` timed runs. mlock=False (default) loads as an Android app (no CAP_IPC_LOCK, 64 KiB memlock
+    limit), as the peers are run. Returns medians and memory at the end while the session is alive."""
+    spec = {"bundle": str(Path(bundle).resolve()), "ids": [int(i) for i in prompt_ids], "n_new": n_new,
+            "threads": threads, "repeats": repeats}
+    log = Path(bundle) / f"run-{os.getpid()}.log"
+    cmd = [str(Path(venv) / "bin" / "python"), str(Path(__file__).resolve()), "run", json.dumps(spec)]
+    child = _run(cmd, log, env=_clean_env(OMP_NUM_THREADS=str(threads)),
+                 preexec_fn=None if mlock else _as_android_app)
+    if child["rc"] != 0 or child["result"] is None:
+        raise RuntimeError(f"our run exited with {child['rc']} (log: {log})")
+    log.unlink()
+    res = child["result"]
+    med = lambda k: statistics.median(r[k] for r in res["runs"])   # noqa: E731
+    return {"load_s": res["load_s"], "ttft_s": med("ttft_s"), "prefill_tok_s": med("prefill_tok_s"),
+            "decode_tok_s": med("decode_tok_s"), **res["memory"], "ple_resident_bytes": res["ple_resident_bytes"],
+            "ple_page_cache_bytes": res["ple_page_cache_bytes"], "embedding_resident_bytes": res["pte_resident_bytes"],
+            "threads": res["threads"], "prompt_tokens": len(prompt_ids), "n_new": n_new, "mlock": mlock,
+            "tokens_identical_across_runs": all(r["tokens"] == res["runs"][0]["tokens"] for r in res["runs"]),
+            "ran_on": RAN_ON, "runs": res["runs"]}
+
+
+def _child_run(spec: dict) -> dict:
+    from executorch.extension.pybindings import portable_lib
+
+    from gemma_edge.export import bundle_format as bf
+    from gemma_edge.runtime import Session
+    from gemma_edge.runtime.backends import preload
+    from gemma_edge.runtime.phone import mapping_resident_bytes, proc_status
+
+    portable_lib._unsafe_reset_threadpool(spec["threads"])
+    preload("pte")
+    bundle = Path(spec["bundle"])
+    t0 = time.perf_counter()
+    session = Session(bundle)
+    load_s = time.perf_counter() - t0
+    ids, n_new = spec["ids"], spec["n_new"]
+    runs = []
+    for i in range(spec["repeats"] + 1):        # the first is the warm-up
+        toks = [t.token for t in session.generate(ids, n_new, stop_on_eos=False)]
+        st = session.last_run
+        if i == 0:
+            ple_rss = mapping_resident_bytes(bundle / bf.PLE_FILE)
+            ple_cache = session.ple.resident_bytes() if hasattr(session.ple, "resident_bytes") else None
+            pte_rss = mapping_resident_bytes(bundle / bf.PROGRAM_FILE)
+            continue
+        runs.append({"ttft_s": st.ttft_s, "prefill_tok_s": st.prefill_tok_s, "decode_tok_s": st.decode_tok_s,
+                     "prefill_s": st.prefill_s, "decode_s": st.decode_s, "tokens": toks})
+    mem = proc_status()
+    return {"load_s": load_s, "runs": runs, "threads": portable_lib._threadpool_get_thread_count(),
+            "memory": {"peak_rss_bytes": mem["VmHWM"], "rss_anon_bytes": mem.get("RssAnon", 0),
+                       "rss_file_bytes": mem.get("RssFile", 0)},
+            "ple_resident_bytes": ple_rss, "ple_page_cache_bytes": ple_cache, "pte_resident_bytes": pte_rss}
+
+
+if __name__ == "__main__":
+    mode, spec = sys.argv[1], json.loads(sys.argv[2])
+    if mode != "run":
+        raise SystemExit(f"ours.py: expected mode 'run', found {mode!r}")
+    print(RESULT_MARK + json.dumps(_child_run(spec)), flush=True)

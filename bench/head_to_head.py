@@ -37,9 +37,20 @@ sys.path.insert(0, str(HERE))
 from peers import et_example, litert_lm, ours  # noqa: E402
 
 RESULTS = HERE / "results" / "head_to_head.json"
-SYSTEMS = ("ours", "ours-int8", "litert", "et")
+SYSTEMS = ("ours", "ours-int8", "litert", "et", "litert-notes")
 LABELS = {"ours": "gemma-edge (.pte + int4 .ple)", "ours-int8": "gemma-edge (.pte + int8 .ple)",
-          "litert": "LiteRT-LM (.litertlm, gemma4_mixed48)", "et": "ExecuTorch example (.pte, 8da4w+emb8)"}
+          "litert": "LiteRT-LM (.litertlm, gemma4_mixed48)", "et": "ExecuTorch example (.pte, 8da4w+emb8)",
+          "litert-notes": "LiteRT-LM, full E2B, from its notes*"}
+# LiteRT-LM on the full E2B as measured on this machine earlier (../shared/docs/litert-lm-notes.md: medians
+# of the ranges given there; 2 threads, warm, text only). Its float conversion does not fit in 24 GiB in one
+# process; `--systems litert --litert-staged` builds it here in stages instead.
+LITERT_NOTES_E2B = {
+    "bytes": 2_580_000_000, "decode_bytes_per_token": 1_190_000_000,
+    128: {"load_s": None, "ttft_s": 0.66, "prefill_tok_s": 216.5, "decode_tok_s": 12.65, "peak_rss_bytes": 1_680_000_000,
+          "rss_anon_bytes": 430_000_000, "rss_file_bytes": 1_240_000_000, "ple_resident_bytes": None},
+    512: {"load_s": None, "ttft_s": 2.43, "prefill_tok_s": 216.5, "decode_tok_s": 12.45, "peak_rss_bytes": 1_870_000_000,
+          "rss_anon_bytes": None, "rss_file_bytes": None, "ple_resident_bytes": None},
+}
 
 
 def log(msg: str) -> None:
@@ -115,6 +126,11 @@ def build_all(systems, ckpt: Path, work: Path, args) -> dict:
     built = {}
     for system in systems:
         log(f"build {system} (cache {root})")
+        if system == "litert-notes":
+            built[system] = {"bytes": LITERT_NOTES_E2B["bytes"], "export_s": None, "export_peak_rss_bytes": None,
+                             "decode_bytes_per_token": LITERT_NOTES_E2B["decode_bytes_per_token"],
+                             "ran_on": "this machine, earlier session (../shared/docs/litert-lm-notes.md); not re-run"}
+            continue
         if system == "ours":
             built[system] = ours.build(ckpt, root / "ours-int4", ours.ensure_venv(venvs))
         elif system == "ours-int8":
@@ -140,6 +156,10 @@ def build_all(systems, ckpt: Path, work: Path, args) -> dict:
 
 
 def run_one(system: str, built: dict, ids: list[int], args, venvs: Path) -> dict:
+    if system == "litert-notes":
+        if len(ids) not in LITERT_NOTES_E2B:
+            raise SystemExit(f"litert-notes: figures exist for prompts {[k for k in LITERT_NOTES_E2B if isinstance(k, int)]}")
+        return {**LITERT_NOTES_E2B[len(ids)], "source": built["ran_on"]}
     if system.startswith("ours"):
         return ours.run(Path(built["path"]), ours.ensure_venv(venvs), ids, args.new_tokens, args.threads, args.repeats)
     if system == "litert":
@@ -173,12 +193,14 @@ def table(built: dict, runs: dict, bw: dict) -> str:
         per_tok = b.get("decode_bytes_per_token")
         bound = bw["read_gbs"] * 1e9 / per_tok if per_tok else None
         ple = r.get("ple_resident_bytes", r.get("embedding_resident_bytes"))
+        f = lambda x, w, spec, scale=1: f"{x / scale:{w}{spec}}" if x is not None else f"{'-':>{w}}"   # noqa: E731
         lines.append(
-            f"{LABELS[system]:<40}{gb(b['bytes']):>10}{b.get('export_s') or 0:>9.0f}"
-            f"{(b.get('export_peak_rss_bytes') or 0) / 2**30:>14.1f}{prompt:>7}{r['load_s']:>7.1f}{r['ttft_s']:>8.2f}"
-            f"{r['prefill_tok_s']:>12.1f}{r['decode_tok_s']:>11.1f}{r['peak_rss_bytes'] / 1e9:>12.2f}"
-            f"{r['rss_anon_bytes'] / 1e9:>8.2f}/{r['rss_file_bytes'] / 1e9:<5.2f}"
-            f"{(ple or 0) / 1e6:>12.1f}{gb(per_tok):>9}{(100 * r['decode_tok_s'] / bound if bound else 0):>13.0f}%")
+            f"{LABELS[system]:<40}{gb(b['bytes']):>10}{f(b.get('export_s'), 9, '.0f')}"
+            f"{f(b.get('export_peak_rss_bytes'), 14, '.1f', 2**30)}{prompt:>7}{f(r['load_s'], 7, '.1f')}"
+            f"{f(r['ttft_s'], 8, '.2f')}{f(r['prefill_tok_s'], 12, '.1f')}{f(r['decode_tok_s'], 11, '.1f')}"
+            f"{f(r['peak_rss_bytes'], 12, '.2f', 1e9)}{f(r['rss_anon_bytes'], 8, '.2f', 1e9)}/"
+            f"{f(r['rss_file_bytes'], 5, '.2f', 1e9)}{f(ple, 12, '.1f', 1e6)}{gb(per_tok):>9}"
+            f"{f(100 * r['decode_tok_s'] / bound if bound else None, 13, '.0f')}%")
     return "\n".join(lines)
 
 
@@ -195,6 +217,7 @@ def main() -> None:
     ap.add_argument("--label")
     ap.add_argument("--litert-staged", action="store_true",
                     help="build LiteRT-LM in stages (the full E2B's float conversion does not fit in 24 GiB)")
+    ap.add_argument("--build-only", action="store_true", help="build (or find) every system's files, run nothing")
     ap.add_argument("--rss-limit-gib", type=float, default=21.0,
                     help="kill a peer's export past this RSS (and record it) instead of taking the machine down")
     args = ap.parse_args()
@@ -206,8 +229,10 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     ckpt = ensure_checkpoint(args.model, work, args.checkpoint)
     built = build_all(systems, ckpt, work, args)
+    if args.build_only:
+        return
     for system, b in built.items():
-        if not b.get("killed_at_rss_bytes"):
+        if not b.get("killed_at_rss_bytes") and "decode_bytes_per_token" not in b:
             b["decode_bytes_per_token"] = decode_bytes_per_token(system, b)
 
     from gemma_edge.export.config import TextConfig
@@ -236,7 +261,7 @@ def main() -> None:
     summary = {}
     for prompt in sorted({p for _, p in runs}):
         row = {}
-        for base, key in (("litert", "vs_litert"), ("et", "vs_executorch")):
+        for base, key in (("litert", "vs_litert"), ("litert-notes", "vs_litert"), ("et", "vs_executorch")):
             if ("ours", prompt) in runs and (base, prompt) in runs:
                 row[key] = ratios(runs[("ours", prompt)], runs[(base, prompt)], built["ours"]["bytes"],
                                   built[base]["bytes"])

@@ -192,11 +192,24 @@ def _file_mapping(address: int) -> tuple[int, int, str] | None:
     return None
 
 
+def _all_pages_clean_file_copies(start: int, end: int) -> bool:
+    """True when no resident page in [start, end) is anonymous (/proc/self/pagemap bit 61: file page).
+    A private file mapping's page that was written has become an anonymous copy: dropping it would
+    bring back the file's bytes in place of the written ones."""
+    first, count = start // mmap.PAGESIZE, (end - start) // mmap.PAGESIZE
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(first * 8)
+        entries = memoryview(f.read(count * 8)).cast("Q")
+    present, file_page = 1 << 63, 1 << 61
+    return all(not (e & present) or (e & file_page) for e in entries)
+
+
 def release_file_pages(tensor: torch.Tensor) -> int:
     """Drop the resident pages under `tensor` when it lives in a file mapping (a shard mmap'd by
     safetensors): they are clean copies of the file, counted in RSS while mapped, and come back from the
-    file on the next touch. Anonymous memory is left alone (MADV_DONTNEED would zero it). Returns the
-    bytes of address range released (0 when the tensor is not file-backed)."""
+    file on the next touch. Anonymous memory, and file pages written since they were mapped, are left
+    alone (MADV_DONTNEED would lose their contents). Returns the bytes of address range released (0 when
+    nothing was)."""
     address, nbytes = tensor.data_ptr(), tensor.numel() * tensor.element_size()
     if not tensor.is_contiguous():
         return 0
@@ -205,6 +218,8 @@ def release_file_pages(tensor: torch.Tensor) -> int:
         return 0
     start = max(mapping[0], address - address % mmap.PAGESIZE)
     end = min(mapping[1], -(-(address + nbytes) // mmap.PAGESIZE) * mmap.PAGESIZE)
+    if not _all_pages_clean_file_copies(start, end):
+        return 0
     if _libc.madvise(start, end - start, _MADV_DONTNEED) != 0:
         return 0  # best effort: memory stays as it was
     return end - start

@@ -15,6 +15,10 @@ from pathlib import Path
 
 FORMAT = "gemma-edge-bundle"
 FORMAT_VERSION = 1
+# How the program computes inside (its inputs and outputs are the format's): bumped when an export of the
+# same checkpoint and settings would build a different program, so an older one is never reused as current.
+# 2: KV caches written in place (llama::update_cache), sliding rings of window + chunk, mean square as a linear.
+PROGRAM_REVISION = 2
 PROGRAM_FILE = "model.pte"
 PLE_FILE = "model.ple"
 ONNX_FILE = "model.onnx"
@@ -119,7 +123,8 @@ def build_manifest(bundle_dir: Path, *, cfg, settings: dict, model_hash: bytes, 
                            "max_tokens": settings["prefill_chunk"] if t == "T" else 1}
                     for role, t in ((PREFILL_ROLE, "T"), (DECODE_ROLE, 1))},
         "chat_template": chat_template,
-        "export": {"stages": stages, "source_checkpoint": str(checkpoint) if checkpoint else None},
+        "export": {"stages": stages, "source_checkpoint": str(checkpoint) if checkpoint else None,
+                   "program_revision": PROGRAM_REVISION},
     }
     if ple_report is not None:
         import dataclasses

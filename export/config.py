@@ -23,6 +23,12 @@ _DEFAULT_ROPE = {
 }
 
 
+def ring_slots(sliding_window: int, max_context: int, prefill_chunk: int) -> int:
+    """Slots of a sliding layer's KV ring in the exported program: the window plus one prefill chunk, so a
+    chunk written before it is attended never overwrites a key an earlier query of that chunk still needs."""
+    return min(sliding_window + prefill_chunk, max_context)
+
+
 class ConfigError(ValueError):
     """A config that names an unsupported feature or is inconsistent."""
 

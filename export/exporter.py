@@ -13,7 +13,7 @@ import resource
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -88,17 +88,6 @@ class StageLog:
         return out
 
 
-class StepProgram(nn.Module):
-    """The method a phone runs: tokens [1,T], positions [T] and fetched PLE rows [1,T,L,P] in, logits [1,V] out."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, ple_rows: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_cached(tokens, input_pos, ple_rows)
-
-
 def example_inputs(cfg: TextConfig, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     layers, p = cfg.num_hidden_layers, max(cfg.hidden_size_per_layer_input, 1)
     return (torch.zeros(1, t, dtype=torch.long), torch.arange(t, dtype=torch.long),
@@ -125,7 +114,7 @@ def export_programs(cfg: TextConfig, model: nn.Module, settings: ExportSettings)
     plays both roles (`methods="one"`), or a dynamic `prefill` and a T = 1 `decode` (`methods="two"`)."""
     from .bundle_format import method_names_for
 
-    step = StepProgram(model).eval()
+    step = rewrites.InPlaceKVStep(model, settings.prefill_chunk).eval()
     t = torch.export.Dim("T", min=1, max=settings.prefill_chunk)
     shapes = {"tokens": {1: t}, "input_pos": {0: t}, "ple_rows": {1: t}}
     names = method_names_for(settings.methods)
@@ -189,10 +178,11 @@ def reusable_program(bundle_dir: str | Path, mhash: bytes, settings: ExportSetti
     q = m["quantization"]
     want = {"model_hash": mhash.hex(), "linear": settings.quant, "group_size": settings.group_size,
             "embedding": settings.embedding_quant, "max_context": settings.max_context,
-            "prefill_chunk": settings.prefill_chunk, "methods": bf.method_names_for(settings.methods)}
+            "prefill_chunk": settings.prefill_chunk, "methods": bf.method_names_for(settings.methods),
+            "program_revision": bf.PROGRAM_REVISION}
     found = {"model_hash": m["model_hash"], "linear": q["linear"], "group_size": q.get("group_size"),
              "embedding": q["embedding"], "max_context": m["max_context"], "prefill_chunk": m["prefill_chunk"],
-             "methods": bf.role_methods(m)}
+             "methods": bf.role_methods(m), "program_revision": m["export"].get("program_revision", 1)}
     diff = [f"{k}: this export {want[k]!r}, that bundle {found[k]!r}" for k in want if want[k] != found[k]]
     if diff:
         raise ValueError(f"--reuse-program {bundle_dir}: not the program this export would build — " + "; ".join(diff))
@@ -245,6 +235,9 @@ def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, settings: Exp
             del et_program
         if "onnx" in settings.formats:
             from .onnx_export import export_onnx
+
+            if "pte" in settings.formats:
+                model.setup_cache(settings.max_context, dtype=torch.float32)  # the .pte's step took the caches
 
             stages.run("export_onnx", export_onnx, cfg, model, settings, tmp / bf.ONNX_FILE)
         for name in TOKENIZER_FILES:

@@ -59,17 +59,18 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Attention scaled by 1.0 with an fp32 softmax: q [B,H,T,D], k/v [B,KV,S,D], additive mask [G·T,S].
+    """Attention scaled by 1.0 with an fp32 softmax: q [B,T,H,D], k/v [B,KV,S,D], additive mask [G·T,S];
+    returns [B,T,H,D].
 
     Query heads are grouped under their KV head (head h uses KV head h // G, G = H/KV, as transformers'
     repeat_kv does) so K and V are never copied: one matmul per KV head covers its G query heads.
     """
-    b, heads, t, d = q.shape
+    b, t, heads, d = q.shape
     kv, s = k.shape[1], k.shape[2]
-    qg = q.reshape(b * kv, (heads // kv) * t, d)  # [B·KV, G·T, D]
+    qg = q.transpose(1, 2).reshape(b * kv, (heads // kv) * t, d)  # [B·KV, G·T, D]
     scores = torch.bmm(qg, k.reshape(b * kv, s, d).transpose(1, 2)) + mask  # [B·KV, G·T, S]
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-    return torch.bmm(probs, v.reshape(b * kv, s, d)).view(b, heads, t, d)
+    return torch.bmm(probs, v.reshape(b * kv, s, d)).view(b, heads, t, d).transpose(1, 2)
 
 
 def additive_mask(allowed: torch.Tensor, groups: int) -> torch.Tensor:
@@ -97,18 +98,17 @@ class Attention(nn.Module):
     def query(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(b, t, -1, self.spec.head_dim))
-        return rotate(q, cos, sin).transpose(1, 2)  # [B, H, T, D]
+        return rotate(q, cos, sin)  # [B, T, H, D]
 
     def key_value(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         b, t, _ = x.shape
         k_raw = self.k_proj(x).view(b, t, -1, self.spec.head_dim)
         v = k_raw if self.v_proj is None else self.v_proj(x).view(b, t, -1, self.spec.head_dim)
-        k = rotate(self.k_norm(k_raw), cos, sin)
-        return k.transpose(1, 2), self.v_norm(v).transpose(1, 2)  # [B, KV, T, D] each
+        return rotate(self.k_norm(k_raw), cos, sin), self.v_norm(v)  # [B, T, KV, D] each
 
     def output(self, attn: torch.Tensor) -> torch.Tensor:
-        b, _, t, _ = attn.shape
-        return self.o_proj(attn.transpose(1, 2).reshape(b, t, -1))
+        b, t = attn.shape[:2]
+        return self.o_proj(attn.reshape(b, t, -1))  # attn [B, T, H, D]
 
 
 class MLP(nn.Module):
@@ -146,13 +146,13 @@ class DecoderLayer(nn.Module):
             self.post_per_layer_input_norm = RMSNorm(h, eps)
             self.act_fn = nn.GELU(approximate="tanh")
 
-    def forward(self, h, cos, sin, kv_step, ple: torch.Tensor | None) -> torch.Tensor:
-        """`kv_step(layer, k_new, v_new) -> (k, v, mask)` supplies the keys this layer attends over."""
+    def forward(self, h, cos, sin, attn_step, ple: torch.Tensor | None) -> torch.Tensor:
+        """`attn_step(layer, q, k_new, v_new) -> [B, T, H, D]` attends over this step's keys (new, cached or
+        shared); q [B, T, H, D], k_new/v_new [B, T, KV, D] (None in a KV-shared layer)."""
         x = self.input_layernorm(h)
         q = self.self_attn.query(x, cos, sin)
         k_new, v_new = self.self_attn.key_value(x, cos, sin) if self.spec.owns_kv else (None, None)
-        k, v, mask = kv_step(self.spec, k_new, v_new)
-        h = h + self.post_attention_layernorm(self.self_attn.output(attend(q, k, v, mask)))
+        h = h + self.post_attention_layernorm(self.self_attn.output(attn_step(self.spec, q, k_new, v_new)))
         h = h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
         if ple is not None:
             gated = self.act_fn(self.per_layer_input_gate(h)) * ple
@@ -207,7 +207,7 @@ class TextModel(nn.Module):
             out[layer_type] = (emb.cos().to(dtype), emb.sin().to(dtype))
         return out
 
-    def run_layers(self, input_ids, positions, ple_rows, kv_step) -> torch.Tensor:
+    def run_layers(self, input_ids, positions, ple_rows, attn_step) -> torch.Tensor:
         h = self.embed(input_ids)
         ple = None
         if self.cfg.has_ple:
@@ -217,7 +217,7 @@ class TextModel(nn.Module):
         rope = self.rope(positions, h.dtype)
         for i, layer in enumerate(self.layers):
             cos, sin = rope[layer.spec.layer_type]
-            h = layer(h, cos, sin, kv_step, None if ple is None else ple[:, :, i:i + 1, :].reshape(ple.shape[0], -1, ple.shape[-1]))
+            h = layer(h, cos, sin, attn_step, None if ple is None else ple[:, :, i:i + 1, :].reshape(ple.shape[0], -1, ple.shape[-1]))
         return self.norm(h)
 
 
@@ -265,15 +265,16 @@ class Gemma4CausalLM(nn.Module):
         masks = self.masks({FULL: causal, SLIDING: causal & window})
         shared: dict[str, tuple] = {}
 
-        def kv_step(spec: LayerSpec, k, v):
-            if not spec.owns_kv:
-                return shared[spec.layer_type]
-            out = (k, v, masks[spec.layer_type])
-            if spec.kv_mode == "store":
-                shared[spec.layer_type] = out
-            return out
+        def attn_step(spec: LayerSpec, q, k, v):
+            if spec.owns_kv:
+                k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, KV, T, D]
+                if spec.kv_mode == "store":
+                    shared[spec.layer_type] = (k, v)
+            else:
+                k, v = shared[spec.layer_type]
+            return attend(q, k, v, masks[spec.layer_type])
 
-        return self.head(self.model.run_layers(input_ids, pos, ple_rows, kv_step))
+        return self.head(self.model.run_layers(input_ids, pos, ple_rows, attn_step))
 
     # ---- cached, fixed-shape forward
     def setup_cache(self, max_context: int, batch_size: int = 1, dtype: torch.dtype | None = None) -> None:
@@ -324,23 +325,24 @@ class Gemma4CausalLM(nn.Module):
         slots = input_pos[t - keep:] % window
         shared: dict[str, tuple] = {}
 
-        def kv_step(spec: LayerSpec, k, v):
+        def attn_step(spec: LayerSpec, q, k, v):
             if not spec.owns_kv:
-                return shared[spec.layer_type]
+                return attend(q, *shared[spec.layer_type])
+            k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, KV, T, D]
             k_cache, v_cache = getattr(self, f"k_cache_{spec.index}"), getattr(self, f"v_cache_{spec.index}")
             if spec.is_sliding:
-                out = (torch.cat([k_cache, k], dim=2), torch.cat([v_cache, v], dim=2), masks[SLIDING])
+                kv = (torch.cat([k_cache, k], dim=2), torch.cat([v_cache, v], dim=2), masks[SLIDING])
                 k_cache.index_copy_(2, slots, k[:, :, t - keep:])
                 v_cache.index_copy_(2, slots, v[:, :, t - keep:])
             else:
                 k_cache.index_copy_(2, input_pos, k)
                 v_cache.index_copy_(2, input_pos, v)
-                out = (k_cache, v_cache, masks[FULL])
+                kv = (k_cache, v_cache, masks[FULL])
             if spec.kv_mode == "store":
-                shared[spec.layer_type] = out
-            return out
+                shared[spec.layer_type] = kv
+            return attend(q, *kv)
 
-        h = self.model.run_layers(input_ids, input_pos, ple_rows, kv_step)
+        h = self.model.run_layers(input_ids, input_pos, ple_rows, attn_step)
         self.ring_pos.index_copy_(0, slots, input_pos[t - keep:] + 1)
         return self.head(h if all_logits else h[:, -1, :])
 

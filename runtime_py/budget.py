@@ -29,7 +29,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from gemma_edge.export.config import FULL, SLIDING, TextConfig
+from gemma_edge.export.config import FULL, SLIDING, TextConfig, ring_slots
 
 DEVICES_FILE = Path(__file__).with_name("devices.json")
 RUNTIME_OVERHEAD = 60 << 20     # native ExecuTorch runtime + XNNPACK threadpool + allocator slack on a phone
@@ -169,16 +169,16 @@ class Budget:
         return d
 
 
-def kv_cache_bytes(cfg: TextConfig, context: int, dtype_bytes: int = 4) -> int:
-    """K and V of every layer that owns them: sliding layers min(window, context) slots, full ones context."""
+def kv_cache_bytes(cfg: TextConfig, context: int, chunk: int = 128, dtype_bytes: int = 4) -> int:
+    """K and V of every layer that owns them, as the program holds them: sliding layers a ring of
+    `ring_slots` (window + one prefill chunk), full ones `context` slots."""
+    ring = ring_slots(cfg.sliding_window, context, min(chunk, context))
     total = 0
     for spec in cfg.layers:
-        if not spec.owns_kv:
-            continue
-        slots = min(cfg.sliding_window, context) if spec.is_sliding else context
-        total += 2 * spec.num_key_value_heads * slots * spec.head_dim * dtype_bytes
-    window = min(cfg.sliding_window, context)
-    return total + 8 * window                                     # ring_pos (int64 per ring slot)
+        if spec.owns_kv:
+            slots = ring if spec.is_sliding else context
+            total += 2 * spec.num_key_value_heads * slots * spec.head_dim * dtype_bytes
+    return total
 
 
 def activation_bytes(cfg: TextConfig, context: int, chunk: int) -> int:
@@ -234,7 +234,7 @@ def estimate(model: str | TextConfig, *, quant: str = "8da4w", group_size: int =
     return Budget(model=name, quant=quant, group_size=group_size, embedding_quant=embedding_quant,
                   ple_dtype=ple_dtype, context=context, prefill_chunk=chunk,
                   weights=weight_parts(cfg, moe, quant, group_size, embedding_quant), packed_copies=packed_copies,
-                  kv_cache=kv_cache_bytes(cfg, context), activations=activation_bytes(cfg, context, chunk),
+                  kv_cache=kv_cache_bytes(cfg, context, chunk), activations=activation_bytes(cfg, context, chunk),
                   runtime=runtime_bytes, flash_ple=ple_file_bytes(cfg, ple_dtype))
 
 
@@ -266,8 +266,9 @@ def format_budget(b: Budget, devices: dict[str, dict]) -> str:
     lines += ["  RAM (peak resident):",
               f"    weights              {gib(b.resident_weight_bytes)}  (linears packed once per method × "
               f"{b.packed_copies}, embedding mmap'd once)",
-              f"    load transient       {gib(b.load_transient)}  (a delegate's blob while it is packed: the head)",f"    kv_cache             {gib(b.kv_cache)}  (fp32; sliding layers capped at the window, shared "
-              "layers free)",
+              f"    load transient       {gib(b.load_transient)}  (a delegate's blob while it is packed: the head)",
+              f"    kv_cache             {gib(b.kv_cache)}  (fp32; sliding layers a ring of window + one chunk, "
+              "shared layers free)",
               f"    activations          {gib(b.activations)}  (one prefill chunk)",
               f"    runtime              {gib(b.runtime)}",
               f"    total                {gib(b.ram_bytes)}",

@@ -32,10 +32,11 @@ def test_8da4w_bytes_per_weight():
 
 
 def test_kv_cache_e2b_by_hand():
-    """E2B owns K/V on 15 layers: 12 sliding (1 KV head × 256, capped at 512 slots), 3 full (1 × 512)."""
+    """E2B owns K/V on 15 layers: 12 sliding (1 KV head × 256, a ring of window 512 + one 128-token chunk),
+    3 full (1 × 512)."""
     cfg = preset("e2b")
     for ctx in (256, 1024, 8192):
-        want = 4 * (12 * 2 * 256 * min(512, ctx) + 3 * 2 * 512 * ctx) + 8 * min(512, ctx)
+        want = 4 * (12 * 2 * 256 * min(512 + 128, ctx) + 3 * 2 * 512 * ctx)
         assert kv_cache_bytes(cfg, ctx) == want
     # sliding layers stop growing at the window: doubling the context past it grows only the full layers
     assert kv_cache_bytes(cfg, 4096) - kv_cache_bytes(cfg, 2048) == 4 * 3 * 2 * 512 * 2048

@@ -13,7 +13,7 @@ from gemma_edge.export import rewrites
 from gemma_edge.export.bundle_format import read_manifest, sha256_file, verify_bundle
 from gemma_edge.export.checkpoint import load_checkpoint
 from gemma_edge.export.exporter import ExportSettings, StageLog, export_bundle, prepare_model
-from gemma_edge.export.model import RMSNorm, attend
+from gemma_edge.export.model import RMSNorm, attend, build_model
 from gemma_edge.export.parity import hf_logits, random_hf_model
 from gemma_edge.export.presets import preset
 from gemma_edge.ple_store import open as open_ple
@@ -276,7 +276,8 @@ def test_grouped_attention_equals_repeat_kv():
     ref = torch.softmax((q @ kr.transpose(2, 3)).masked_fill(~allowed, float("-inf")), -1) @ vr
     from gemma_edge.export.model import additive_mask
 
-    torch.testing.assert_close(attend(q, k, v, additive_mask(allowed, 4)), ref, rtol=1e-5, atol=1e-5)
+    got = attend(q.transpose(1, 2), k, v, additive_mask(allowed, 4))  # q as [B, T, H, D]
+    torch.testing.assert_close(got, ref.transpose(1, 2), rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------- failure modes
@@ -384,3 +385,36 @@ def test_reuse_program_makes_another_ple_dtype_without_lowering(tiny_checkpoint,
         export_bundle(tiny_checkpoint, tmp_path / "bad", ExportSettings(**{**TINY_EXPORT, "max_context": 32}),
                       progress=False, reuse_program=tiny_bundle)
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob("bad.partial-*"))
+    older = tmp_path / "older"  # a bundle an earlier gemma-edge exported: its program computes differently
+    shutil.copytree(tiny_bundle, older)
+    m = read_manifest(older)
+    m["export"]["program_revision"] = 1
+    (older / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="program_revision: this export 2, that bundle 1"):
+        export_bundle(tiny_checkpoint, tmp_path / "bad", settings, progress=False, reuse_program=older)
+
+
+@pytest.mark.parametrize("preset_name", ["tiny", "tiny-e4b"])
+def test_in_place_kv_step_allclose(preset_name):
+    """The program's step (caches written in place, a ring of window + chunk) equals the readable
+    index_copy step: chunked prefill past the window, decodes across the ring's wrap, then a new sequence
+    from position 0 in the same caches."""
+    cfg = preset(preset_name)
+    model = build_model(cfg)
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    chunk, ctx = 4, 40
+    ids = torch.randint(0, cfg.vocab_size, (1, 30), generator=torch.Generator().manual_seed(1))
+    rows = model.model.lookup_ple(ids)
+    model.drop_ple_table()
+    steps = [(0, 4), (4, 8), (8, 11)] + [(t, t + 1) for t in range(11, 30)] + [(0, 3), (3, 4), (4, 5)]
+    model.setup_cache(ctx)
+    with torch.no_grad():
+        ref = [model.forward_cached(ids[:, a:b], torch.arange(a, b), rows[:, a:b]) for a, b in steps]
+        step = rewrites.InPlaceKVStep(model, chunk)
+        assert step.ring == cfg.sliding_window + chunk < 30  # the decodes wrap the ring
+        got = [step(ids[:, a:b], torch.arange(a, b), rows[:, a:b]) for a, b in steps]
+    for (a, b), r, g in zip(steps, ref, got):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5, msg=f"step [{a}, {b})")

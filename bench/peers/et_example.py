@@ -30,12 +30,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+try:
+    from . import childproc
+except ImportError:  # run as a child script: this folder is on sys.path
+    import childproc
 
 VENV_NAME = "et-example-venv"
 # The example's own dependencies (safetensors: its weight loader; sentencepiece: its runner), pinned to
@@ -74,7 +78,7 @@ def ensure_venv(root: Path) -> Path:
     if not _venv_python(venv).exists():
         subprocess.run(["python3.11", "-m", "venv", str(venv)], check=True)
     subprocess.run([str(_venv_python(venv)), "-m", "pip", "install", "--quiet", *REQUIREMENTS],
-                   check=True, env=_clean_env())
+                   check=True, env=childproc.clean_env())
     (venv / "install.json").write_text(json.dumps(
         {"requirements": list(REQUIREMENTS), "install_s": round(time.perf_counter() - t0, 1)}, indent=2))
     marker.write_text(wanted)
@@ -85,86 +89,13 @@ def _venv_python(venv: Path) -> Path:
     return Path(venv) / "bin" / "python"
 
 
-def _clean_env(**extra: str) -> dict:
-    """This process's environment without another venv's Python settings leaking into the child."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-# ----------------------------------------------------------------------------------------------------
-# Children: start one, watch its RSS, collect its result line
-# ----------------------------------------------------------------------------------------------------
-
-def _tree_rss(pid: int) -> int:
-    """VmRSS of `pid` and all its descendants, in bytes (0 once it is gone)."""
-    total, stack = 0, [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-            for task in Path(f"/proc/{p}/task").iterdir():
-                stack += [int(c) for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError, ValueError):
-            continue
-    return total
-
-
-def _stage(log: Path) -> str:
-    """The last progress line of a child's log: its last INFO log record (the example logs each stage),
-    else its last line."""
-    with open(log, "rb") as f:
-        f.seek(max(0, f.seek(0, os.SEEK_END) - (1 << 20)))
-        lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
-    info = [ln for ln in lines if ln.startswith("INFO:")]
-    return (info or lines or [""])[-1]
-
-
-def _as_android_app() -> None:
-    """preexec_fn: no CAP_IPC_LOCK (dropped from the bounding set, so the exec'd child lacks it even as
-    root) and RLIMIT_MEMLOCK of 64 KiB, as an Android app has: ExecuTorch's mlock of the program's
-    constants then fails, which its loader ignores, leaving plain mmap with pages faulted in on use."""
-    import ctypes
-    import resource
-
-    pr_capbset_drop, cap_ipc_lock = 24, 14
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(pr_capbset_drop, cap_ipc_lock, 0, 0, 0) != 0 and os.geteuid() == 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP, CAP_IPC_LOCK) failed")
-    resource.setrlimit(resource.RLIMIT_MEMLOCK, (64 << 10, 64 << 10))
-
-
 def _run_child(venv: Path, mode: str, spec: dict, log: Path, rss_limit_bytes: int | None = None,
                env: dict | None = None, preexec_fn=None) -> dict:
-    """Run `python this_file mode spec` in the venv, stdout+stderr to `log`. Polls every 0.1 s; kills the
-    process (SIGKILL) once its tree's RSS passes `rss_limit_bytes`. Returns rc, elapsed_s,
-    peak_rss_bytes (ru_maxrss from wait4), killed_at_rss_bytes, stage (see _stage), result."""
+    """`python this_file mode spec` in the venv (see `childproc.run`); its stage is its last INFO log
+    record (the example logs each stage)."""
     cmd = [str(_venv_python(venv)), str(Path(__file__).resolve()), mode, json.dumps(spec)]
-    t0 = time.perf_counter()
-    killed_at = None
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env or _clean_env(),
-                                preexec_fn=preexec_fn)
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if rss_limit_bytes and killed_at is None:
-                rss = _tree_rss(proc.pid)
-                if rss > rss_limit_bytes:
-                    killed_at = rss
-                    os.kill(proc.pid, signal.SIGKILL)
-            time.sleep(0.1)
-    proc.returncode = os.waitstatus_to_exitcode(status)   # reaped here; keep Popen from waiting again
-    result = None
-    for line in log.read_text(errors="replace").splitlines():
-        if line.startswith(RESULT_MARK):
-            result = json.loads(line[len(RESULT_MARK):])
-    return {"rc": proc.returncode, "elapsed_s": time.perf_counter() - t0, "peak_rss_bytes": usage.ru_maxrss * 1024,
-            "killed_at_rss_bytes": killed_at, "stage": _stage(log), "result": result}
+    return childproc.run(cmd, log, RESULT_MARK, env=env, preexec_fn=preexec_fn, rss_limit_bytes=rss_limit_bytes,
+                         stage_prefix="INFO:")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -259,8 +190,8 @@ def run(pte_path: Path, venv: Path, prompt_ids: list[int], n_new: int, threads: 
     log = pte_path.with_suffix(f".run-{os.getpid()}.log")
     # One thread count everywhere: XNNPACK's pool is set in the child; torch / OpenMP get the same.
     child = _run_child(venv, "run", spec, log,
-                       env=_clean_env(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)),
-                       preexec_fn=None if mlock else _as_android_app)
+                       env=childproc.clean_env(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)),
+                       preexec_fn=None if mlock else childproc.as_android_app)
     if child["rc"] != 0 or child["result"] is None:
         raise RuntimeError(f"the .pte run exited with {child['rc']} at: {child['stage']!r} (log: {log})")
     log.unlink()

@@ -61,13 +61,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import statistics
 import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+try:
+    from . import childproc
+except ImportError:  # run as a child script: this folder is on sys.path
+    import childproc
 
 VENV_NAME = "litert-venv"
 # litert-torch 0.10.0 wants torch < 2.15 (2.13.0: the CPU build on disk), torchao >= 0.17, ai-edge-litert
@@ -147,71 +151,20 @@ def _venv_python(venv: Path) -> Path:
 
 
 def _clean_env(venv: Path | None = None, **extra: str) -> dict:
-    """This process's environment without another venv's Python settings; with `venv`, its stub on PYTHONPATH."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONHASHSEED"] = "0"     # the converter orders some tensors by set iteration: fix it, for identical builds
+    """A clean child environment (`childproc.clean_env`); with `venv`, its tensorflow stub on PYTHONPATH."""
+    env = childproc.clean_env(JAX_PLATFORMS="cpu",
+                              PYTHONHASHSEED="0")  # the converter orders some tensors by set iteration: fix it
     if venv is not None:
         env["PYTHONPATH"] = str(_stub_dir(venv))
     env.update(extra)
     return env
 
 
-# ----------------------------------------------------------------------------------------------------
-# Children: start one, watch its RSS, collect its result line
-# ----------------------------------------------------------------------------------------------------
-
-def _tree_rss(pid: int) -> int:
-    """VmRSS of `pid` and all its descendants, in bytes (0 once it is gone)."""
-    total, stack = 0, [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-            for task in Path(f"/proc/{p}/task").iterdir():
-                stack += [int(c) for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError, ValueError):
-            continue
-    return total
-
-
-def _last_line(log: Path) -> str:
-    with open(log, "rb") as f:
-        f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
-        lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
-
-
 def _run_child(venv: Path, mode: str, spec: dict, log: Path, rss_limit_bytes: int | None = None,
                env: dict | None = None) -> dict:
-    """Run `python this_file mode spec` in the venv, stdout+stderr to `log`. Polls every 0.1 s; kills the
-    process (SIGKILL) once its tree's RSS passes `rss_limit_bytes`. Returns rc, elapsed_s,
-    peak_rss_bytes (ru_maxrss from wait4), killed_at_rss_bytes, stage (last log line), result."""
+    """`python this_file mode spec` in the venv (see `childproc.run`); its stage is its last log line."""
     cmd = [str(_venv_python(venv)), str(Path(__file__).resolve()), mode, json.dumps(spec)]
-    t0 = time.perf_counter()
-    killed_at = None
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env or _clean_env(venv))
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if rss_limit_bytes and killed_at is None:
-                rss = _tree_rss(proc.pid)
-                if rss > rss_limit_bytes:
-                    killed_at = rss
-                    os.kill(proc.pid, signal.SIGKILL)
-            time.sleep(0.1)
-    proc.returncode = os.waitstatus_to_exitcode(status)   # reaped here; keep Popen from waiting again
-    result = None
-    for line in log.read_text(errors="replace").splitlines():
-        if line.startswith(RESULT_MARK):
-            result = json.loads(line[len(RESULT_MARK):])
-    return {"rc": proc.returncode, "elapsed_s": time.perf_counter() - t0, "peak_rss_bytes": usage.ru_maxrss * 1024,
-            "killed_at_rss_bytes": killed_at, "stage": _last_line(log), "result": result}
+    return childproc.run(cmd, log, RESULT_MARK, env=env or _clean_env(venv), rss_limit_bytes=rss_limit_bytes)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -14,15 +14,14 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 try:
-    from .et_example import _as_android_app, _clean_env, _tree_rss
-except ImportError:  # run as the child script
-    from et_example import _as_android_app, _clean_env, _tree_rss  # noqa: F401
+    from . import childproc
+except ImportError:  # run as a child script: this folder is on sys.path
+    import childproc
 
 RAN_ON = "this machine (2 cores, 24 GiB)"
 RESULT_MARK = "@@OURS_RESULT@@ "
@@ -33,30 +32,12 @@ def ensure_venv(root: Path) -> Path:
     return Path(sys.prefix)
 
 
-def _run(cmd: list[str], log: Path, env: dict | None = None, preexec_fn=None,
-         rss_limit_bytes: int | None = None) -> dict:
-    """Run `cmd` with output to `log`; peak RSS from wait4; optional kill past `rss_limit_bytes`."""
-    import signal
+def _stale(bundle: Path) -> int:
+    """The program revision of a bundle an older gemma-edge exported (0 when it is current)."""
+    from gemma_edge.export.bundle_format import PROGRAM_REVISION
 
-    t0, killed_at = time.perf_counter(), None
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env or _clean_env(),
-                                preexec_fn=preexec_fn)
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if rss_limit_bytes and killed_at is None and _tree_rss(proc.pid) > rss_limit_bytes:
-                killed_at = _tree_rss(proc.pid)
-                os.kill(proc.pid, signal.SIGKILL)
-            time.sleep(0.2)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    result = None
-    for line in log.read_text(errors="replace").splitlines():
-        if line.startswith(RESULT_MARK):
-            result = json.loads(line[len(RESULT_MARK):])
-    return {"rc": proc.returncode, "elapsed_s": time.perf_counter() - t0, "peak_rss_bytes": usage.ru_maxrss * 1024,
-            "killed_at_rss_bytes": killed_at, "result": result}
+    rev = json.loads((bundle / "manifest.json").read_text())["export"].get("program_revision", 1)
+    return 0 if rev == PROGRAM_REVISION else rev
 
 
 def build(checkpoint_dir: Path, out_dir: Path, venv: Path, *, ple_dtype: str = "int4", quant: str = "8da4w",
@@ -72,10 +53,14 @@ def build(checkpoint_dir: Path, out_dir: Path, venv: Path, *, ple_dtype: str = "
            "--quiet"]
     if reuse_program is not None:
         cmd += ["--reuse-program", str(reuse_program)]
+    if (out_dir / "manifest.json").exists() and _stale(out_dir):
+        stale = out_dir.with_name(out_dir.name + f".rev{_stale(out_dir)}")
+        shutil.rmtree(stale, ignore_errors=True)
+        os.rename(out_dir, stale)  # kept for comparison, never reused as current
     if not (out_dir / "manifest.json").exists():
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         log = out_dir.parent / f"{out_dir.name}.export.log"
-        child = _run(cmd, log, rss_limit_bytes=rss_limit_bytes)
+        child = childproc.run(cmd, log, RESULT_MARK, rss_limit_bytes=rss_limit_bytes)
         if child["killed_at_rss_bytes"] is not None:
             return {"killed_at_rss_bytes": child["killed_at_rss_bytes"], "export_s": round(child["elapsed_s"], 1),
                     "log": str(log), "ran_on": RAN_ON}
@@ -103,8 +88,8 @@ def run(bundle: Path, venv: Path, prompt_ids: list[int], n_new: int, threads: in
             "threads": threads, "repeats": repeats}
     log = Path(bundle) / f"run-{os.getpid()}.log"
     cmd = [str(Path(venv) / "bin" / "python"), str(Path(__file__).resolve()), "run", json.dumps(spec)]
-    child = _run(cmd, log, env=_clean_env(OMP_NUM_THREADS=str(threads)),
-                 preexec_fn=None if mlock else _as_android_app)
+    child = childproc.run(cmd, log, RESULT_MARK, env=childproc.clean_env(OMP_NUM_THREADS=str(threads)),
+                          preexec_fn=None if mlock else childproc.as_android_app)
     if child["rc"] != 0 or child["result"] is None:
         raise RuntimeError(f"our run exited with {child['rc']} (log: {log})")
     log.unlink()

@@ -663,6 +663,7 @@ def _child_run(spec: dict) -> dict:
 
     litert_lm.set_min_log_severity(litert_lm.LogSeverity.ERROR)
     residency = {"before_load": _residency(str(model), sections)}
+    host = _proc_status()   # the Python host with the runtime imported, before the model is loaded
     t0 = time.perf_counter()
     engine = litert_lm.Engine(str(model), backend=litert_lm.Backend.CPU(thread_count=spec["threads"]),
                               cache_dir=str(model.parent), enable_benchmark=True)
@@ -714,7 +715,8 @@ def _child_run(spec: dict) -> dict:
     cache_vmas = [v for c in cache_after for v in _file_vmas(str(c))]
     out = {"load_s": load_s,
            "memory": {"peak_rss_bytes": st["VmHWM"], "rss_bytes": st["VmRSS"], "rss_anon_bytes": st["RssAnon"],
-                      "rss_file_bytes": st["RssFile"]},
+                      "rss_file_bytes": st["RssFile"], "host_rss_before_load_bytes": host["VmRSS"],
+                      "host_rss_anon_before_load_bytes": host["RssAnon"]},
            "weight_cache": {"existed_before_load": bool(cache_before),
                             "files": {c.name: c.stat().st_size for c in cache_after},
                             "rss_bytes": sum(v["rss"] for v in cache_vmas)},

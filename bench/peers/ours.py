@@ -113,6 +113,7 @@ def _child_run(spec: dict) -> dict:
 
     portable_lib._unsafe_reset_threadpool(spec["threads"])
     preload("pte")
+    host = proc_status()   # the Python host with torch and the ExecuTorch runtime imported, before the model
     bundle = Path(spec["bundle"])
     t0 = time.perf_counter()
     session = Session(bundle)
@@ -132,7 +133,8 @@ def _child_run(spec: dict) -> dict:
     mem = proc_status()
     return {"load_s": load_s, "runs": runs, "threads": portable_lib._threadpool_get_thread_count(),
             "memory": {"peak_rss_bytes": mem["VmHWM"], "rss_anon_bytes": mem.get("RssAnon", 0),
-                       "rss_file_bytes": mem.get("RssFile", 0)},
+                       "rss_file_bytes": mem.get("RssFile", 0), "host_rss_before_load_bytes": host["VmRSS"],
+                       "host_rss_anon_before_load_bytes": host.get("RssAnon", 0)},
             "ple_resident_bytes": ple_rss, "ple_page_cache_bytes": ple_cache, "pte_resident_bytes": pte_rss}
 
 

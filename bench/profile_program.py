@@ -43,7 +43,7 @@ def profile(bundle: Path, threads: int, prompt: int, decode_steps: int) -> dict:
     portable_lib._unsafe_reset_threadpool(threads)
     module = portable_lib._load_for_executorch(str(bundle / bf.PROGRAM_FILE), enable_etdump=True)
     ple = ple_store.open(bundle / bf.PLE_FILE)
-    ids = np.array([manifest["bos_token_id"]] + list(range(1000, 1000 + prompt - 1)), np.int64)
+    ids = np.array([manifest["bos_token_id"]] + [(1000 + i) % ple.header.vocab_size for i in range(prompt - 1)], np.int64)
     rows = ple.fetch(ids)
 
     def step(tokens: np.ndarray, pos: np.ndarray, r: np.ndarray):

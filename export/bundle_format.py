@@ -18,7 +18,8 @@ FORMAT_VERSION = 1
 # How the program computes inside (its inputs and outputs are the format's): bumped when an export of the
 # same checkpoint and settings would build a different program, so an older one is never reused as current.
 # 2: KV caches written in place (llama::update_cache), sliding rings of window + chunk, mean square as a linear.
-PROGRAM_REVISION = 2
+# 3: one XNNPACK partitioner for quantized and fp32 ops (fewer delegate calls), cache views outside delegates.
+PROGRAM_REVISION = 3
 PROGRAM_FILE = "model.pte"
 PLE_FILE = "model.ple"
 ONNX_FILE = "model.onnx"

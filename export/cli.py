@@ -94,7 +94,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--group-size", type=int, default=0,
                    help="8da4w weights per scale: 0 = one scale per output channel (default; what LiteRT-LM "
                         "uses, fastest), else a group size such as 32 or 128 (more accurate, slower)")
-    p.add_argument("--embedding-quant", default="int8", choices=EMBEDDING_QUANT, help="main embedding table")
+    p.add_argument("--embedding-quant", default="int4", choices=EMBEDDING_QUANT,
+                   help="main embedding table, one scale per row")
     p.add_argument("--ple-dtype", default="int4", choices=PLE_DTYPES, help="stored dtype of the PLE flash file")
     p.add_argument("--max-context", type=int, default=1024)
     p.add_argument("--prefill-chunk", type=int, default=128, help="most tokens per prefill call (≤ sliding window)")

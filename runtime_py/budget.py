@@ -89,7 +89,7 @@ def embedding_bytes(rows: int, dim: int, quant: str) -> int:
     if quant == "int8":
         return n + 4 * rows                              # int8 + fp32 scale per row
     if quant == "int4":
-        return n // 2 + (n // 32) * 4                    # packed int4 + fp32 scale per group of 32
+        return n // 2 + 4 * rows                         # packed int4 + fp32 scale per row
     raise ValueError(f"embedding quant: expected none, int8 or int4, found {quant!r}")
 
 
@@ -220,7 +220,7 @@ def weight_parts(cfg: TextConfig, moe: dict | None, quant: str, group_size: int,
     return {k: v for k, v in parts.items() if v}
 
 
-def estimate(model: str | TextConfig, *, quant: str = "8da4w", group_size: int = 0, embedding_quant: str = "int8",
+def estimate(model: str | TextConfig, *, quant: str = "8da4w", group_size: int = 0, embedding_quant: str = "int4",
              ple_dtype: str = "int4", context: int = 1024, prefill_chunk: int = 128, moe: dict | None = None,
              runtime_bytes: int = RUNTIME_OVERHEAD, packed_copies: int = 1) -> Budget:
     if isinstance(model, str):

@@ -80,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bundle", help="an export bundle folder (its manifest's config and quantization)")
     p.add_argument("--quant", default="8da4w", choices=("none", "8da4w", "8da8w"))
     p.add_argument("--group-size", type=int, default=0, help="8da4w: 0 = per output channel (the export default)")
-    p.add_argument("--embedding-quant", default="int8", choices=("none", "int8", "int4"))
+    p.add_argument("--embedding-quant", default="int4", choices=("none", "int8", "int4"))
     p.add_argument("--ple-dtype", default="int4", choices=("fp32", "bf16", "int8", "int4"))
     p.add_argument("--context", type=int, default=None, help="tokens of context (default 1024, or the bundle's)")
     p.add_argument("--prefill-chunk", type=int, default=128)

@@ -191,9 +191,69 @@ def test_one_quantized_linear_lowers_faithfully(scheme, group, bound):
     x = torch.randn(1, 5, 64)
     with torch.no_grad():
         ref = lin(x)
-    program = lower_to_executorch({"forward": torch.export.export(lin, (x,), strict=False)}, quantized=True)
+    program = lower_to_executorch({"forward": torch.export.export(lin, (x,), strict=False)})
     got = Runtime.get().load_program(program.buffer).load_method("forward").execute([x])[0]
     assert ((got - ref).abs().max() / ref.abs().max()).item() <= bound
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_quantized_embedding_lowers_faithfully(scheme):
+    """The program's gather from a per-row int8 / int4 table equals torchao's eager dequantized rows, and the
+    table is stored at its quantized size (int4: two values a byte)."""
+    import executorch.kernels.quantized  # noqa: F401
+    from executorch.runtime import Runtime
+
+    from gemma_edge.export.exporter import lower_to_executorch
+
+    torch.manual_seed(0)
+    rows, dim = 4096, 64
+    m = torch.nn.Module()
+    m.model = torch.nn.Module()
+    m.model.embed_tokens = torch.nn.Embedding(rows, dim)
+    rewrites.quantize_embedding(m, scheme)
+    emb = m.model.embed_tokens
+    ids = torch.tensor([[0, 7, 4095, 7, 1234]])
+    with torch.no_grad():
+        ref = emb(ids)
+    program = lower_to_executorch({"forward": torch.export.export(emb, (ids,), strict=False)})
+    got = Runtime.get().load_program(program.buffer).load_method("forward").execute([ids])[0]
+    assert torch.equal(got, ref)
+    values = rows * dim // (2 if scheme == "int4" else 1)
+    assert values < len(program.buffer) < values * 1.25
+
+
+def test_cache_views_stay_outside_xnnpack():
+    """A KV cache reaches XNNPACK as an external input, and XNNPACK runs a reshape of one as a copy of the
+    whole cache: every view of a cache — of the buffer or of its in-place update, through chains of views —
+    must stay out of the delegate (a free `et_view`), and the attention math in it."""
+    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
+    from executorch.exir.lowered_backend_module import get_lowered_submodules
+    from executorch.runtime import Runtime
+
+    from gemma_edge.export.exporter import lower_to_executorch
+
+    class Step(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("k", torch.zeros(1, 16, 1, 8))
+
+        def forward(self, q, k_new, pos):
+            start = pos[0].item()
+            torch._check(start >= 0)
+            torch._check(start + 1 <= 16)
+            torch.ops.llama.update_cache(k_new, self.k, start)
+            k = self.k.view(1, 1, 16, 8).reshape(1, 16, 8)  # a chain of views, as attend() makes
+            return torch.bmm(q, k.transpose(1, 2)).softmax(-1)
+
+    args = (torch.randn(1, 4, 8), torch.randn(1, 1, 1, 8), torch.tensor([3]))
+    program = lower_to_executorch({"forward": torch.export.export(Step(), args, strict=False)})
+    inner = [str(n.target) for _, lowered, _ in get_lowered_submodules(program.exported_program().graph_module)
+             for n in lowered.original_module.graph.nodes if n.op == "call_function"]
+    assert any("bmm" in t for t in inner) and not any("view_copy" in t for t in inner), inner
+    got = Runtime.get().load_program(program.buffer).load_method("forward").execute(list(args))[0]
+    cache = torch.zeros(1, 16, 8)
+    cache[0, 3] = args[1][0, 0, 0]
+    assert torch.allclose(got, torch.bmm(args[0], cache.transpose(1, 2)).softmax(-1), atol=1e-6)
 
 
 # ---------------------------------------------------------------- rewrites, each against what it replaces
@@ -341,13 +401,12 @@ def test_row_block_quantization_equals_whole(scheme, group):
 @pytest.mark.parametrize("scheme", ["int8", "int4"])
 def test_row_block_embedding_quantization_equals_whole(scheme):
     from torchao.quantization import IntxWeightOnlyConfig, quantize_
-    from torchao.quantization.granularity import PerAxis, PerGroup
+    from torchao.quantization.granularity import PerAxis
 
     torch.manual_seed(0)
     whole, blocked = torch.nn.Embedding(100, 64), torch.nn.Embedding(100, 64)
     blocked.weight.data.copy_(whole.weight.data)
-    config = IntxWeightOnlyConfig(weight_dtype=torch.int8 if scheme == "int8" else torch.int4,
-                                  granularity=PerAxis(0) if scheme == "int8" else PerGroup(32))
+    config = IntxWeightOnlyConfig(weight_dtype=torch.int8 if scheme == "int8" else torch.int4, granularity=PerAxis(0))
     quantize_(whole, config, filter_fn=lambda m, fqn: isinstance(m, torch.nn.Embedding))
     rewrites.quantize_by_rows(blocked, config, block_rows=32)
     ids = torch.tensor([[0, 31, 32, 99, 64]])

@@ -43,7 +43,7 @@ def _stale(bundle: Path) -> int:
 def build(checkpoint_dir: Path, out_dir: Path, venv: Path, *, ple_dtype: str = "int4", quant: str = "8da4w",
           max_context: int = 1024, prefill_chunk: int = 128, reuse_program: Path | None = None,
           rss_limit_bytes: int | None = None) -> dict:
-    """`gemma-edge export CHECKPOINT --out OUT_DIR` (defaults: 8da4w per-channel, int8 embedding, the given
+    """`gemma-edge export CHECKPOINT --out OUT_DIR` (defaults: 8da4w per-channel, int4 per-row embedding, the given
     PLE dtype) in a child; reuses an existing bundle of the same checkpoint and settings as it is.
     Returns {"path" (bundle dir), "bytes" (.pte + .ple), "export_s", "export_peak_rss_bytes", "stages", ...}."""
     out_dir = Path(out_dir)
@@ -53,8 +53,9 @@ def build(checkpoint_dir: Path, out_dir: Path, venv: Path, *, ple_dtype: str = "
            "--quiet"]
     if reuse_program is not None:
         cmd += ["--reuse-program", str(reuse_program)]
-    if (out_dir / "manifest.json").exists() and _stale(out_dir):
-        stale = out_dir.with_name(out_dir.name + f".rev{_stale(out_dir)}")
+    stale_rev = _stale(out_dir) if (out_dir / "manifest.json").exists() else 0
+    if stale_rev:
+        stale = out_dir.with_name(out_dir.name + f".rev{stale_rev}")
         shutil.rmtree(stale, ignore_errors=True)
         os.rename(out_dir, stale)  # kept for comparison, never reused as current
     if not (out_dir / "manifest.json").exists():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gemma_edge.export import rewrites
-from gemma_edge.export.bundle_format import read_manifest, sha256_file, verify_bundle
+from gemma_edge.export.bundle_format import PROGRAM_REVISION, read_manifest, sha256_file, verify_bundle
 from gemma_edge.export.checkpoint import load_checkpoint
 from gemma_edge.export.exporter import ExportSettings, StageLog, export_bundle, prepare_model
 from gemma_edge.export.model import RMSNorm, attend, build_model
@@ -449,7 +449,7 @@ def test_reuse_program_makes_another_ple_dtype_without_lowering(tiny_checkpoint,
     m = read_manifest(older)
     m["export"]["program_revision"] = 1
     (older / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(ValueError, match="program_revision: this export 2, that bundle 1"):
+    with pytest.raises(ValueError, match=f"program_revision: this export {PROGRAM_REVISION}, that bundle 1"):
         export_bundle(tiny_checkpoint, tmp_path / "bad", settings, progress=False, reuse_program=older)
 
 

@@ -171,7 +171,7 @@ def run_one(system: str, built: dict, ids: list[int], args, venvs: Path) -> dict
 
 def above_host(r: dict) -> int | None:
     """Peak RSS less the host process's RSS before the model was loaded (Python with the runtime's
-    libraries imported: 0.36 GB for torch + ExecuTorch's bindings). What loading and running the model
+    libraries imported: 0.37 GB for torch + ExecuTorch's bindings). What loading and running the model
     cost; a phone app's native runtime has no Python host."""
     host = r.get("host_rss_before_load_bytes")
     return r["peak_rss_bytes"] - host if host is not None and r.get("peak_rss_bytes") else None

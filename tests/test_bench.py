@@ -1,0 +1,60 @@
+"""The benchmark harness's own parts: the child runner every peer shares (result line, peak RSS, the RSS
+watchdog, an Android app's memory-lock limits) and the ETDump profiler on the tiny bundle."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from peers import childproc  # noqa: E402
+
+MARK = "@@TEST_RESULT@@ "
+
+
+def test_child_result_line_and_peak_rss(tmp_path):
+    code = ("import json; x = bytearray(80 << 20); x[::4096] = b'1' * len(x[::4096]); print('stage: loaded'); "
+            f"print({MARK!r} + json.dumps({{'n': len(x)}}))")
+    res = childproc.run([sys.executable, "-c", code], tmp_path / "child.log", MARK, stage_prefix="stage:")
+    assert res["rc"] == 0 and res["killed_at_rss_bytes"] is None
+    assert res["result"] == {"n": 80 << 20}
+    assert res["stage"] == "stage: loaded"
+    assert 80 << 20 < res["peak_rss_bytes"] < 1 << 30
+
+
+def test_child_past_the_rss_limit_is_killed(tmp_path):
+    code = ("import time\nblocks = []\nfor _ in range(40):\n    b = bytearray(25 << 20); b[::4096] = b'1' * len(b[::4096]); "
+            f"blocks.append(b); time.sleep(0.05)\nprint({MARK!r} + '{{}}')")
+    res = childproc.run([sys.executable, "-c", code], tmp_path / "child.log", MARK, rss_limit_bytes=200 << 20)
+    assert res["killed_at_rss_bytes"] is not None and res["killed_at_rss_bytes"] > 200 << 20
+    assert res["rc"] == -9 and res["result"] is None
+
+
+def test_android_app_limits_make_mlock_fail(tmp_path):
+    code = ("import ctypes, json, resource; libc = ctypes.CDLL(None, use_errno=True); buf = ctypes.create_string_buffer(1 << 20); "
+            "ok = libc.mlock(ctypes.addressof(buf), 1 << 20) == 0; "
+            f"print({MARK!r} + json.dumps({{'memlock': resource.getrlimit(resource.RLIMIT_MEMLOCK)[0], 'mlock_ok': ok}}))")
+    res = childproc.run([sys.executable, "-c", code], tmp_path / "child.log", MARK, preexec_fn=childproc.as_android_app)
+    assert res["rc"] == 0, (tmp_path / "child.log").read_text()
+    assert res["result"] == {"memlock": 64 << 10, "mlock_ok": False}
+
+
+def test_profile_program_on_the_tiny_bundle(tiny_bundle):
+    import profile_program
+
+    res = profile_program.profile(tiny_bundle, threads=1, prompt=5, decode_steps=3)
+    assert res["prefill_tok_s"] > 0 and res["decode_tok_s"] > 0
+    for phase in ("prefill", "decode"):
+        ops = {r["op"]: r for r in res["ops"][phase]}
+        assert ops["Method::execute"]["calls_per_step"] == 1
+        assert ops["DELEGATE_CALL"]["calls_per_step"] >= 1  # the step runs XNNPACK delegates
+        assert any(name.startswith("DELEGATE:") for name in ops)  # ...and their operators are attributed
+        assert all(0 <= r["share"] <= 1.0 + 1e-9 for r in res["ops"][phase]), phase
+    json.dumps(res)  # what --json writes
+
+
+@pytest.mark.parametrize("host,peak,expect", [(370, 1800, 1430), (None, 1800, None), (370, 0, None)])
+def test_above_host(host, peak, expect):
+    import head_to_head
+
+    assert head_to_head.above_host({"host_rss_before_load_bytes": host, "peak_rss_bytes": peak}) == expect

@@ -5,7 +5,7 @@
 Both programs are loaded once; each round runs a prefill of `--prompt` tokens (<bos> + fixed ids) and
 `--decode-steps` greedy decode steps on A, then on B. The first round is a warm-up; the medians of the rest
 are compared, so drift of the machine between runs (this shared VM's bandwidth moves ±20 % over an hour)
-hits both alike. For comparing program revisions or export settings of the same checkpoint; prints a table
+hits both alike; the greedy tokens of A and B are compared too. For comparing program revisions or export settings of the same checkpoint; prints a table
 and writes JSON (bench/results/ab_programs.json by default)."""
 from __future__ import annotations
 
@@ -16,60 +16,31 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+import program_steps
 
 
 def run(bundles: list[Path], rounds: int, prompt: int, decode_steps: int, threads: int) -> dict:
-    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (llama:: cache ops)
-    import executorch.kernels.quantized  # noqa: F401
-    from executorch.extension.pybindings import portable_lib
-
-    from gemma_edge import ple_store
-    from gemma_edge.export import bundle_format as bf
-
-    portable_lib._unsafe_reset_threadpool(threads)
-    progs = {}
-    for b in bundles:
-        manifest = bf.read_manifest(b)
-        method = bf.role_methods(manifest)
-        if method[bf.PREFILL_ROLE] != method[bf.DECODE_ROLE]:
-            raise SystemExit(f"{b}: a two-method program; this compares one-method bundles")
-        if prompt > manifest["prefill_chunk"]:
-            raise SystemExit(f"--prompt {prompt}: {b}'s prefill takes at most {manifest['prefill_chunk']} tokens")
-        ple = ple_store.open(b / bf.PLE_FILE)
-        ids = np.array([manifest["bos_token_id"]] + [(1000 + i) % ple.header.vocab_size for i in range(prompt - 1)], np.int64)
-        progs[b] = (portable_lib._load_for_executorch(str(b / bf.PROGRAM_FILE)), method[bf.PREFILL_ROLE], ple, ids)
-
-    def step(module, name, tokens, pos, rows):
-        return module.run_method(name, (torch.from_numpy(tokens.reshape(1, -1)), torch.from_numpy(pos),
-                                        torch.from_numpy(np.ascontiguousarray(rows, np.float32)[None])))
-
-    res = {str(b): {"prefill_tok_s": [], "decode_tok_s": []} for b in bundles}
+    progs = [program_steps.load(b, prompt, threads) for b in bundles]
+    res = {side: {"bundle": str(b), "prefill_tok_s": [], "decode_tok_s": []} for side, b in zip("ab", bundles)}
     for r in range(rounds):
-        for b, (module, name, ple, ids) in progs.items():
-            rows = ple.fetch(ids)
-            t0 = time.perf_counter()
-            out = step(module, name, ids, np.arange(prompt), rows)
-            t1 = time.perf_counter()
-            tok, pos = int(out[0].argmax()), prompt
-            for _ in range(decode_steps):
-                out = step(module, name, np.array([tok]), np.array([pos]), ple.fetch_one(tok)[None])
-                tok, pos = int(out[0].argmax()), pos + 1
-            t2 = time.perf_counter()
+        for side, prog in zip("ab", progs):  # keyed by side: A may be B itself (the noise floor)
+            prefill_s, decode_s, tokens = program_steps.prefill_then_decode(prog, decode_steps)
+            v = res[side]
+            v["tokens"] = tokens  # the greedy continuation: the same every round, so kept once
             if r:  # round 0 warms up
-                res[str(b)]["prefill_tok_s"].append(prompt / (t1 - t0))
-                res[str(b)]["decode_tok_s"].append(decode_steps / (t2 - t1))
-    for _, _, ple, _ in progs.values():
-        ple.close()
+                v["prefill_tok_s"].append(prompt / prefill_s)
+                v["decode_tok_s"].append(decode_steps / decode_s)
+    for prog in progs:
+        prog.close()
     for v in res.values():
         v["prefill_median"] = statistics.median(v["prefill_tok_s"])
         v["decode_median"] = statistics.median(v["decode_tok_s"])
-    a, b = (str(x) for x in bundles)
-    return {"bundles": [a, b], "rounds_timed": rounds - 1, "prompt": prompt, "decode_steps": decode_steps,
-            "threads": threads, "runs": res,
-            "a_over_b": {"prefill": res[a]["prefill_median"] / res[b]["prefill_median"],
-                         "decode": res[a]["decode_median"] / res[b]["decode_median"]},
+    a, b = res["a"], res["b"]
+    return {"bundles": [str(x) for x in bundles], "rounds_timed": rounds - 1, "prompt": prompt,
+            "decode_steps": decode_steps, "threads": threads, "runs": res,
+            "a_over_b": {"prefill": a["prefill_median"] / b["prefill_median"],
+                         "decode": a["decode_median"] / b["decode_median"]},
+            "greedy_tokens_agree": sum(x == y for x, y in zip(a["tokens"], b["tokens"])) / len(a["tokens"]),
             "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
@@ -87,11 +58,12 @@ def main() -> None:
         raise SystemExit(f"--rounds: expected ≥ 2 (one warm-up, then timed rounds), found {args.rounds}")
     out = run([args.bundle_a, args.bundle_b], args.rounds, args.prompt, args.decode_steps, args.threads)
     print(f"{'bundle':<48}{'prefill tok/s':>14}{'decode tok/s':>14}   per round (prefill / decode)")
-    for name in out["bundles"]:
-        v = out["runs"][name]
+    for side, v in out["runs"].items():
+        name = f"{side.upper()} {v['bundle']}"
         print(f"{name[-48:]:<48}{v['prefill_median']:>14.1f}{v['decode_median']:>14.2f}   "
               f"{' '.join(f'{x:.0f}' for x in v['prefill_tok_s'])} / {' '.join(f'{x:.1f}' for x in v['decode_tok_s'])}")
-    print(f"A / B: prefill {out['a_over_b']['prefill']:.3f}x, decode {out['a_over_b']['decode']:.3f}x")
+    print(f"A / B: prefill {out['a_over_b']['prefill']:.3f}x, decode {out['a_over_b']['decode']:.3f}x; "
+          f"greedy tokens the same in {100 * out['greedy_tokens_agree']:.0f} % of positions")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2))
     print(f"written to {args.json}", file=sys.stderr)

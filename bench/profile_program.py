@@ -18,52 +18,24 @@ import collections
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
+
+import program_steps
 
 
 def profile(bundle: Path, threads: int, prompt: int, decode_steps: int) -> dict:
-    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (kernels the program calls)
-    import executorch.kernels.quantized  # noqa: F401
     from executorch.devtools import Inspector
-    from executorch.extension.pybindings import portable_lib
 
-    from gemma_edge import ple_store
-    from gemma_edge.export import bundle_format as bf
-
-    manifest = bf.read_manifest(bundle)
-    if prompt > manifest["prefill_chunk"]:
-        raise SystemExit(f"--prompt {prompt}: the program's prefill takes at most {manifest['prefill_chunk']} tokens")
-    method = bf.role_methods(manifest)
-    if method[bf.PREFILL_ROLE] != method[bf.DECODE_ROLE]:
-        raise SystemExit(f"{bundle}: a two-method program; this profiler runs one-method bundles")
-    portable_lib._unsafe_reset_threadpool(threads)
-    module = portable_lib._load_for_executorch(str(bundle / bf.PROGRAM_FILE), enable_etdump=True)
-    ple = ple_store.open(bundle / bf.PLE_FILE)
-    ids = np.array([manifest["bos_token_id"]] + [(1000 + i) % ple.header.vocab_size for i in range(prompt - 1)], np.int64)
-    rows = ple.fetch(ids)
-
-    def step(tokens: np.ndarray, pos: np.ndarray, r: np.ndarray):
-        return module.run_method(method[bf.PREFILL_ROLE], (torch.from_numpy(tokens.reshape(1, -1)),
-                                 torch.from_numpy(pos), torch.from_numpy(np.ascontiguousarray(r, np.float32)[None])))
-
-    step(ids, np.arange(prompt), rows)                                        # warm-up (event run 0)
-    t0 = time.perf_counter()
-    out = step(ids, np.arange(prompt), rows)                                  # event run 1
-    prefill_s = time.perf_counter() - t0
-    tok, pos = int(out[0].argmax()), prompt
-    t0 = time.perf_counter()
-    for _ in range(decode_steps):                                             # event runs 2..
-        out = step(np.array([tok]), np.array([pos]), ple.fetch_one(tok)[None])
-        tok, pos = int(out[0].argmax()), pos + 1
-    decode_s = (time.perf_counter() - t0) / max(decode_steps, 1)
-    ple.close()
+    prog = program_steps.load(bundle, prompt, threads, etdump=True)
+    prog.step(prog.ids, np.arange(prompt), prog.ple.fetch(prog.ids))            # warm-up (event run 0)
+    prefill_s, decode_s, _ = program_steps.prefill_then_decode(prog, decode_steps)  # event runs 1, 2..
+    decode_s /= max(decode_steps, 1)
+    prog.close()
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "run.etdp")
-        module.write_etdump_result_to_file(path)
+        prog.module.write_etdump_result_to_file(path)
         inspector = Inspector(etdump_path=path)
     per_phase = {"prefill": collections.defaultdict(lambda: [0, 0.0]), "decode": collections.defaultdict(lambda: [0, 0.0])}
     for block in inspector.event_blocks:

@@ -19,7 +19,8 @@ FORMAT_VERSION = 1
 # same checkpoint and settings would build a different program, so an older one is never reused as current.
 # 2: KV caches written in place (llama::update_cache), sliding rings of window + chunk, mean square as a linear.
 # 3: one XNNPACK partitioner for quantized and fp32 ops (fewer delegate calls), cache views outside delegates.
-PROGRAM_REVISION = 3
+# 4: a step past the last K/V-owning layer runs the last position only (E2B prefill: 20 of 35 layers skipped).
+PROGRAM_REVISION = 4
 PROGRAM_FILE = "model.pte"
 PLE_FILE = "model.ple"
 ONNX_FILE = "model.onnx"

@@ -120,6 +120,11 @@ class TextConfig:
             raise ConfigError(f"num_kv_shared_layers: expected 0..{n - 1}, found {self.num_kv_shared_layers}")
         self.layers = [self._layer_spec(i) for i in range(n)]
 
+    @property
+    def last_kv_owner(self) -> int:
+        """The last layer that owns K/V: every later one borrows K/V and caches nothing."""
+        return self.num_hidden_layers - self.num_kv_shared_layers - 1
+
     def _overrides(self, i: int) -> dict[str, Any]:
         """Per-layer overrides as transformers derives them (`per_layer_config` or the global_* keys)."""
         if self.per_layer_config is not None:

@@ -140,14 +140,19 @@ def _cache_views_outside_xnnpack():
 
     from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
     from executorch.backends.xnnpack.partition.config.generic_node_configs import ViewCopyConfig
+    from executorch.exir.dialects._ops import ops as exir_ops
+
+    # Ops named, not matched by string: a rename upstream fails here, loudly, instead of the rule lapsing.
+    view = exir_ops.edge.aten.view_copy.default
+    in_place_update = (torch.ops.higher_order.auto_functionalized, torch.ops.higher_order.auto_functionalized_v2)
 
     def views_a_cache(node, ep) -> bool:
         src = node.args[0]
-        while src.op == "call_function" and "view_copy" in str(src.target):
+        while src.op == "call_function" and src.target == view:
             src = src.args[0]
         if src.op == "placeholder":
             return src.name in ep.graph_signature.inputs_to_buffers
-        return src.target is operator.getitem and "auto_functionalized" in str(src.args[0].target)
+        return src.target is operator.getitem and src.args[0].target in in_place_update
 
     class CacheViewOutside(ViewCopyConfig):
         def check_constraints(self, node, ep) -> bool:

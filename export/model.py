@@ -146,13 +146,23 @@ class DecoderLayer(nn.Module):
             self.post_per_layer_input_norm = RMSNorm(h, eps)
             self.act_fn = nn.GELU(approximate="tanh")
 
-    def forward(self, h, cos, sin, attn_step, ple: torch.Tensor | None) -> torch.Tensor:
-        """`attn_step(layer, q, k_new, v_new) -> [B, T, H, D]` attends over this step's keys (new, cached or
-        shared); q [B, T, H, D], k_new/v_new [B, T, KV, D] (None in a KV-shared layer)."""
+    def forward(self, h, cos, sin, attn_step, ple: torch.Tensor | None, rows: str = "all") -> torch.Tensor:
+        """`attn_step(layer, q, k_new, v_new, last) -> [B, T', H, D]` attends over this step's keys (new, cached
+        or shared); q [B, T', H, D], k_new/v_new [B, T, KV, D] (None in a KV-shared layer); `last` says the
+        queries are the last position's alone (T' = 1).
+
+        `rows`: "all" positions go through; "narrow" computes K/V (what the cache keeps) for every position
+        and the rest — query, MLP, PLE — for the last one only; "last": h and its inputs are the last
+        position's already.
+        """
         x = self.input_layernorm(h)
-        q = self.self_attn.query(x, cos, sin)
         k_new, v_new = self.self_attn.key_value(x, cos, sin) if self.spec.owns_kv else (None, None)
-        h = h + self.post_attention_layernorm(self.self_attn.output(attn_step(self.spec, q, k_new, v_new)))
+        if rows == "narrow":
+            h, x, cos, sin = h[:, -1:], x[:, -1:], cos[:, -1:], sin[:, -1:]
+            ple = None if ple is None else ple[:, -1:]
+        q = self.self_attn.query(x, cos, sin)
+        attn = attn_step(self.spec, q, k_new, v_new, rows != "all")
+        h = h + self.post_attention_layernorm(self.self_attn.output(attn))
         h = h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
         if ple is not None:
             gated = self.act_fn(self.per_layer_input_gate(h)) * ple
@@ -207,7 +217,15 @@ class TextModel(nn.Module):
             out[layer_type] = (emb.cos().to(dtype), emb.sin().to(dtype))
         return out
 
-    def run_layers(self, input_ids, positions, ple_rows, attn_step) -> torch.Tensor:
+    def narrow_layer(self) -> int:
+        """The last layer that owns K/V. Past it nothing is cached: when only the last position's logits are
+        wanted (a prefill), every later layer — in E2B the 20 KV-shared ones with their double-wide MLPs,
+        70 % of a prefill's matrix work — runs for the last position alone."""
+        return self.cfg.last_kv_owner
+
+    def run_layers(self, input_ids, positions, ple_rows, attn_step, last_only: bool = False) -> torch.Tensor:
+        """Final-normed hidden states [B, T, H], or [B, 1, H] of the last position with `last_only` (the
+        caches are written for every position either way)."""
         h = self.embed(input_ids)
         ple = None
         if self.cfg.has_ple:
@@ -215,9 +233,18 @@ class TextModel(nn.Module):
                 ple_rows = self.lookup_ple(input_ids)
             ple = self.mix_ple(h, ple_rows)
         rope = self.rope(positions, h.dtype)
+        narrow_at = self.narrow_layer() if last_only else -1
+        rows = "all"
         for i, layer in enumerate(self.layers):
+            if i == narrow_at:
+                rows = "narrow"
+            elif rows == "narrow":  # the layers after the narrowing one see the last position only
+                rows = "last"
+                rope = {kind: (cos[:, -1:], sin[:, -1:]) for kind, (cos, sin) in rope.items()}
+                ple = None if ple is None else ple[:, -1:]
             cos, sin = rope[layer.spec.layer_type]
-            h = layer(h, cos, sin, attn_step, None if ple is None else ple[:, :, i:i + 1, :].reshape(ple.shape[0], -1, ple.shape[-1]))
+            layer_ple = None if ple is None else ple[:, :, i:i + 1, :].reshape(ple.shape[0], -1, ple.shape[-1])
+            h = layer(h, cos, sin, attn_step, layer_ple, rows)
         return self.norm(h)
 
 
@@ -265,7 +292,7 @@ class Gemma4CausalLM(nn.Module):
         masks = self.masks({FULL: causal, SLIDING: causal & window})
         shared: dict[str, tuple] = {}
 
-        def attn_step(spec: LayerSpec, q, k, v):
+        def attn_step(spec: LayerSpec, q, k, v, last: bool):
             if spec.owns_kv:
                 k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, KV, T, D]
                 if spec.kv_mode == "store":
@@ -319,30 +346,32 @@ class Gemma4CausalLM(nn.Module):
             raise RuntimeError("call setup_cache(max_context) before forward_cached")
         t = input_ids.shape[1]
         window = self.ring_pos.shape[0]
-        full_mask = torch.arange(self.max_context)[None, :] <= input_pos[:, None]  # [T, max_context]
-        masks = self.masks({FULL: full_mask, SLIDING: self.sliding_mask(input_pos)})
+        allowed = {FULL: torch.arange(self.max_context)[None, :] <= input_pos[:, None],  # [T, max_context]
+                   SLIDING: self.sliding_mask(input_pos)}
+        masks, last_masks = self.masks(allowed), self.masks({kind: a[-1:] for kind, a in allowed.items()})
         keep = min(t, window)  # ring slots this step writes (the last `window` tokens when t > window)
         slots = input_pos[t - keep:] % window
         shared: dict[str, tuple] = {}
 
-        def attn_step(spec: LayerSpec, q, k, v):
+        def attn_step(spec: LayerSpec, q, k, v, last: bool):
+            mask = (last_masks if last else masks)[spec.layer_type]
             if not spec.owns_kv:
-                return attend(q, *shared[spec.layer_type])
+                return attend(q, *shared[spec.layer_type], mask)
             k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, KV, T, D]
             k_cache, v_cache = getattr(self, f"k_cache_{spec.index}"), getattr(self, f"v_cache_{spec.index}")
             if spec.is_sliding:
-                kv = (torch.cat([k_cache, k], dim=2), torch.cat([v_cache, v], dim=2), masks[SLIDING])
+                kv = (torch.cat([k_cache, k], dim=2), torch.cat([v_cache, v], dim=2))
                 k_cache.index_copy_(2, slots, k[:, :, t - keep:])
                 v_cache.index_copy_(2, slots, v[:, :, t - keep:])
             else:
                 k_cache.index_copy_(2, input_pos, k)
                 v_cache.index_copy_(2, input_pos, v)
-                kv = (k_cache, v_cache, masks[FULL])
+                kv = (k_cache, v_cache)
             if spec.kv_mode == "store":
                 shared[spec.layer_type] = kv
-            return attend(q, *kv)
+            return attend(q, *kv, mask)
 
-        h = self.model.run_layers(input_ids, input_pos, ple_rows, attn_step)
+        h = self.model.run_layers(input_ids, input_pos, ple_rows, attn_step, last_only=not all_logits)
         self.ring_pos.index_copy_(0, slots, input_pos[t - keep:] + 1)
         return self.head(h if all_logits else h[:, -1, :])
 

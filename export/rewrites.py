@@ -273,7 +273,8 @@ class InPlaceKVStep(nn.Module):
         start = input_pos[0].item()
         torch._check(start >= 0)
         torch._check(start + t <= self.max_context)
-        masks = self.model.masks(self.allowed(input_pos))
+        allowed = self.allowed(input_pos)
+        masks, last_masks = self.model.masks(allowed), self.model.masks({kind: a[-1:] for kind, a in allowed.items()})
         slots = torch.remainder(input_pos, self.ring)[None, :]  # [1, T]
         ring_index: dict[int, torch.Tensor] = {}  # [KV, T] per KV-head count, built once per step
         shared: dict[str, tuple] = {}
@@ -289,7 +290,7 @@ class InPlaceKVStep(nn.Module):
             else:
                 torch.ops.llama.update_cache(lines, cache, start)
 
-        def attn_step(spec: LayerSpec, q, k, v):
+        def attn_step(spec: LayerSpec, q, k, v, last: bool):
             if spec.owns_kv:
                 k_cache, v_cache = getattr(self, f"k_cache_{spec.index}"), getattr(self, f"v_cache_{spec.index}")
                 write(spec, k, k_cache)
@@ -299,7 +300,7 @@ class InPlaceKVStep(nn.Module):
                     shared[spec.layer_type] = kv
             else:
                 kv = shared[spec.layer_type]
-            return attend(q, *kv, masks[spec.layer_type])
+            return attend(q, *kv, (last_masks if last else masks)[spec.layer_type])
 
-        h = self.model.model.run_layers(tokens, input_pos, ple_rows, attn_step)
+        h = self.model.model.run_layers(tokens, input_pos, ple_rows, attn_step, last_only=True)
         return self.model.head(h[:, -1, :])

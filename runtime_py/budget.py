@@ -183,11 +183,13 @@ def kv_cache_bytes(cfg: TextConfig, context: int, chunk: int = 128, dtype_bytes:
 
 def activation_bytes(cfg: TextConfig, context: int, chunk: int) -> int:
     """One prefill chunk's live tensors (fp32), as memory planning lays them out: the widest MLP
-    intermediates, q/k/v, the attention scores over the whole cache, the PLE inputs, and the logits."""
+    intermediates, q/k/v, the attention scores over the whole cache, the PLE inputs, and the logits. The
+    layers past the last K/V owner run one position (`TextModel.narrow_layer`), so their (in E2B
+    double-wide) MLPs do not set the chunk's widest intermediate."""
     h, t = cfg.hidden_size, chunk
     heads = cfg.num_attention_heads
     hd = max(s.head_dim for s in cfg.layers)
-    inter = max(s.intermediate_size for s in cfg.layers)
+    inter = max(s.intermediate_size for s in cfg.layers[:cfg.last_kv_owner + 1])
     per_token = 3 * inter + 4 * h + 3 * heads * hd + 2 * cfg.ple_width
     scores = 2 * heads * t * (context + min(cfg.sliding_window, context) + t)
     return 4 * (t * per_token + scores + 2 * cfg.vocab_size)

@@ -53,6 +53,20 @@ def test_profile_program_on_the_tiny_bundle(tiny_bundle):
     json.dumps(res)  # what --json writes
 
 
+def test_ab_programs_on_the_tiny_bundle(tiny_bundle):
+    import ab_programs
+    import program_steps
+
+    res = ab_programs.run([tiny_bundle, tiny_bundle], rounds=3, prompt=5, decode_steps=4, threads=1)
+    a, b = res["runs"]["a"], res["runs"]["b"]
+    assert len(a["prefill_tok_s"]) == len(b["decode_tok_s"]) == 2  # the warm-up round is not timed
+    assert a["prefill_median"] > 0 and b["decode_median"] > 0 and res["a_over_b"]["decode"] > 0
+    assert len(a["tokens"]) == 5 and res["greedy_tokens_agree"] == 1.0  # one program: one continuation
+    json.dumps(res)
+    with pytest.raises(SystemExit, match="prefill takes"):
+        program_steps.load(tiny_bundle, prompt=10_000, threads=1)
+
+
 @pytest.mark.parametrize("host,peak,expect", [(370, 1800, 1430), (None, 1800, None), (370, 0, None)])
 def test_above_host(host, peak, expect):
     import head_to_head

@@ -101,6 +101,37 @@ def test_parity_prefill_then_decode(pair, prefill):
     assert (out - ref).abs().max().item() <= TOL
 
 
+@pytest.mark.parametrize("prefill", [1, 5, 20])
+def test_last_only_prefill_narrows_past_the_last_kv_owner(pair, prefill):
+    """A prefill that returns the last logits runs the layers past the last K/V owner for one position,
+    yet caches every position's K/V: the decode after it matches transformers at every step."""
+    cfg, hf, ours, _ = pair
+    ids = torch.randint(0, cfg.vocab_size, (1, prefill + 2 * cfg.sliding_window))
+    ref = hf_logits(hf, ids)
+    narrow = ours.model.narrow_layer()
+    assert ours.model.layers[narrow].spec.owns_kv and not any(s.owns_kv for s in cfg.layers[narrow + 1:])
+    seen: dict[int, int] = {}  # layer -> positions its MLP saw in the prefill
+
+    def saw(i):
+        def hook(module, args, out):
+            seen.setdefault(i, args[0].shape[1])
+        return hook
+
+    hooks = [layer.mlp.register_forward_hook(saw(i)) for i, layer in enumerate(ours.model.layers)]
+    ours.setup_cache(ids.shape[1])
+    try:
+        with torch.no_grad():
+            out = [ours.forward_cached(ids[:, :prefill], torch.arange(prefill))]
+            for hook in hooks:
+                hook.remove()
+            out += [ours.forward_cached(ids[:, t:t + 1], torch.tensor([t])) for t in range(prefill, ids.shape[1])]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen == {i: prefill if i < narrow else 1 for i in range(cfg.num_hidden_layers)}
+    assert (torch.stack(out, 1) - ref[:, prefill - 1:]).abs().max().item() <= TOL
+
+
 def test_cache_restarts_cleanly_and_last_logits(pair):
     cfg, hf, ours, _ = pair
     ids = torch.randint(0, cfg.vocab_size, (1, 2 * cfg.sliding_window + 3))

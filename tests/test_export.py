@@ -256,6 +256,43 @@ def test_cache_views_stay_outside_xnnpack():
     assert torch.allclose(got, torch.bmm(args[0], cache.transpose(1, 2)).softmax(-1), atol=1e-6)
 
 
+def test_no_delegate_spans_layers():
+    """Each layer's closing `* layer_scalar` stays a native op, so XNNPACK never packs two layers' weights in
+    one delegate (it holds a delegate's source weights until all are packed: peak RSS at load)."""
+    from executorch.exir.lowered_backend_module import get_lowered_submodules
+    from executorch.runtime import Runtime
+
+    from gemma_edge.export.exporter import lower_to_executorch
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(8, 8)
+            self.register_buffer("layer_scalar", torch.tensor([0.5]))
+
+        def forward(self, h):
+            return (h + torch.nn.functional.gelu(self.proj(h))) * self.layer_scalar
+
+    class Stack(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList(Layer() for _ in range(3))
+
+        def forward(self, h):
+            for layer in self.layers:
+                h = layer(h)
+            return h * 2.0
+
+    model, args = Stack().eval(), (torch.randn(1, 4, 8),)
+    program = lower_to_executorch({"forward": torch.export.export(model, args, strict=False)})
+    delegates = get_lowered_submodules(program.exported_program().graph_module)
+    linears = [sum("linear" in str(n.target) for n in lowered.original_module.graph.nodes)
+               for _, lowered, _ in delegates]
+    assert linears == [1, 1, 1, 0], linears  # a delegate per layer, and one for the final `* 2`
+    got = Runtime.get().load_program(program.buffer).load_method("forward").execute(list(args))[0]
+    assert torch.allclose(got, model(*args), atol=1e-6)
+
+
 # ---------------------------------------------------------------- rewrites, each against what it replaces
 def _tiny_model(seed=0):
     cfg = preset("tiny")

@@ -282,6 +282,11 @@ class Gemma4CausalLM(nn.Module):
                 out[spec.layer_type] = additive_mask(allowed[spec.layer_type], groups)
         return out
 
+    def step_masks(self, allowed: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+        """`masks(allowed)` for every query of a step, and for its last query alone (the layers past
+        `TextModel.narrow_layer` in a step that returns only the last logits)."""
+        return self.masks(allowed), self.masks({kind: a[-1:] for kind, a in allowed.items()})
+
     # ---- whole-sequence reference forward
     def forward(self, input_ids: torch.Tensor, ple_rows: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, T, V] for a whole sequence starting at position 0; no cache involved."""
@@ -348,7 +353,7 @@ class Gemma4CausalLM(nn.Module):
         window = self.ring_pos.shape[0]
         allowed = {FULL: torch.arange(self.max_context)[None, :] <= input_pos[:, None],  # [T, max_context]
                    SLIDING: self.sliding_mask(input_pos)}
-        masks, last_masks = self.masks(allowed), self.masks({kind: a[-1:] for kind, a in allowed.items()})
+        masks, last_masks = self.step_masks(allowed)
         keep = min(t, window)  # ring slots this step writes (the last `window` tokens when t > window)
         slots = input_pos[t - keep:] % window
         shared: dict[str, tuple] = {}

@@ -273,8 +273,7 @@ class InPlaceKVStep(nn.Module):
         start = input_pos[0].item()
         torch._check(start >= 0)
         torch._check(start + t <= self.max_context)
-        allowed = self.allowed(input_pos)
-        masks, last_masks = self.model.masks(allowed), self.model.masks({kind: a[-1:] for kind, a in allowed.items()})
+        masks, last_masks = self.model.step_masks(self.allowed(input_pos))
         slots = torch.remainder(input_pos, self.ring)[None, :]  # [1, T]
         ring_index: dict[int, torch.Tensor] = {}  # [KV, T] per KV-head count, built once per step
         shared: dict[str, tuple] = {}

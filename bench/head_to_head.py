@@ -37,8 +37,11 @@ sys.path.insert(0, str(HERE))
 from peers import et_example, litert_lm, ours  # noqa: E402
 
 RESULTS = HERE / "results" / "head_to_head.json"
-SYSTEMS = ("ours", "ours-int8", "litert", "et", "litert-notes")
-LABELS = {"ours": "gemma-edge (.pte + int4 .ple)", "ours-int8": "gemma-edge (.pte + int8 .ple)",
+SYSTEMS = ("ours", "ours-int8", "ours-py", "litert", "et", "litert-notes")
+# ours / ours-int8 run in the native host (gemma-edge-run: C++, no Python in the process, as on a phone);
+# ours-py is the same int4 bundle under the Python runtime (Session), whose host alone is 0.37 GB.
+LABELS = {"ours": "gemma-edge native (.pte + int4 .ple)", "ours-int8": "gemma-edge native (.pte + int8 .ple)",
+          "ours-py": "gemma-edge Python host (.pte + int4 .ple)",
           "litert": "LiteRT-LM (.litertlm, gemma4_mixed48)", "et": "ExecuTorch example (.pte, 8da4w+emb8)",
           "litert-notes": "LiteRT-LM, full E2B, from its notes*"}
 # LiteRT-LM on the full E2B as measured on this machine earlier (../shared/docs/litert-lm-notes.md: medians
@@ -133,6 +136,8 @@ def build_all(systems, ckpt: Path, work: Path, args) -> dict:
             continue
         if system == "ours":
             built[system] = ours.build(ckpt, root / "ours-int4", ours.ensure_venv(venvs))
+        elif system == "ours-py":   # the int4 bundle again, run under the Python host
+            built[system] = ours.build(ckpt, root / "ours-int4", ours.ensure_venv(venvs))
         elif system == "ours-int8":
             if "ours" not in built:
                 built["ours"] = ours.build(ckpt, root / "ours-int4", ours.ensure_venv(venvs))
@@ -161,7 +166,8 @@ def run_one(system: str, built: dict, ids: list[int], args, venvs: Path) -> dict
             raise SystemExit(f"litert-notes: figures exist for prompts {[k for k in LITERT_NOTES_E2B if isinstance(k, int)]}")
         return {**LITERT_NOTES_E2B[len(ids)], "source": built["ran_on"]}
     if system.startswith("ours"):
-        return ours.run(Path(built["path"]), ours.ensure_venv(venvs), ids, args.new_tokens, args.threads, args.repeats)
+        return ours.run(Path(built["path"]), ours.ensure_venv(venvs), ids, args.new_tokens, args.threads, args.repeats,
+                        host="python" if system == "ours-py" else "native")
     if system == "litert":
         return litert_lm.run(Path(built["path"]), litert_lm.ensure_venv(venvs), ids, args.new_tokens, args.threads,
                              args.repeats)
@@ -170,9 +176,9 @@ def run_one(system: str, built: dict, ids: list[int], args, venvs: Path) -> dict
 
 
 def above_host(r: dict) -> int | None:
-    """Peak RSS less the host process's RSS before the model was loaded (Python with the runtime's
-    libraries imported: 0.37 GB for torch + ExecuTorch's bindings). What loading and running the model
-    cost; a phone app's native runtime has no Python host."""
+    """Peak RSS less the host process's RSS before the model was loaded: what loading and running the model
+    cost. Hosts: a Python one with torch + ExecuTorch's bindings imported is 0.37 GB (ours-py, the ET
+    example); LiteRT-LM's Python wrapper 0.09 GB; our native host about 5 MB."""
     host = r.get("host_rss_before_load_bytes")
     return r["peak_rss_bytes"] - host if host is not None and r.get("peak_rss_bytes") else None
 
@@ -189,14 +195,14 @@ def ratios(a: dict, b: dict, bytes_a: int, bytes_b: int) -> dict:
 
 def table(built: dict, runs: dict, bw: dict) -> str:
     gb = lambda n: f"{n / 1e9:.2f}" if n else "-"   # noqa: E731
-    head = (f"{'system':<40}{'device GB':>10}{'export s':>9}{'exp. peak GiB':>14}{'prompt':>7}{'load s':>7}"
+    head = (f"{'system':<44}{'device GB':>10}{'export s':>9}{'exp. peak GiB':>14}{'prompt':>7}{'load s':>7}"
             f"{'TTFT s':>8}{'prefill t/s':>12}{'decode t/s':>11}{'peak RSS GB':>12}{'above host':>11}{'anon/file GB':>14}"
             f"{'PLE res. MB':>12}{'GB/token':>9}{'% of bw bound':>14}")
     lines = [head, "-" * len(head)]
     for (system, prompt), r in runs.items():
         b = built[system]
         if b.get("killed_at_rss_bytes"):
-            lines.append(f"{LABELS[system]:<40}  export killed at {b['killed_at_rss_bytes'] / 2**30:.1f} GiB: "
+            lines.append(f"{LABELS[system]:<44}  export killed at {b['killed_at_rss_bytes'] / 2**30:.1f} GiB: "
                          f"{b.get('stage', '')[:60]}")
             continue
         per_tok = b.get("decode_bytes_per_token")
@@ -204,7 +210,7 @@ def table(built: dict, runs: dict, bw: dict) -> str:
         ple = r.get("ple_resident_bytes", r.get("embedding_resident_bytes"))
         f = lambda x, w, spec, scale=1: f"{x / scale:{w}{spec}}" if x is not None else f"{'-':>{w}}"   # noqa: E731
         lines.append(
-            f"{LABELS[system]:<40}{gb(b['bytes']):>10}{f(b.get('export_s'), 9, '.0f')}"
+            f"{LABELS[system]:<44}{gb(b['bytes']):>10}{f(b.get('export_s'), 9, '.0f')}"
             f"{f(b.get('export_peak_rss_bytes'), 14, '.1f', 2**30)}{prompt:>7}{f(r['load_s'], 7, '.1f')}"
             f"{f(r['ttft_s'], 8, '.2f')}{f(r['prefill_tok_s'], 12, '.1f')}{f(r['decode_tok_s'], 11, '.1f')}"
             f"{f(r['peak_rss_bytes'], 12, '.2f', 1e9)}{f(above_host(r), 11, '.2f', 1e9)}{f(r['rss_anon_bytes'], 8, '.2f', 1e9)}/"
@@ -279,6 +285,10 @@ def main() -> None:
             if ("ours", prompt) in runs and (base, prompt) in runs:
                 row[key] = ratios(runs[("ours", prompt)], runs[(base, prompt)], built["ours"]["bytes"],
                                   built[base]["bytes"])
+        if ("ours", prompt) in runs and ("ours-py", prompt) in runs:   # one bundle, two hosts
+            a, b = runs[("ours", prompt)], runs[("ours-py", prompt)]
+            row["native_vs_python_host"] = {**ratios(a, b, 1, 1),
+                                            "same_greedy_tokens": a["runs"][0]["tokens"] == b["runs"][0]["tokens"]}
         summary[str(prompt)] = row
     label = args.label or args.model
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}

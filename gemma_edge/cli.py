@@ -11,7 +11,10 @@ _COMMAND_MODULES = ("gemma_edge.export.cli", "gemma_edge.runtime.cli")
 
 # Errors whose message is the whole story (bad input, not a bug): printed on one line, no traceback.
 # Every input error of the packages (CheckpointError, ConfigError, PleFormatError, BundleError) is a ValueError.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+# NativeBuildError: the native host's toolchain is missing or its compile failed (the message says which).
+from gemma_edge.runtime.native import NativeBuildError  # noqa: E402
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NativeBuildError)
 
 
 def build_parser() -> argparse.ArgumentParser:

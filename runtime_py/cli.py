@@ -49,6 +49,56 @@ def _budget(args) -> int:
     return 0 if all(b.verdict(d)["fits"] for d in devices.values()) or not args.device else 1
 
 
+def _run_native(args) -> int:
+    from pathlib import Path
+
+    from gemma_edge.export import bundle_format as bf
+
+    from . import native
+    from .tokenizer import TextCodec
+
+    bundle = Path(args.bundle)
+    manifest = bf.read_manifest(bundle)
+    codec = None
+    if "tokenizer" in manifest["files"]:
+        codec = TextCodec(bundle / manifest["files"]["tokenizer"]["path"], manifest["bos_token_id"],
+                          manifest.get("chat_template"))
+    if args.ids:
+        try:
+            ids = [int(x) for x in args.ids.replace(" ", "").split(",") if x]
+        except ValueError as e:
+            raise ValueError(f"--ids: expected comma-separated integers, found {args.ids!r}") from e
+    elif args.prompt is None:
+        raise ValueError("give --prompt TEXT or --ids 2,45,...")
+    elif codec is None:
+        raise ValueError(f"{bundle}: no tokenizer.json; pass --ids instead of --prompt")
+    else:
+        ids = codec.encode_chat(args.prompt) if args.chat else codec.encode(args.prompt)
+    res = native.run(bundle, ids, args.max_new_tokens, threads=args.threads, repeats=args.repeats,
+                     warmup=args.warmup, stop_on_eos=True)
+    r = res["runs"][-1]
+    eos = set(manifest["eos_token_ids"])
+    if codec is not None:
+        print(codec.decode([t for t in r["tokens"] if t not in eos]))
+    else:
+        print(" ".join(map(str, r["tokens"])))
+    mem, gb = res["memory"], lambda n: f"{n / 1e9:.3f} GB"  # noqa: E731
+    print(f"[native] prompt {len(ids)} tokens: TTFT {r['ttft_s']:.3f} s, prefill {r['prefill_tok_s']:.1f} tok/s, "
+          f"decode {r['decode_tok_s']:.1f} tok/s ({len(r['tokens'])} tokens, {r['stop_reason']}); load "
+          f"{res['load_s']:.2f} s; peak RSS {gb(mem['end']['VmHWM'])} (host {gb(mem['host']['VmRSS'])}, "
+          f"anon {gb(mem['end']['RssAnon'])}, file {gb(mem['end']['RssFile'])})", file=sys.stderr)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    return 0
+
+
+def _build_native(args) -> int:
+    from . import native
+
+    print(native.build(args.build_dir))
+    return 0
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
@@ -74,6 +124,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="checkpoint for --validate (default: the manifest's source checkpoint)")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("run-native", help="generate with an export bundle through the native host (C++, no Python "
+                                          "in the process): speed and the process's real memory")
+    p.add_argument("bundle", help="export bundle folder (.pte + .ple)")
+    p.add_argument("--prompt", help="prompt text (needs the bundle's tokenizer.json)")
+    p.add_argument("--ids", help="raw prompt token ids, comma-separated (bos included if wanted)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in Gemma 4's chat template")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--threads", type=int, default=0, help="ExecuTorch thread pool size (0: its default)")
+    p.add_argument("--repeats", type=int, default=1, help="timed generations (the last one is printed)")
+    p.add_argument("--warmup", type=int, default=0, help="untimed generations first")
+    p.add_argument("--json", action="store_true", help="also print the runner's JSON")
+    p.set_defaults(func=_run_native)
+
+    p = sub.add_parser("build-native", help="build the native host gemma-edge-run (CMake + the ExecuTorch wheel)")
+    p.add_argument("--build-dir", help="build folder (default: runtime_py/native/build/<hash of the sources>)")
+    p.set_defaults(func=_build_native)
 
     p = sub.add_parser("budget", help="RAM and flash a model needs, and whether it fits a phone")
     p.add_argument("--model", default="e2b", help=f"a preset (e2b, e4b, e2b-10l, tiny, ...) or {', '.join(BIG_MODELS)}")

@@ -28,6 +28,7 @@ class RunResult:
     phone: object | None
     validation: dict | None = None
     lines: list[str] = field(default_factory=list)
+    prompt_ids: list[int] = field(default_factory=list)
 
     @property
     def rss_gap(self) -> float:
@@ -83,7 +84,8 @@ def run_bundle(bundle: str | Path, *, prompt: str | None = None, ids: str | None
                          ram_needed=estimate_bundle(bundle).ram_bytes,
                          context_at_end=len(ids_list) + st.generated)
         check_run(phone, st, session.ple, fetched, None, resident_before)
-        result = RunResult(st.tokens, "".join(pieces), st, rss_before, rss_after, budget.ram_bytes, phone)
+        result = RunResult(st.tokens, "".join(pieces), st, rss_before, rss_after, budget.ram_bytes, phone,
+                           prompt_ids=list(ids_list))
     finally:
         session.close()
     if validate:

@@ -59,10 +59,11 @@ def last_line(log: Path, prefix: str = "") -> str:
 
 
 def run(cmd: list[str], log: Path, result_mark: str, *, env: dict | None = None, preexec_fn=None,
-        rss_limit_bytes: int | None = None, stage_prefix: str = "") -> dict:
+        rss_limit_bytes: int | None = None, stage_prefix: str = "", mark_in_json: bool = False) -> dict:
     """Run `cmd`, stdout+stderr to `log`. Polls every 0.1 s; SIGKILLs the child once its tree's RSS passes
     `rss_limit_bytes`. Returns rc, elapsed_s, peak_rss_bytes (ru_maxrss from wait4), killed_at_rss_bytes,
-    stage (`last_line(log, stage_prefix)`) and result (the JSON after `result_mark`, else None)."""
+    stage (`last_line(log, stage_prefix)`) and result (the JSON after `result_mark`, else None; with
+    mark_in_json the mark is the JSON's own beginning, as a native child prints it)."""
     t0, killed_at = time.perf_counter(), None
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env or clean_env(),
@@ -81,6 +82,6 @@ def run(cmd: list[str], log: Path, result_mark: str, *, env: dict | None = None,
     result = None
     for line in log.read_text(errors="replace").splitlines():
         if line.startswith(result_mark):
-            result = json.loads(line[len(result_mark):])
+            result = json.loads(line if mark_in_json else line[len(result_mark):])
     return {"rc": proc.returncode, "elapsed_s": time.perf_counter() - t0, "peak_rss_bytes": usage.ru_maxrss * 1024,
             "killed_at_rss_bytes": killed_at, "stage": last_line(log, stage_prefix), "result": result}

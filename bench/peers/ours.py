@@ -2,11 +2,16 @@
 
     venv = ensure_venv(Path("work_dirs/peers"))          # this project's own interpreter
     built = build(checkpoint_dir, out_dir, venv)          # `gemma-edge export`, timed, peak RSS of the child
-    timed = run(Path(built["path"]), venv, ids, n_new)    # our runtime's Session, medians of `repeats` runs
+    timed = run(Path(built["path"]), venv, ids, n_new)    # medians of `repeats` runs, in one child
 
-This file is also the child (`python ours.py run SPEC_JSON`): the bundle is loaded by `gemma_edge.runtime
-.Session` (the .pte through the stock `executorch.runtime`, PLE rows through one batched fetch per prompt),
-one warm-up generation, then `repeats` timed ones, each reset and greedy, EOS ignored.
+Two hosts run the same bundle:
+* host="native" (default): `gemma-edge-run`, the C++ host (gemma_edge.runtime.native) — ExecuTorch's C++
+  Module and our .ple reader in a process with no Python, as an app on a phone runs it.
+* host="python": `gemma_edge.runtime.Session` in a Python child (the .pte through the stock
+  `executorch.runtime`, torch imported), which costs 0.37 GB of host before the model. This file is that
+  child (`python ours.py run SPEC_JSON`).
+Both: PLE rows of the prompt in one batched fetch, one warm-up generation, then `repeats` timed ones, each
+from position 0, greedy, EOS ignored.
 """
 from __future__ import annotations
 
@@ -81,10 +86,15 @@ def build(checkpoint_dir: Path, out_dir: Path, venv: Path, *, ple_dtype: str = "
 
 
 def run(bundle: Path, venv: Path, prompt_ids: list[int], n_new: int, threads: int = 2, repeats: int = 3,
-        *, mlock: bool = False) -> dict:
-    """Time our Session on `prompt_ids` + `n_new` greedy tokens (EOS ignored) in a child: one warm-up, then
-    `repeats` timed runs. mlock=False (default) loads as an Android app (no CAP_IPC_LOCK, 64 KiB memlock
-    limit), as the peers are run. Returns medians and memory at the end while the session is alive."""
+        *, mlock: bool = False, host: str = "native") -> dict:
+    """Time `bundle` on `prompt_ids` + `n_new` greedy tokens (EOS ignored) in a child: one warm-up, then
+    `repeats` timed runs. host: "native" (gemma-edge-run) or "python" (Session). mlock=False (default) loads
+    as an Android app (no CAP_IPC_LOCK, 64 KiB memlock limit), as the peers are run. Returns medians and
+    memory at the end while the program is loaded."""
+    if host == "native":
+        return _run_native(Path(bundle), prompt_ids, n_new, threads, repeats, mlock)
+    if host != "python":
+        raise ValueError(f"host: expected 'native' or 'python', found {host!r}")
     spec = {"bundle": str(Path(bundle).resolve()), "ids": [int(i) for i in prompt_ids], "n_new": n_new,
             "threads": threads, "repeats": repeats}
     log = Path(bundle) / f"run-{os.getpid()}.log"
@@ -99,9 +109,35 @@ def run(bundle: Path, venv: Path, prompt_ids: list[int], n_new: int, threads: in
     return {"load_s": res["load_s"], "ttft_s": med("ttft_s"), "prefill_tok_s": med("prefill_tok_s"),
             "decode_tok_s": med("decode_tok_s"), **res["memory"], "ple_resident_bytes": res["ple_resident_bytes"],
             "ple_page_cache_bytes": res["ple_page_cache_bytes"], "embedding_resident_bytes": res["pte_resident_bytes"],
+            "host": "python",
             "threads": res["threads"], "prompt_tokens": len(prompt_ids), "n_new": n_new, "mlock": mlock,
             "tokens_identical_across_runs": all(r["tokens"] == res["runs"][0]["tokens"] for r in res["runs"]),
             "ran_on": RAN_ON, "runs": res["runs"]}
+
+
+def _run_native(bundle: Path, prompt_ids: list[int], n_new: int, threads: int, repeats: int, mlock: bool) -> dict:
+    from gemma_edge.runtime import native
+
+    cmd = native.command(native.build(), bundle, prompt_ids, n_new, threads=threads, repeats=repeats, warmup=1)
+    log = bundle / f"run-native-{os.getpid()}.log"
+    child = childproc.run(cmd, log, '{"runtime": ', mark_in_json=True, env=childproc.clean_env(),
+                          preexec_fn=None if mlock else childproc.as_android_app)
+    if child["rc"] != 0 or child["result"] is None:
+        raise RuntimeError(f"gemma-edge-run exited with {child['rc']} at {child['stage']!r} (log: {log})")
+    log.unlink()
+    res = child["result"]
+    runs = res["runs"]
+    med = lambda k: statistics.median(r[k] for r in runs)   # noqa: E731
+    host, end = res["memory"]["host"], res["memory"]["end"]
+    return {"load_s": res["load_s"], "ttft_s": med("ttft_s"), "prefill_tok_s": med("prefill_tok_s"),
+            "decode_tok_s": med("decode_tok_s"), "peak_rss_bytes": end["VmHWM"], "rss_anon_bytes": end["RssAnon"],
+            "rss_file_bytes": end["RssFile"], "host_rss_before_load_bytes": host["VmRSS"],
+            "host_rss_anon_before_load_bytes": host["RssAnon"], "after_load": res["memory"]["after_load"],
+            # rows are pread into a buffer, never mapped: none of the .ple is in this process's RSS
+            "ple_resident_bytes": 0, "embedding_resident_bytes": res["program_resident_bytes"],
+            "threads": res["threads"], "prompt_tokens": len(prompt_ids), "n_new": n_new, "mlock": mlock,
+            "host": "native", "tokens_identical_across_runs": all(r["tokens"] == runs[0]["tokens"] for r in runs),
+            "ran_on": RAN_ON, "runs": runs}
 
 
 def _child_run(spec: dict) -> dict:

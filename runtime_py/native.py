@@ -1,0 +1,127 @@
+"""The native host: `gemma-edge-run` (C++, runtime_py/native/) runs a bundle with no Python and no libtorch.
+
+    exe = build()                                        # cmake against the ExecuTorch wheel's runtime libraries
+    res = run(bundle, ids=[2, 818, ...], new_tokens=64)  # one child process; its JSON (runs, memory)
+
+Why it exists: a phone app runs the program through ExecuTorch's C++ runtime, not through Python. The
+Python host that `Session` needs (torch and ExecuTorch's bindings imported) is 0.37 GB of resident
+memory before any model is loaded; this one is about 5 MB. Same program, same kernels (the wheel's
+libexecutorch, XNNPACK and kernel libraries, which the Python bindings load too), same PLE file: the logits
+are bit-identical to `PteBackend`'s at the same thread count (tests/test_native.py).
+
+What it takes from the manifest (read here, passed as flags): the program and PLE files, the PLE file's
+identity, the method per role, prefill_chunk and max_context.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+SOURCE_DIR = Path(__file__).resolve().parent / "native"
+SOURCES = ("CMakeLists.txt", "gemma_edge_run.cpp", "ple_file.cpp", "ple_file.h", "cache_ops.cpp")
+EXE_NAME = "gemma-edge-run"
+
+
+class NativeBuildError(RuntimeError):
+    """The native host could not be configured or compiled (the message carries the tool's last lines)."""
+
+
+def executorch_cmake_dir() -> Path:
+    spec = importlib.util.find_spec("executorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise NativeBuildError("executorch: not installed in this environment (pip install executorch==1.5.1)")
+    d = Path(spec.submodule_search_locations[0]) / "share" / "cmake"
+    if not (d / "executorch-config.cmake").exists():
+        raise NativeBuildError(f"{d}: executorch-config.cmake missing; this executorch wheel ships no C++ runtime")
+    return d
+
+
+def default_build_dir() -> Path:
+    """One build per set of sources and ExecuTorch install (a changed wheel gets a fresh configure)."""
+    h = hashlib.sha256(str(executorch_cmake_dir()).encode())
+    for name in SOURCES:
+        h.update((SOURCE_DIR / name).read_bytes())
+    return SOURCE_DIR / "build" / h.hexdigest()[:12]
+
+
+def _tail(text: str, n: int = 25) -> str:
+    return "\n".join(text.strip().splitlines()[-n:])
+
+
+def build(build_dir: Path | None = None) -> Path:
+    """Configure (once) and build `gemma-edge-run`; returns the executable. A no-op when up to date."""
+    for tool in ("cmake", "c++"):
+        if shutil.which(tool) is None:
+            raise NativeBuildError(f"{tool}: not found on PATH; the native host needs CMake ≥ 3.19 and a C++17 "
+                                   "compiler (Debian: apt-get install cmake g++ zlib1g-dev)")
+    build_dir = Path(build_dir) if build_dir else default_build_dir()
+    exe = build_dir / EXE_NAME
+    if not (build_dir / "CMakeCache.txt").exists():
+        gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+        cfg = subprocess.run(["cmake", "-S", str(SOURCE_DIR), "-B", str(build_dir), *gen, "-DCMAKE_BUILD_TYPE=Release",
+                              f"-DCMAKE_PREFIX_PATH={executorch_cmake_dir()}"], capture_output=True, text=True)
+        if cfg.returncode:
+            shutil.rmtree(build_dir, ignore_errors=True)
+            raise NativeBuildError(f"cmake configure of {SOURCE_DIR} failed:\n{_tail(cfg.stdout + cfg.stderr)}")
+    out = subprocess.run(["cmake", "--build", str(build_dir)], capture_output=True, text=True)
+    if out.returncode or not exe.exists():
+        raise NativeBuildError(f"cmake --build {build_dir} failed:\n{_tail(out.stdout + out.stderr)}")
+    return exe
+
+
+def command(exe: Path, bundle: Path, ids, new_tokens: int, *, threads: int = 0, repeats: int = 1, warmup: int = 0,
+            stop_on_eos: bool = False, logits_out: Path | None = None) -> list[str]:
+    """The argv that runs `bundle` (its manifest read and checked here) on prompt `ids`."""
+    from gemma_edge.export import bundle_format as bf
+
+    bundle = Path(bundle)
+    manifest = bf.read_manifest(bundle)
+    methods = bf.role_methods(manifest)
+    files = manifest["files"]
+    if "ple" not in files:
+        raise ValueError(f"{bundle / bf.MANIFEST_FILE}: files.ple missing; the native host runs .pte + .ple bundles")
+    cmd = [str(exe), "--program", str(bundle / files["program"]["path"]), "--ple", str(bundle / files["ple"]["path"]),
+           "--ple-identity", files["ple"]["identity"], "--prefill-method", methods[bf.PREFILL_ROLE],
+           "--decode-method", methods[bf.DECODE_ROLE], "--prefill-chunk", str(manifest["prefill_chunk"]),
+           "--max-context", str(manifest["max_context"]), "--ids", ",".join(str(int(i)) for i in ids),
+           "--new-tokens", str(new_tokens), "--repeats", str(repeats), "--warmup", str(warmup),
+           "--threads", str(threads)]
+    if stop_on_eos:
+        cmd += ["--eos", ",".join(str(int(e)) for e in manifest["eos_token_ids"])]
+    if logits_out is not None:
+        cmd += ["--logits-out", str(logits_out)]
+    return cmd
+
+
+def parse_result(stdout: str, stderr: str, rc: int, cmd: list[str]) -> dict:
+    """The child's one JSON line; a failed run raises with the line the runner printed."""
+    if rc != 0:
+        lines = [ln for ln in stderr.splitlines() if ln.startswith("gemma-edge-run:")]
+        msg = lines[-1] if lines else _tail(stderr, 5)
+        raise (ValueError if rc == 2 else RuntimeError)(msg)
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def run(bundle: Path, ids, new_tokens: int, *, threads: int = 0, repeats: int = 1, warmup: int = 0,
+        stop_on_eos: bool = False, with_logits: bool = False, exe: Path | None = None) -> dict:
+    """Run `gemma-edge-run` once on `bundle` and return its JSON; with_logits adds "logits" [steps, V]
+    (the first timed run's, every step)."""
+    import tempfile
+
+    exe = exe or build()
+    with tempfile.TemporaryDirectory() as tmp:
+        logits_path = Path(tmp) / "logits.bin" if with_logits else None
+        cmd = command(exe, bundle, ids, new_tokens, threads=threads, repeats=repeats, warmup=warmup,
+                      stop_on_eos=stop_on_eos, logits_out=logits_path)
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        res = parse_result(p.stdout, p.stderr, p.returncode, cmd)
+        if logits_path is not None:
+            steps = len(res["runs"][0]["tokens"])
+            res["logits"] = np.fromfile(logits_path, np.float32).reshape(steps, -1)
+    return res

@@ -75,7 +75,7 @@ def _run_native(args) -> int:
     else:
         ids = codec.encode_chat(args.prompt) if args.chat else codec.encode(args.prompt)
     res = native.run(bundle, ids, args.max_new_tokens, threads=args.threads, repeats=args.repeats,
-                     warmup=args.warmup, stop_on_eos=True)
+                     warmup=args.warmup, stop_on_eos=True, weight_cache=not args.no_weight_cache)
     r = res["runs"][-1]
     eos = set(manifest["eos_token_ids"])
     if codec is not None:
@@ -87,6 +87,10 @@ def _run_native(args) -> int:
           f"decode {r['decode_tok_s']:.1f} tok/s ({len(r['tokens'])} tokens, {r['stop_reason']}); load "
           f"{res['load_s']:.2f} s; peak RSS {gb(mem['end']['VmHWM'])} (host {gb(mem['host']['VmRSS'])}, "
           f"anon {gb(mem['end']['RssAnon'])}, file {gb(mem['end']['RssFile'])})", file=sys.stderr)
+    if "weight_cache" in res:
+        wc = res["weight_cache"]
+        print(f"[native] packed weights {'mapped from' if wc['existed_before_load'] else 'packed into'} "
+              f"{wc['path']} ({gb(wc['bytes'])})", file=sys.stderr)
     if args.json:
         print(json.dumps(res, indent=2))
     return 0
@@ -135,6 +139,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="ExecuTorch thread pool size (0: its default)")
     p.add_argument("--repeats", type=int, default=1, help="timed generations (the last one is printed)")
     p.add_argument("--warmup", type=int, default=0, help="untimed generations first")
+    p.add_argument("--no-weight-cache", action="store_true",
+                   help="pack the weights in RAM at every load instead of keeping them in a cache file beside the "
+                        "program (the default: the first load writes it, later loads map it)")
     p.add_argument("--json", action="store_true", help="also print the runner's JSON")
     p.set_defaults(func=_run_native)
 

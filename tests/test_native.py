@@ -95,6 +95,20 @@ def test_native_run_reports_speed_memory_and_fetch(exe, tiny_bundle):
     assert mem["end"]["VmRSS"] == pytest.approx(mem["end"]["RssAnon"] + mem["end"]["RssFile"], abs=1 << 20)
 
 
+def test_native_weight_cache_packs_once_then_maps_the_same_weights(exe, tiny_bundle):
+    cache = native.weight_cache_path(tiny_bundle)
+    cache.unlink(missing_ok=True)
+    first = native.run(tiny_bundle, PROMPT, 8, threads=1, with_logits=True, exe=exe)
+    assert first["weight_cache"]["existed_before_load"] is False and first["weight_cache"]["bytes"] > 0
+    again = native.run(tiny_bundle, PROMPT, 8, threads=1, with_logits=True, exe=exe)
+    assert again["weight_cache"]["existed_before_load"] is True
+    assert again["weight_cache"]["bytes"] == first["weight_cache"]["bytes"]   # mapped, nothing appended
+    bare = native.run(tiny_bundle, PROMPT, 8, threads=1, with_logits=True, exe=exe, weight_cache=False)
+    assert "weight_cache" not in bare
+    assert np.array_equal(first["logits"], again["logits"]) and np.array_equal(first["logits"], bare["logits"])
+    assert cache.name.startswith(f"model.pte.{bf.read_manifest(tiny_bundle)['files']['program']['sha256'][:16]}")
+
+
 def test_native_stops_on_eos_when_asked(exe, tiny_bundle):
     free = native.run(tiny_bundle, PROMPT, 20, threads=1, exe=exe)["runs"][0]["tokens"]
     eos = free[3]   # pretend the 4th greedy token is an end of sequence

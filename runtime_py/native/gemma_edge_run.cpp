@@ -7,7 +7,7 @@
 //
 //   gemma-edge-run --program B/model.pte --ple B/model.ple --ple-identity HEX --prefill-method forward
 //       --decode-method forward --prefill-chunk 128 --max-context 1024 --ids 2,818,... --new-tokens 128
-//       [--repeats 3] [--warmup 1] [--threads 2] [--eos 1,106] [--logits-out FILE]
+//       [--repeats 3] [--warmup 1] [--threads 2] [--eos 1,106] [--logits-out FILE] [--weight-cache FILE]
 //   gemma-edge-run --ple B/model.ple --ids 2,818,... --rows-out FILE     (the fetch alone: no program)
 //
 // Prints one JSON object on stdout: load time, each timed run (TTFT, prefill / decode tok/s, tokens, the
@@ -17,10 +17,14 @@
 // A bad argument or file exits with status 2 and one line naming it.
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
+#include <executorch/runtime/backend/backend_options_map.h>
+#include <executorch/runtime/backend/interface.h>
+#include <executorch/runtime/backend/options.h>
 #include <executorch/runtime/platform/runtime.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -83,6 +87,7 @@ int parse_int(const std::string& flag, const std::string& s, int lo) {
 
 struct Args {
   std::string program, ple, identity, prefill_method = "forward", decode_method = "forward", logits_out, rows_out;
+  std::string weight_cache;
   std::vector<int64_t> ids, eos;
   int new_tokens = 32, repeats = 1, warmup = 0, threads = 0, prefill_chunk = 0, max_context = 0;
 };
@@ -126,6 +131,7 @@ Args parse(int argc, char** argv) {
   if (std::string m = take("--decode-method", false); !m.empty()) a.decode_method = m;
   if (std::string e = take("--eos", false); !e.empty()) a.eos = parse_ids("--eos", e);
   a.logits_out = take("--logits-out", false);
+  a.weight_cache = take("--weight-cache", false);
   if (!kv.empty()) throw UsageError(kv.begin()->first + ": unknown flag");
   if (int64_t(a.ids.size()) + a.new_tokens > a.max_context)
     throw UsageError("context: prompt " + std::to_string(a.ids.size()) + " + new tokens " +
@@ -299,13 +305,28 @@ int run(const Args& args) {
   if (!realpath(args.program.c_str(), real)) throw UsageError("--program " + args.program + ": " + std::strerror(errno));
   const std::string program = real;
   executorch::runtime::runtime_init();
+  struct stat cache_st{};
+  const bool cache_existed = !args.weight_cache.empty() && stat(args.weight_cache.c_str(), &cache_st) == 0;
   auto t0 = Clock::now();
   gemma_edge::PleFile ple(args.ple, args.identity);
   // Mapped, never mlocked (as an Android app loads it). share_memory_arenas: a two-method program's prefill
   // and decode share their KV-cache buffers (planned into one arena); without it each gets its own copy.
   Module module(program, Module::LoadMode::Mmap, nullptr, nullptr, nullptr, /*share_memory_arenas=*/true);
   for (const auto& m : {args.prefill_method, args.decode_method}) {
-    if (module.load_method(m) != executorch::runtime::Error::Ok)
+    // --weight-cache: XNNPACK's packed weights in a file (as LiteRT-LM keeps its `.xnnpack_cache`). The first
+    // load packs into it; later loads map it instead of packing: no source weights held beside packed
+    // ones, no packing time, and the packed pages are clean file pages the kernel can page out.
+    executorch::runtime::BackendOptions<3> xopts;
+    executorch::runtime::LoadBackendOptionsMap load_opts;
+    if (!args.weight_cache.empty()) {
+      xopts.set_option("weight_cache_enabled", true);
+      xopts.set_option("save_weight_cache_on_disk", true);
+      xopts.set_option("packed_cache_path", args.weight_cache.c_str());
+      if (load_opts.set_options("XnnpackBackend", xopts.view()) != executorch::runtime::Error::Ok)
+        throw UsageError("--weight-cache: the XNNPACK backend options could not be set");
+    }
+    if (module.load_method(m, nullptr, nullptr, args.weight_cache.empty() ? nullptr : &load_opts) !=
+        executorch::runtime::Error::Ok)
       throw UsageError(program + ": cannot load method '" + m + "' (missing, or not a program this runtime runs)");
     auto meta = module.method_meta(m);
     if (!meta.ok() || meta->num_inputs() != 3)
@@ -339,7 +360,15 @@ int run(const Args& args) {
   o.precision(9);
   o << "{\"runtime\": \"gemma-edge-run (ExecuTorch C++ Module, no Python)\", \"load_s\": " << load_s
     << ", \"threads\": " << executorch::extension::threadpool::get_threadpool()->get_thread_count()
-    << ", \"program_resident_released\": {\"before\": " << pte_before << ", \"after\": " << pte_after << "}"
+    << ", \"program_resident_released\": {\"before\": " << pte_before << ", \"after\": " << pte_after << "}";
+  if (!args.weight_cache.empty()) {
+    struct stat after{};
+    stat(args.weight_cache.c_str(), &after);
+    o << ", \"weight_cache\": {\"path\": \"" << args.weight_cache << "\", \"existed_before_load\": "
+      << (cache_existed ? "true" : "false") << ", \"bytes\": " << after.st_size
+      << ", \"resident_bytes\": " << mapping_resident_bytes(args.weight_cache) << "}";
+  }
+  o
     << ", \"memory\": {\"host\": " << json_memory(host) << ", \"after_load\": " << json_memory(after_load)
     << ", \"end\": " << json_memory(end) << "}, \"program_resident_bytes\": " << mapping_resident_bytes(program)
     << ", \"runs\": [";

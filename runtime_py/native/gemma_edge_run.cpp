@@ -364,9 +364,11 @@ int run(const Args& args) {
   if (!args.weight_cache.empty()) {
     struct stat after{};
     stat(args.weight_cache.c_str(), &after);
+    char cache_real[PATH_MAX];  // /proc/self/smaps names a mapping by its real path
+    const std::string cache_path = realpath(args.weight_cache.c_str(), cache_real) ? cache_real : args.weight_cache;
     o << ", \"weight_cache\": {\"path\": \"" << args.weight_cache << "\", \"existed_before_load\": "
       << (cache_existed ? "true" : "false") << ", \"bytes\": " << after.st_size
-      << ", \"resident_bytes\": " << mapping_resident_bytes(args.weight_cache) << "}";
+      << ", \"resident_bytes\": " << mapping_resident_bytes(cache_path) << "}";
   }
   o
     << ", \"memory\": {\"host\": " << json_memory(host) << ", \"after_load\": " << json_memory(after_load)

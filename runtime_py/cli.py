@@ -55,6 +55,7 @@ def _run_native(args) -> int:
     from gemma_edge.export import bundle_format as bf
 
     from . import native
+    from .run_report import parse_ids
     from .tokenizer import TextCodec
 
     bundle = Path(args.bundle)
@@ -64,10 +65,7 @@ def _run_native(args) -> int:
         codec = TextCodec(bundle / manifest["files"]["tokenizer"]["path"], manifest["bos_token_id"],
                           manifest.get("chat_template"))
     if args.ids:
-        try:
-            ids = [int(x) for x in args.ids.replace(" ", "").split(",") if x]
-        except ValueError as e:
-            raise ValueError(f"--ids: expected comma-separated integers, found {args.ids!r}") from e
+        ids = parse_ids(args.ids)
     elif args.prompt is None:
         raise ValueError("give --prompt TEXT or --ids 2,45,...")
     elif codec is None:

@@ -29,9 +29,8 @@ def demo_checkpoint(work: Path) -> Path:
 
 
 def demo_bundle(work: Path, ckpt: Path) -> Path:
-    from gemma_edge.export.exporter import ExportSettings, export_bundle
-
     from gemma_edge.export import bundle_format as bf
+    from gemma_edge.export.exporter import ExportSettings, export_bundle
 
     bundle = work / "bundle"
     manifest = bundle / bf.MANIFEST_FILE

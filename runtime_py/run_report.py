@@ -35,12 +35,17 @@ class RunResult:
         return (self.rss_after["VmHWM"] - self.predicted_rss) / self.predicted_rss
 
 
+def parse_ids(ids: str) -> list[int]:
+    """`--ids 2,45,...` as a list of token ids."""
+    try:
+        return [int(x) for x in ids.replace(" ", "").split(",") if x]
+    except ValueError as e:
+        raise ValueError(f"--ids: expected comma-separated integers, found {ids!r}") from e
+
+
 def prompt_ids(session: Session, prompt: str | None, ids: str | None, chat: bool) -> list[int]:
     if ids:
-        try:
-            return [int(x) for x in ids.replace(" ", "").split(",") if x]
-        except ValueError as e:
-            raise ValueError(f"--ids: expected comma-separated integers, found {ids!r}") from e
+        return parse_ids(ids)
     if prompt is None:
         raise ValueError("give --prompt TEXT or --ids 2,45,...")
     return session.encode(prompt, chat=chat)

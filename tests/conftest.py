@@ -7,6 +7,20 @@ import pytest
 # Reuse an existing checkpoint / bundle instead of building them (local iteration): both must be set together.
 REUSE_CHECKPOINT, REUSE_BUNDLE = os.environ.get("GEMMA_EDGE_TINY_CHECKPOINT"), os.environ.get("GEMMA_EDGE_TINY_BUNDLE")
 
+def json_at_end(text: str):
+    """The JSON object a command's output ends with (`--json`), after text that may itself hold braces:
+    the first line that opens an object from which the rest of the output parses."""
+    import json
+
+    for line_start in [0] + [k + 1 for k, c in enumerate(text) if c == "\n"]:
+        if text.startswith("{", line_start):
+            try:
+                return json.loads(text[line_start:])
+            except json.JSONDecodeError:
+                continue
+    raise ValueError(f"no JSON object ends this output: {text[-200:]!r}")
+
+
 TINY_EXPORT = dict(quant="none", embedding_quant="none", ple_dtype="int8", max_context=64, prefill_chunk=8)
 
 

@@ -13,6 +13,8 @@ from gemma_edge import ple_store
 from gemma_edge.export import bundle_format as bf
 from gemma_edge.runtime import native
 
+from conftest import json_at_end
+
 PROMPT = [2, 100, 200, 300, 400, 100, 17, 18, 19, 20, 21, 22, 23]   # 13 tokens: two prefill chunks of 8
 
 
@@ -190,6 +192,6 @@ def test_cli_run_native_generates_what_the_python_session_does(exe, tiny_bundle)
                         "hello native host", "--max-new-tokens", "8", "--threads", "1", "--json"],
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    res = json.loads(p.stdout[p.stdout.index("{"):])
+    res = json_at_end(p.stdout)
     assert res["runs"][0]["tokens"] == want    # same greedy continuation, EOS stops both
     assert "[native] prompt" in p.stderr and "peak RSS" in p.stderr

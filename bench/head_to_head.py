@@ -137,7 +137,7 @@ def build_all(systems, ckpt: Path, work: Path, args) -> dict:
         if system == "ours":
             built[system] = ours.build(ckpt, root / "ours-int4", ours.ensure_venv(venvs))
         elif system == "ours-py":   # the int4 bundle again, run under the Python host
-            built[system] = ours.build(ckpt, root / "ours-int4", ours.ensure_venv(venvs))
+            built[system] = built.get("ours") or ours.build(ckpt, root / "ours-int4", ours.ensure_venv(venvs))
         elif system == "ours-int8":
             if "ours" not in built:
                 built["ours"] = ours.build(ckpt, root / "ours-int4", ours.ensure_venv(venvs))

@@ -80,11 +80,12 @@ def build(build_dir: Path | None = None) -> Path:
     return exe
 
 
-def weight_cache_path(bundle: Path) -> Path:
-    """Where the native host keeps XNNPACK's packed weights for `bundle`'s program (created on first load)."""
+def weight_cache_path(bundle: Path, manifest: dict | None = None) -> Path:
+    """Where the native host keeps XNNPACK's packed weights for `bundle`'s program (created on first load);
+    `manifest`: the bundle's, when the caller has read it already."""
     from gemma_edge.export import bundle_format as bf
 
-    program = bf.read_manifest(bundle)["files"]["program"]
+    program = (manifest or bf.read_manifest(bundle))["files"]["program"]
     return Path(bundle) / f"{program['path']}.{program['sha256'][:16]}.xnnpack_cache"
 
 
@@ -111,7 +112,7 @@ def command(exe: Path, bundle: Path, ids, new_tokens: int, *, threads: int = 0, 
     if logits_out is not None:
         cmd += ["--logits-out", str(logits_out)]
     if weight_cache:
-        cmd += ["--weight-cache", str(weight_cache_path(bundle))]
+        cmd += ["--weight-cache", str(weight_cache_path(bundle, manifest))]
     return cmd
 
 

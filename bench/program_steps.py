@@ -23,10 +23,16 @@ class Program:
     ple: object  # ple_store reader
     ids: np.ndarray  # the prompt: <bos> and fixed ids inside the vocabulary
 
+    attend_len: bool  # the program takes attend_len (revision >= 5)
+
     def step(self, tokens: np.ndarray, pos: np.ndarray, rows: np.ndarray):
-        """One call of the program's method: tokens [T], positions [T], PLE rows [T, L, P]."""
-        return self.module.run_method(self.method, (torch.from_numpy(tokens.reshape(1, -1)), torch.from_numpy(pos),
-                                                    torch.from_numpy(np.ascontiguousarray(rows, np.float32)[None])))
+        """One call of the program's method: tokens [T], positions [T], PLE rows [T, L, P] (and attend_len, of
+        length last position + 1, for a program that takes it)."""
+        inputs = (torch.from_numpy(tokens.reshape(1, -1)), torch.from_numpy(pos),
+                  torch.from_numpy(np.ascontiguousarray(rows, np.float32)[None]))
+        if self.attend_len:
+            inputs += (torch.empty(int(pos[-1]) + 1, dtype=torch.long),)
+        return self.module.run_method(self.method, inputs)
 
     def close(self) -> None:
         self.ple.close()
@@ -53,7 +59,8 @@ def load(bundle: Path, prompt: int, threads: int, etdump: bool = False) -> Progr
     ple = ple_store.open(bundle / bf.PLE_FILE)
     vocab = ple.header.vocab_size
     ids = np.array([manifest["bos_token_id"]] + [(1000 + i) % vocab for i in range(prompt - 1)], np.int64)
-    return Program(bundle, module, method[bf.PREFILL_ROLE], ple, ids)
+    attend_len = any(i["name"] == "attend_len" for i in manifest["methods"][bf.PREFILL_ROLE].get("inputs", []))
+    return Program(bundle, module, method[bf.PREFILL_ROLE], ple, ids, attend_len)
 
 
 def prefill_then_decode(prog: Program, decode_steps: int) -> tuple[float, float, list[int]]:

@@ -2,7 +2,9 @@
 
 A bundle is a folder: `model.pte` (RAM-resident program), `model.ple` (flash-resident PLE table),
 `manifest.json` (what binds them), and the checkpoint's tokenizer files. The program's step:
-`(tokens [1,T] i64, input_pos [T] i64, ple_rows [1,T,L,P] f32) -> logits [1,V] f32`. The manifest's
+`(tokens [1,T] i64, input_pos [T] i64, ple_rows [1,T,L,P] f32, attend_len [N] i64) -> logits [1,V] f32`,
+N = input_pos[-1] + 1: the cache positions the step attends, given by attend_len's length (its values are
+not read; revision ≥ 5, older programs take the first three inputs only). The manifest's
 `methods` maps the two roles — `prefill` (1 ≤ T ≤ prefill_chunk) and `decode` (T = 1) — to the program
 method that plays each: by default one dynamic method `forward` plays both (one copy of the packed
 weights); a two-method export has `prefill` and `decode` sharing one KV-cache state.
@@ -20,7 +22,9 @@ FORMAT_VERSION = 1
 # 2: KV caches written in place (llama::update_cache), sliding rings of window + chunk, mean square as a linear.
 # 3: one XNNPACK partitioner for quantized and fp32 ops (fewer delegate calls), cache views outside delegates.
 # 4: a step past the last K/V-owning layer runs the last position only (E2B prefill: 20 of 35 layers skipped).
-PROGRAM_REVISION = 4
+# 5: attention reads only the written cache slots, bounded by a fourth input, attend_len (its length).
+PROGRAM_REVISION = 5
+ATTEND_LEN_REVISION = 5  # the first revision whose step takes attend_len
 PROGRAM_FILE = "model.pte"
 PLE_FILE = "model.ple"
 ONNX_FILE = "model.onnx"
@@ -36,7 +40,7 @@ TOKENIZER_FILE = "tokenizer.json"
 PREFILL_ROLE = "prefill"
 DECODE_ROLE = "decode"
 STEP_METHOD = "forward"  # the one dynamic method of a one-method export
-INPUT_NAMES = ("tokens", "input_pos", "ple_rows")
+INPUT_NAMES = ("tokens", "input_pos", "ple_rows", "attend_len")
 OUTPUT_NAMES = ("logits",)
 REQUIRED_KEYS = ("model_hash", "config", "max_context", "prefill_chunk", "bos_token_id", "eos_token_ids",
                  "vocab_size", "num_layers", "ple_dim", "quantization", "files", "methods")
@@ -65,7 +69,8 @@ def method_signature(t: int | str, num_layers: int, ple_dim: int) -> dict:
     return {
         "inputs": [{"name": "tokens", "dtype": "int64", "shape": [1, t]},
                    {"name": "input_pos", "dtype": "int64", "shape": [t]},
-                   {"name": "ple_rows", "dtype": "float32", "shape": [1, t, num_layers, ple_dim]}],
+                   {"name": "ple_rows", "dtype": "float32", "shape": [1, t, num_layers, ple_dim]},
+                   {"name": "attend_len", "dtype": "int64", "shape": ["N"]}],
         "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, "V"]}],
     }
 

@@ -88,10 +88,12 @@ class StageLog:
         return out
 
 
-def example_inputs(cfg: TextConfig, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def example_inputs(cfg: TextConfig, t: int, start: int = 2) -> tuple[torch.Tensor, ...]:
+    """A step of `t` tokens at positions start..start+t-1 (start > 0 keeps `attend_len`'s length apart from
+    T's, so export does not fuse the two dimensions)."""
     layers, p = cfg.num_hidden_layers, max(cfg.hidden_size_per_layer_input, 1)
-    return (torch.zeros(1, t, dtype=torch.long), torch.arange(t, dtype=torch.long),
-            torch.zeros(1, t, layers, p, dtype=torch.float32))
+    return (torch.zeros(1, t, dtype=torch.long), torch.arange(start, start + t, dtype=torch.long),
+            torch.zeros(1, t, layers, p, dtype=torch.float32), torch.zeros(start + t, dtype=torch.long))
 
 
 def prepare_model(checkpoint: Path, settings: ExportSettings, stages: StageLog, progress: bool):
@@ -115,16 +117,21 @@ def export_programs(cfg: TextConfig, model: nn.Module, settings: ExportSettings)
     from .bundle_format import method_names_for
 
     step = rewrites.InPlaceKVStep(model, settings.prefill_chunk).eval()
-    t = torch.export.Dim("T", min=1, max=settings.prefill_chunk)
-    shapes = {"tokens": {1: t}, "input_pos": {0: t}, "ple_rows": {1: t}}
+    n = torch.export.Dim("N", min=1, max=settings.max_context)   # attend_len: slots attended
+    shapes = {"tokens": {}, "input_pos": {}, "ple_rows": {}, "attend_len": {0: n}}
+    if settings.prefill_chunk > 1:
+        t = torch.export.Dim("T", min=1, max=settings.prefill_chunk)
+        shapes.update({"tokens": {1: t}, "input_pos": {0: t}, "ple_rows": {1: t}})
     names = method_names_for(settings.methods)
     with torch.no_grad():
         dynamic = torch.export.export(step, example_inputs(cfg, min(2, settings.prefill_chunk)),
-                                      dynamic_shapes=shapes if settings.prefill_chunk > 1 else None,
-                                      strict=False, prefer_deferred_runtime_asserts_over_guards=True)
+                                      dynamic_shapes=shapes, strict=False,
+                                      prefer_deferred_runtime_asserts_over_guards=True)
         if settings.methods == "one":
             return {names["prefill"]: dynamic}
-        decode = torch.export.export(step, example_inputs(cfg, 1), strict=False)
+        decode = torch.export.export(step, example_inputs(cfg, 1), strict=False,
+                                     dynamic_shapes={"tokens": {}, "input_pos": {}, "ple_rows": {}, "attend_len": {0: n}},
+                                     prefer_deferred_runtime_asserts_over_guards=True)
     return {names["prefill"]: dynamic, names["decode"]: decode}
 
 

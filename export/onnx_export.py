@@ -47,7 +47,7 @@ def export_onnx(cfg, model: nn.Module, settings, path: Path) -> Path:
     caches = [getattr(model, n).clone() for n in step.names]
     t = torch.export.Dim("T", min=1, max=settings.prefill_chunk)
     shapes = {"tokens": {1: t}, "input_pos": {0: t}, "ple_rows": {1: t}, "caches": [None for _ in caches]}
-    args = (*example_inputs(cfg, min(2, settings.prefill_chunk)), caches)
+    args = (*example_inputs(cfg, min(2, settings.prefill_chunk), start=0)[:3], caches)  # no attend_len: ONNX runs forward_cached
     with torch.no_grad():
         program = torch.onnx.export(
             step, args, dynamo=True, dynamic_shapes=shapes, optimize=True,

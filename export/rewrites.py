@@ -240,6 +240,14 @@ class InPlaceKVStep(nn.Module):
     kept, and a new sequence restarting at position 0 ignores whatever an older one left in the caches.
     The model's own index_copy caches are removed (this step owns its caches); call `model.setup_cache`
     again to run `forward_cached`.
+
+    Attention reads only the cache slots the sequence has written: `attend_len`, an input whose *length*
+    N is the last position + 1 (its values are not read), bounds it. A full layer attends slots [0, N), a
+    sliding layer ring slots [0, min(N, R)) (the ring fills in order, so those are the written ones). The
+    length travels as a shape, not a value, because XNNPACK sizes a delegate's operators from its input
+    shapes: sliced by a value read inside the program, the grouped `bmm` fell out of the delegate to the
+    portable kernel, 2–6× slower. A 128-token prompt's first chunk thus attends 128 slots, not 1024 / 640,
+    and a decode step at position p reads p + 1 keys per full layer instead of `max_context`.
     """
 
     def __init__(self, model: Gemma4CausalLM, prefill_chunk: int):
@@ -260,20 +268,25 @@ class InPlaceKVStep(nn.Module):
                 self.register_buffer(f"k_cache_{spec.index}", torch.zeros(shape), persistent=False)
                 self.register_buffer(f"v_cache_{spec.index}", torch.zeros(shape), persistent=False)
 
-    def allowed(self, input_pos: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Bool [T, S] per attention type: which cache slots (after this step's writes) each query sees."""
+    def allowed(self, input_pos: torch.Tensor, spans: dict[str, int]) -> dict[str, torch.Tensor]:
+        """Bool [T, span] per attention type: which of the attended cache slots (after this step's writes)
+        each query sees."""
         last = input_pos[-1:]
-        held = last - torch.remainder(last - torch.arange(self.ring), self.ring)  # [R]; < 0: not written yet
+        slot = torch.arange(spans[SLIDING])
+        held = last - torch.remainder(last - slot, self.ring)  # position in each ring slot; < 0: not written yet
         q = input_pos[:, None]
         ring = (held >= 0)[None, :] & (held[None, :] <= q) & (q - held[None, :] < self.window)
-        return {SLIDING: ring, FULL: torch.arange(self.max_context)[None, :] <= q}
+        return {SLIDING: ring, FULL: torch.arange(spans[FULL])[None, :] <= q}
 
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, ple_rows: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, ple_rows: torch.Tensor,
+                attend_len: torch.Tensor) -> torch.Tensor:
         t = tokens.shape[1]
         start = input_pos[0].item()
         torch._check(start >= 0)
         torch._check(start + t <= self.max_context)
-        masks, last_masks = self.model.step_masks(self.allowed(input_pos))
+        n = attend_len.shape[0]
+        spans = {FULL: n, SLIDING: torch.sym_min(n, self.ring)}   # cache slots each attention type reads
+        masks, last_masks = self.model.step_masks(self.allowed(input_pos, spans))
         slots = torch.remainder(input_pos, self.ring)[None, :]  # [1, T]
         ring_index: dict[int, torch.Tensor] = {}  # [KV, T] per KV-head count, built once per step
         shared: dict[str, tuple] = {}
@@ -294,7 +307,8 @@ class InPlaceKVStep(nn.Module):
                 k_cache, v_cache = getattr(self, f"k_cache_{spec.index}"), getattr(self, f"v_cache_{spec.index}")
                 write(spec, k, k_cache)
                 write(spec, v, v_cache)
-                kv = (k_cache.view(1, *k_cache.shape[:2], -1), v_cache.view(1, *v_cache.shape[:2], -1))  # [1, KV, S, D]
+                span = spans[spec.layer_type]
+                kv = tuple(c[:, :span].reshape(1, c.shape[0], span, c.shape[3]) for c in (k_cache, v_cache))  # [1, KV, span, D]
                 if spec.kv_mode == "store":
                     shared[spec.layer_type] = kv
             else:

@@ -88,15 +88,25 @@ class PteBackend:
             raise ValueError(f"{path}: methods {missing} missing; the program has {sorted(names)}")
         self._prefill = self.program.load_method(prefill_method)
         self._decode = self._prefill if decode_method == prefill_method else self.program.load_method(decode_method)
+        arity = {m: self.program.metadata(m).num_inputs() for m in {prefill_method, decode_method}}
+        bad = {m: n for m, n in arity.items() if n not in (3, 4)}
+        if bad:
+            raise ValueError(f"{path}: methods {sorted(bad)}: expected 4 inputs (tokens, input_pos, ple_rows, "
+                             f"attend_len) or 3 (a revision < 5 program), found {bad}")
+        # Revision >= 5 programs take attend_len, whose length (last position + 1) bounds the attended slots.
+        self._attend_len = set(arity.values()) == {4}
+        if len(set(arity.values())) > 1:
+            raise ValueError(f"{path}: methods disagree on their inputs: {arity}")
         from .phone import release_file_mapping
 
         self.released = release_file_mapping(path)  # delegates hold packed copies now; see its docstring
 
-    @staticmethod
-    def _run(method, tokens: np.ndarray, pos: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        out = method.execute([torch.from_numpy(tokens.reshape(1, -1)), torch.from_numpy(pos),
-                              torch.from_numpy(np.ascontiguousarray(rows, np.float32)[None])])
-        return out[0].numpy().reshape(-1)
+    def _run(self, method, tokens: np.ndarray, pos: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        inputs = [torch.from_numpy(tokens.reshape(1, -1)), torch.from_numpy(pos),
+                  torch.from_numpy(np.ascontiguousarray(rows, np.float32)[None])]
+        if self._attend_len:
+            inputs.append(torch.empty(int(pos[-1]) + 1, dtype=torch.long))   # only its length is read
+        return method.execute(inputs)[0].numpy().reshape(-1)
 
     def prefill(self, tokens: np.ndarray, start: int, rows: np.ndarray) -> np.ndarray:
         pos = np.arange(start, start + len(tokens), dtype=np.int64)

@@ -44,10 +44,11 @@ def run_pte(bundle, ids: torch.Tensor, chunk: int, prompt: int) -> tuple[torch.T
     out, positions = [], []
     for a in range(0, prompt, chunk):
         b = min(prompt, a + chunk)
-        out.append(prefill.execute([ids[:, a:b], torch.arange(a, b), rows[:, a:b].contiguous()])[0][0])
+        out.append(prefill.execute([ids[:, a:b], torch.arange(a, b), rows[:, a:b].contiguous(), torch.empty(b, dtype=torch.long)])[0][0])
         positions.append(b - 1)
     for t in range(prompt, ids.shape[1]):
-        out.append(decode.execute([ids[:, t:t + 1], torch.tensor([t]), rows[:, t:t + 1].contiguous()])[0][0])
+        out.append(decode.execute([ids[:, t:t + 1], torch.tensor([t]), rows[:, t:t + 1].contiguous(),
+                                   torch.empty(t + 1, dtype=torch.long)])[0][0])
         positions.append(t)
     return torch.stack(out), positions
 
@@ -76,6 +77,29 @@ def test_pte_matches_transformers_and_eager_past_the_window(gqa):
     assert ref.abs().max() > 0.5
     assert (got - ref).abs().max().item() <= PTE_TOL
     assert (got - ours).abs().max().item() <= PTE_TOL
+
+
+def test_attention_reads_the_attended_slots_inside_xnnpack(gqa):
+    """attend_len's length bounds the slots attention reads, and the grouped bmm / softmax stay in XNNPACK
+    delegates (sized from input shapes); attending every slot instead gives the same logits."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    cfg, _, _, bundle = gqa
+    plans = deserialize_pte_binary((bundle / "model.pte").read_bytes())
+    native = {o.name for plan in getattr(plans, "program", plans).execution_plan for o in plan.operators}
+    assert "llama::update_cache" in native and not native & {"aten::bmm", "aten::_softmax"}, sorted(native)
+
+    ids = torch.randint(0, cfg.vocab_size, (1, 20), generator=torch.Generator().manual_seed(3))
+    with open_ple(bundle / "model.ple") as ple:
+        rows = torch.from_numpy(ple.fetch(ids[0].tolist()))[None]
+    (tight, _), (every, _) = load_methods(bundle), load_methods(bundle)   # two programs: two sets of caches
+    worst = 0.0
+    for a, b in [(0, 6), (6, 12), (12, 13), *[(t, t + 1) for t in range(13, 20)]]:
+        step = [ids[:, a:b], torch.arange(a, b), rows[:, a:b].contiguous()]
+        got = tight.execute([*step, torch.empty(b, dtype=torch.long)])[0]
+        ref = every.execute([*step, torch.empty(64, dtype=torch.long)])[0]   # max_context: every slot
+        worst = max(worst, (got - ref).abs().max().item())
+    assert worst <= 1e-5
 
 
 def test_onnx_matches_eager(gqa):
@@ -511,6 +535,6 @@ def test_in_place_kv_step_allclose(preset_name):
         ref = [model.forward_cached(ids[:, a:b], torch.arange(a, b), rows[:, a:b]) for a, b in steps]
         step = rewrites.InPlaceKVStep(model, chunk)
         assert step.ring == cfg.sliding_window + chunk < 30  # the decodes wrap the ring
-        got = [step(ids[:, a:b], torch.arange(a, b), rows[:, a:b]) for a, b in steps]
+        got = [step(ids[:, a:b], torch.arange(a, b), rows[:, a:b], torch.empty(b, dtype=torch.long)) for a, b in steps]
     for (a, b), r, g in zip(steps, ref, got):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5, msg=f"step [{a}, {b})")

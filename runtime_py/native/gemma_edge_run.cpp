@@ -201,6 +201,8 @@ struct Runner {
   const Args& args;
   std::vector<float> rows;  // [T, L, P] for the step being run
   std::vector<int64_t> pos;
+  bool attend_len;              // the program takes attend_len (revision >= 5)
+  std::vector<int64_t> attend;  // attend_len's storage: only its length, last position + 1, is read
 
   // One call of `method` on tokens [T] from position `start`, with their PLE rows in `rows`; the logits.
   std::vector<float> step(const std::string& method, const int64_t* tokens, size_t T, int64_t start, const float* r) {
@@ -210,7 +212,12 @@ struct Runner {
     auto tok = from_blob(const_cast<int64_t*>(tokens), {1, int32_t(T)}, ScalarType::Long);
     auto ps = from_blob(pos.data(), {int32_t(T)}, ScalarType::Long);
     auto pr = from_blob(const_cast<float*>(r), {1, int32_t(T), L, P}, ScalarType::Float);
-    auto out = module.execute(method, std::vector<EValue>{*tok, *ps, *pr});
+    std::vector<EValue> inputs{*tok, *ps, *pr};
+    auto n = int32_t(start + int64_t(T));
+    if (attend.size() < size_t(n)) attend.resize(size_t(n));
+    auto al = from_blob(attend.data(), {n}, ScalarType::Long);
+    if (attend_len) inputs.push_back(*al);
+    auto out = module.execute(method, inputs);
     if (!out.ok())
       throw std::runtime_error(args.program + ": method '" + method + "' failed with ExecuTorch error " +
                                std::to_string(int(out.error())) + " at position " + std::to_string(start));
@@ -312,6 +319,7 @@ int run(const Args& args) {
   // Mapped, never mlocked (as an Android app loads it). share_memory_arenas: a two-method program's prefill
   // and decode share their KV-cache buffers (planned into one arena); without it each gets its own copy.
   Module module(program, Module::LoadMode::Mmap, nullptr, nullptr, nullptr, /*share_memory_arenas=*/true);
+  int arity = 0;  // inputs the methods take
   for (const auto& m : {args.prefill_method, args.decode_method}) {
     // --weight-cache: XNNPACK's packed weights in a file (as LiteRT-LM keeps its `.xnnpack_cache`). The first
     // load packs into it; later loads map it instead of packing: no source weights held beside packed
@@ -329,8 +337,13 @@ int run(const Args& args) {
         executorch::runtime::Error::Ok)
       throw UsageError(program + ": cannot load method '" + m + "' (missing, or not a program this runtime runs)");
     auto meta = module.method_meta(m);
-    if (!meta.ok() || meta->num_inputs() != 3)
-      throw UsageError(program + ": method '" + m + "': expected 3 inputs (tokens, input_pos, ple_rows)");
+    if (!meta.ok() || (meta->num_inputs() != 4 && meta->num_inputs() != 3))
+      throw UsageError(program + ": method '" + m + "': expected 4 inputs (tokens, input_pos, ple_rows, attend_len)"
+                       " or 3 (a revision < 5 program), found " + (meta.ok() ? std::to_string(meta->num_inputs()) : "none"));
+    if (arity != 0 && size_t(arity) != meta->num_inputs())
+      throw UsageError(program + ": methods '" + args.prefill_method + "' and '" + args.decode_method +
+                       "' take different inputs");
+    arity = int(meta->num_inputs());
     auto rows_meta = meta->input_tensor_meta(2);
     auto sizes = rows_meta->sizes();
     if (sizes.size() != 4 || sizes[2] != int32_t(ple.num_layers()) || sizes[3] != int32_t(ple.ple_dim()))
@@ -342,7 +355,7 @@ int run(const Args& args) {
   auto [pte_before, pte_after] = release_file_mapping(program);
   auto after_load = proc_status();
 
-  Runner runner{module, ple, args, {}, {}};
+  Runner runner{module, ple, args, {}, {}, arity == 4, {}};
   std::vector<std::string> runs;
   std::vector<std::vector<float>> logits;
   for (int r = 0; r < args.warmup + args.repeats; ++r) {

@@ -552,10 +552,9 @@ def make_bundle(out: str, ple_path: str, tokenizer_path: str) -> None:
                 "sha256": hashlib.sha256(open(p, "rb").read()).hexdigest(), **extra}
 
     L, P, V = h.num_layers, h.ple_dim, h.vocab_size
-    io = lambda t: {"inputs": [{"name": "tokens", "dtype": "int64", "shape": [1, t]},            # noqa: E731
-                               {"name": "input_pos", "dtype": "int64", "shape": [t]},
-                               {"name": "ple_rows", "dtype": "float32", "shape": [1, t, L, P]}],
-                    "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, "V"]}]}
+    from gemma_edge.export.bundle_format import method_signature   # the exporter's own (attend_len included)
+
+    io = lambda t: method_signature(t, L, P)  # noqa: E731
     manifest = {
         "format": "gemma-edge-bundle", "format_version": 1, "model_hash": h.model_hash.hex(),
         "config": {"vocab_size": V, "hidden_size": 64, "num_hidden_layers": L, "hidden_size_per_layer_input": P,

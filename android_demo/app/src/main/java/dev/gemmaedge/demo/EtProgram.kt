@@ -8,9 +8,11 @@ import org.pytorch.executorch.Tensor
 
 /**
  * Wraps `model.pte` (manifest "methods"): prefill(tokens [1, T] int64, input_pos [T] int64,
- * ple_rows [1, T, L, P] float32) -> logits [1, V]; decode is the same with T = 1. input_pos holds
- * absolute positions; the program keeps its KV cache between calls. Both roles are usually played by
- * one dynamic method ("forward"), so XNNPACK packs the weights once.
+ * ple_rows [1, T, L, P] float32, attend_len [N] int64) -> logits [1, V]; decode is the same with T = 1.
+ * input_pos holds absolute positions; the program keeps its KV cache between calls. attend_len's length
+ * N = last position + 1 bounds the cache slots attention reads (its values are not read); a revision < 5
+ * program takes no attend_len (manifest: `attendLen` false). Both roles are usually played by one dynamic
+ * method ("forward"), so XNNPACK packs the weights once.
  */
 class EtProgram(
     private val ptePath: String,
@@ -18,7 +20,8 @@ class EtProgram(
     private val decodeMethod: String,
     private val numLayers: Int,
     private val pleDim: Int,
-    private val vocabSize: Int
+    private val vocabSize: Int,
+    private val attendLen: Boolean
 ) : Program, AutoCloseable {
 
     // mmap: the program's weights are paged in once and stay resident; no second copy on the Java heap.
@@ -45,7 +48,12 @@ class EtProgram(
         val tok = Tensor.fromBlob(LongArray(tokens.size) { tokens[it].toLong() }, longArrayOf(1, t))
         val pos = Tensor.fromBlob(LongArray(tokens.size) { (startPos + it).toLong() }, longArrayOf(t))
         val ple = Tensor.fromBlob(rows, longArrayOf(1, t, numLayers.toLong(), pleDim.toLong()))
-        val out = module.execute(method, EValue.from(tok), EValue.from(pos), EValue.from(ple))
+        val inputs = mutableListOf(EValue.from(tok), EValue.from(pos), EValue.from(ple))
+        if (attendLen) {   // only the length is read: N = last position + 1 (at most max_context: 8 KB)
+            val n = startPos + tokens.size
+            inputs.add(EValue.from(Tensor.fromBlob(LongArray(n), longArrayOf(n.toLong()))))
+        }
+        val out = module.execute(method, *inputs.toTypedArray())
         check(out.isNotEmpty()) { "$ptePath: method \"$method\": expected 1 output (logits), found none" }
         val logits = out[0].toTensor().dataAsFloatArray
         check(logits.size == vocabSize) { "$ptePath: method \"$method\" logits: expected $vocabSize floats [1, V], found ${logits.size}" }

@@ -95,7 +95,7 @@ class MainActivity : Activity() {
                 m.checkFiles(checkSha)
                 val ple = m.openPle()
                 val tok = m.loadTokenizer()
-                val program = EtProgram(m.fileOf(m.program).path, m.prefillMethod, m.decodeMethod, m.numLayers, m.pleDim, m.vocabSize)
+                val program = EtProgram(m.fileOf(m.program).path, m.prefillMethod, m.decodeMethod, m.numLayers, m.pleDim, m.vocabSize, m.attendLen)
                 session = Session(m, program, ple, tok)
                 val h = ple.header()
                 val ms = (System.nanoTime() - t0) / 1e6

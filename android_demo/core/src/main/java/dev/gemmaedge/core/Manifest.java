@@ -48,6 +48,9 @@ public final class Manifest {
     public final FileEntry program, ple, tokenizer;   // tokenizer may be null
     public final Map<String, Object> methods;
     public final String prefillMethod, decodeMethod;  // program methods playing each role (often one "forward")
+    // The methods take a fourth input, attend_len, whose length (last position + 1) bounds the cache slots
+    // attended (program revision >= 5); older bundles list three inputs.
+    public final boolean attendLen;
     public final int prefillMaxTokens;
 
     private Manifest(File dir, String source, Map<String, Object> m) {
@@ -87,10 +90,25 @@ public final class Manifest {
         Map<String, Object> decode = Json.asObject(methods.get("decode"), source + ": methods.decode");
         prefillMethod = prefill.get("method") == null ? "prefill" : Json.asString(prefill.get("method"), source + ": methods.prefill.method");
         decodeMethod = decode.get("method") == null ? "decode" : Json.asString(decode.get("method"), source + ": methods.decode.method");
+        boolean prefillAttends = takesAttendLen(prefill, "methods.prefill"), decodeAttends = takesAttendLen(decode, "methods.decode");
+        if (prefillAttends != decodeAttends)
+            throw fail("methods.decode.inputs", (prefillAttends ? "" : "no ") + "attend_len, as methods.prefill.inputs",
+                       decodeAttends ? "attend_len" : "none");
+        attendLen = prefillAttends;
         prefillMaxTokens = prefill.get("max_tokens") == null ? prefillChunk : (int) Json.asLong(prefill.get("max_tokens"), source + ": methods.prefill.max_tokens");
         if (prefillChunk > prefillMaxTokens)
             throw fail("prefill_chunk", "<= methods.prefill.max_tokens " + prefillMaxTokens, String.valueOf(prefillChunk));
         if (prefillChunk > maxContext) throw fail("prefill_chunk", "<= max_context " + maxContext, String.valueOf(prefillChunk));
+    }
+
+    private boolean takesAttendLen(Map<String, Object> role, String where) {
+        if (role.get("inputs") == null) return false;   // a manifest that lists no inputs: the three-input step
+        boolean found = false;
+        for (Object in : Json.asArray(role.get("inputs"), source + ": " + where + ".inputs")) {
+            Object name = Json.asObject(in, source + ": " + where + ".inputs[]").get("name");
+            found |= "attend_len".equals(name);
+        }
+        return found;
     }
 
     private IllegalArgumentException fail(String field, String expected, String found) {

@@ -53,6 +53,7 @@ public class ManifestTest {
         assertEquals(32, m.prefillChunk);
         assertEquals("forward", m.prefillMethod);   // one dynamic method plays both roles
         assertEquals("forward", m.decodeMethod);
+        assertTrue("the golden manifest's methods take attend_len", m.attendLen);
         assertEquals(2, m.bosTokenId);
         assertArrayEquals(new int[] {1, 106}, m.eosTokenIds);
         assertEquals("int4", m.quantization.get("ple_dtype"));
@@ -63,6 +64,18 @@ public class ManifestTest {
         Tokenizer t = m.loadTokenizer();
         assertNotNull(t);
         assertArrayEquals(t.encode("hello world", false), t.encode("hello world", false));
+    }
+
+    @Test
+    public void attendLenFollowsTheMethodsInputs() throws Exception {
+        File old = copyBundle();   // a revision < 5 bundle: three inputs, no attend_len
+        editManifest(old, "\"attend_len\"", "\"some_other_input\"");
+        assertEquals(false, Manifest.load(old).attendLen);
+        File mixed = copyBundle();   // prefill without it, decode with it: refused, naming the field
+        File m = new File(mixed, "manifest.json");
+        String s = new String(Files.readAllBytes(m.toPath()), StandardCharsets.UTF_8);
+        Files.write(m.toPath(), s.replaceFirst("\"attend_len\"", "\"x\"").getBytes(StandardCharsets.UTF_8));
+        expectRefusal(mixed, false, "methods.decode.inputs", "expected no attend_len", "found attend_len");
     }
 
     @Test

@@ -246,8 +246,10 @@ class InPlaceKVStep(nn.Module):
     sliding layer ring slots [0, min(N, R)) (the ring fills in order, so those are the written ones). The
     length travels as a shape, not a value, because XNNPACK sizes a delegate's operators from its input
     shapes: sliced by a value read inside the program, the grouped `bmm` fell out of the delegate to the
-    portable kernel, 2–6× slower. A 128-token prompt's first chunk thus attends 128 slots, not 1024 / 640,
-    and a decode step at position p reads p + 1 keys per full layer instead of `max_context`.
+    portable kernel, 5–9× slower in a one-layer test (E2B full-layer shapes, 100–1000 slots). A 128-token
+    prompt's first chunk thus attends 128 slots, not 1024 / 640, and a decode step at position p reads
+    p + 1 keys per full layer instead of `max_context`. The slice is ExecuTorch's `slice_copy`, outside the
+    delegates: a copy of the N attended rows, where the whole-cache view it replaces was free.
     """
 
     def __init__(self, model: Gemma4CausalLM, prefill_chunk: int):

@@ -24,7 +24,6 @@ FORMAT_VERSION = 1
 # 4: a step past the last K/V-owning layer runs the last position only (E2B prefill: 20 of 35 layers skipped).
 # 5: attention reads only the written cache slots, bounded by a fourth input, attend_len (its length).
 PROGRAM_REVISION = 5
-ATTEND_LEN_REVISION = 5  # the first revision whose step takes attend_len
 PROGRAM_FILE = "model.pte"
 PLE_FILE = "model.ple"
 ONNX_FILE = "model.onnx"

@@ -93,10 +93,10 @@ class PteBackend:
         if bad:
             raise ValueError(f"{path}: methods {sorted(bad)}: expected 4 inputs (tokens, input_pos, ple_rows, "
                              f"attend_len) or 3 (a revision < 5 program), found {bad}")
-        # Revision >= 5 programs take attend_len, whose length (last position + 1) bounds the attended slots.
-        self._attend_len = set(arity.values()) == {4}
         if len(set(arity.values())) > 1:
             raise ValueError(f"{path}: methods disagree on their inputs: {arity}")
+        # Revision >= 5 programs take attend_len, whose length (last position + 1) bounds the attended slots.
+        self._attend_len = set(arity.values()) == {4}
         from .phone import release_file_mapping
 
         self.released = release_file_mapping(path)  # delegates hold packed copies now; see its docstring

@@ -100,6 +100,11 @@ def test_attention_reads_the_attended_slots_inside_xnnpack(gqa):
         ref = every.execute([*step, torch.empty(64, dtype=torch.long)])[0]   # max_context: every slot
         worst = max(worst, (got - ref).abs().max().item())
     assert worst <= 1e-5
+    # The length is what bounds the reads: the last step again (rewriting the same keys), attending only
+    # its first 10 positions, gives other logits.
+    again = [ids[:, 19:20], torch.tensor([19]), rows[:, 19:20].contiguous()]
+    assert torch.allclose(tight.execute([*again, torch.empty(20, dtype=torch.long)])[0], got, atol=1e-6)
+    assert (tight.execute([*again, torch.empty(10, dtype=torch.long)])[0] - got).abs().max() > 1e-3
 
 
 def test_onnx_matches_eager(gqa):

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from gemma_edge.runtime.backends import pte_step_inputs
 
 
 @dataclass
@@ -28,11 +29,7 @@ class Program:
     def step(self, tokens: np.ndarray, pos: np.ndarray, rows: np.ndarray):
         """One call of the program's method: tokens [T], positions [T], PLE rows [T, L, P] (and attend_len, of
         length last position + 1, for a program that takes it)."""
-        inputs = (torch.from_numpy(tokens.reshape(1, -1)), torch.from_numpy(pos),
-                  torch.from_numpy(np.ascontiguousarray(rows, np.float32)[None]))
-        if self.attend_len:
-            inputs += (torch.empty(int(pos[-1]) + 1, dtype=torch.long),)
-        return self.module.run_method(self.method, inputs)
+        return self.module.run_method(self.method, pte_step_inputs(tokens, pos, rows, self.attend_len))
 
     def close(self) -> None:
         self.ple.close()
@@ -59,7 +56,7 @@ def load(bundle: Path, prompt: int, threads: int, etdump: bool = False) -> Progr
     ple = ple_store.open(bundle / bf.PLE_FILE)
     vocab = ple.header.vocab_size
     ids = np.array([manifest["bos_token_id"]] + [(1000 + i) % vocab for i in range(prompt - 1)], np.int64)
-    attend_len = any(i["name"] == "attend_len" for i in manifest["methods"][bf.PREFILL_ROLE].get("inputs", []))
+    attend_len = module.method_meta(method[bf.PREFILL_ROLE]).num_inputs() == 4   # as PteBackend decides
     return Program(bundle, module, method[bf.PREFILL_ROLE], ple, ids, attend_len)
 
 

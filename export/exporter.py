@@ -118,7 +118,8 @@ def export_programs(cfg: TextConfig, model: nn.Module, settings: ExportSettings)
 
     step = rewrites.InPlaceKVStep(model, settings.prefill_chunk).eval()
     n = torch.export.Dim("N", min=1, max=settings.max_context)   # attend_len: slots attended
-    shapes = {"tokens": {}, "input_pos": {}, "ple_rows": {}, "attend_len": {0: n}}
+    one_token = {"tokens": {}, "input_pos": {}, "ple_rows": {}, "attend_len": {0: n}}
+    shapes = dict(one_token)
     if settings.prefill_chunk > 1:
         t = torch.export.Dim("T", min=1, max=settings.prefill_chunk)
         shapes.update({"tokens": {1: t}, "input_pos": {0: t}, "ple_rows": {1: t}})
@@ -130,7 +131,7 @@ def export_programs(cfg: TextConfig, model: nn.Module, settings: ExportSettings)
         if settings.methods == "one":
             return {names["prefill"]: dynamic}
         decode = torch.export.export(step, example_inputs(cfg, 1), strict=False,
-                                     dynamic_shapes={"tokens": {}, "input_pos": {}, "ple_rows": {}, "attend_len": {0: n}},
+                                     dynamic_shapes=one_token,
                                      prefer_deferred_runtime_asserts_over_guards=True)
     return {names["prefill"]: dynamic, names["decode"]: decode}
 

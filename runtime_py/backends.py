@@ -69,6 +69,17 @@ class TablePle:
 # ExecuTorch
 # ---------------------------------------------------------------------------------------------------
 
+def pte_step_inputs(tokens: np.ndarray, pos: np.ndarray, rows: np.ndarray, attend_len: bool) -> list[torch.Tensor]:
+    """A program step's inputs: tokens [1, T], input_pos [T], ple_rows [1, T, L, P] and, for a revision >= 5
+    program (four inputs), attend_len, whose length last position + 1 bounds the attended slots (its values
+    are not read)."""
+    inputs = [torch.from_numpy(tokens.reshape(1, -1)), torch.from_numpy(pos),
+              torch.from_numpy(np.ascontiguousarray(rows, np.float32)[None])]
+    if attend_len:
+        inputs.append(torch.empty(int(pos[-1]) + 1, dtype=torch.long))
+    return inputs
+
+
 class PteBackend:
     """The program method(s) playing prefill and decode, loaded up front and once each (two methods share
     the mutable KV-cache buffers; one dynamic method plays both roles with one copy of the packed weights)."""
@@ -102,11 +113,7 @@ class PteBackend:
         self.released = release_file_mapping(path)  # delegates hold packed copies now; see its docstring
 
     def _run(self, method, tokens: np.ndarray, pos: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        inputs = [torch.from_numpy(tokens.reshape(1, -1)), torch.from_numpy(pos),
-                  torch.from_numpy(np.ascontiguousarray(rows, np.float32)[None])]
-        if self._attend_len:
-            inputs.append(torch.empty(int(pos[-1]) + 1, dtype=torch.long))   # only its length is read
-        return method.execute(inputs)[0].numpy().reshape(-1)
+        return method.execute(pte_step_inputs(tokens, pos, rows, self._attend_len))[0].numpy().reshape(-1)
 
     def prefill(self, tokens: np.ndarray, start: int, rows: np.ndarray) -> np.ndarray:
         pos = np.arange(start, start + len(tokens), dtype=np.int64)

@@ -213,10 +213,10 @@ struct Runner {
     auto ps = from_blob(pos.data(), {int32_t(T)}, ScalarType::Long);
     auto pr = from_blob(const_cast<float*>(r), {1, int32_t(T), L, P}, ScalarType::Float);
     std::vector<EValue> inputs{*tok, *ps, *pr};
-    auto n = int32_t(start + int64_t(T));
-    if (attend.size() < size_t(n)) attend.resize(size_t(n));
-    auto al = from_blob(attend.data(), {n}, ScalarType::Long);
-    if (attend_len) inputs.push_back(*al);
+    const auto n = int32_t(start + int64_t(T));
+    if (attend_len && attend.size() < size_t(n)) attend.resize(size_t(n));
+    auto al = attend_len ? from_blob(attend.data(), {n}, ScalarType::Long) : nullptr;
+    if (al) inputs.push_back(*al);
     auto out = module.execute(method, inputs);
     if (!out.ok())
       throw std::runtime_error(args.program + ": method '" + method + "' failed with ExecuTorch error " +

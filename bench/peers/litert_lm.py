@@ -100,6 +100,11 @@ SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>")          # ids 0..3, as in Gemma
 RESULT_MARK = "@@LITERT_LM_RESULT@@ "     # the child's last stdout line: this mark, then one JSON object
 PLE_SECTION = "tf_lite_per_layer_embedder"
 STAGED_PLE_ROWS = 16     # PLE rows the staged build converts with; the real table is swapped in after
+# How `run` sets up the engine: as ../shared/docs/litert-lm-notes.md measured it (`litert_lm.Benchmark(...,
+# use_ringbuffers_local_attention=True)`). Measured against the engine's defaults on the full E2B
+# (`bench/litert_settings.py`, bench/results/litert_settings.json): the same speed, memory and tokens at
+# 128 and 512-token prompts; `enable_ynnpack=True` is refused for this model ("UNIMPLEMENTED").
+ENGINE_OPTIONS = {"use_ringbuffers_local_attention": True}
 _MULTIMODAL_PREFIX = "model.language_model."
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -385,11 +390,14 @@ def _settings(overlay: dict) -> dict:
 # ----------------------------------------------------------------------------------------------------
 
 def run(model_path: Path, venv: Path, prompt_ids: list[int], n_new: int, threads: int = 2, repeats: int = 3,
-        *, cold: bool = False) -> dict:
+        *, cold: bool = False, engine_options: dict | None = None) -> dict:
     """Prefill exactly `prompt_ids` (as overlay-tokenizer text, checked by the engine's tokenizer), then
     decode greedily (top_k = 1) up to `n_new` tokens: one warm-up run, then `repeats` timed runs, each in
     a fresh session of one engine, in one child of the venv. The runtime stops at the file's stop tokens
     (EOS cannot be ignored through its API): `decode_tokens` says how many came.
+
+    engine_options: keyword settings of `litert_lm.Engine` (default ENGINE_OPTIONS, the notes' setup);
+    `{}` leaves every one at the runtime's default.
 
     cold: drop the .litertlm from the page cache and delete XNNPACK's weight cache before loading (the
     first load packs the decoder weights into `<file>_*.xnnpack_cache` beside the model, mapped later).
@@ -409,7 +417,8 @@ def run(model_path: Path, venv: Path, prompt_ids: list[int], n_new: int, threads
         raise ValueError(f"{model_path.name}: prompt {len(prompt_ids)} + n_new {n_new} tokens, "
                          f"expected <= cache_length {CACHE_LENGTH}")
     spec = {"model": str(model_path), "ids": [int(i) for i in prompt_ids], "text": prompt_text(prompt_ids),
-            "n_new": n_new, "threads": threads, "repeats": repeats, "cold": cold}
+            "n_new": n_new, "threads": threads, "repeats": repeats, "cold": cold,
+            "engine_options": ENGINE_OPTIONS if engine_options is None else engine_options}
     log = model_path.with_suffix(f".run-{os.getpid()}.log")
     child = _run_child(venv, "run", spec, log,
                        env=_clean_env(venv, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)))
@@ -428,6 +437,7 @@ def run(model_path: Path, venv: Path, prompt_ids: list[int], n_new: int, threads
             "stopped_at_eos": any(r["decode_tokens"] < n_new for r in runs),
             "tokens_identical_across_runs": all(r["tokens"] == runs[0]["tokens"] for r in runs),
             "engine_benchmark": {k: eng(k) for k in runs[0]["engine"]}, "cold": cold,
+            "engine_options": spec["engine_options"],
             "prompt": "exactly prompt_ids (checked: engine.tokenize(text) == prompt_ids, no <bos> added)",
             "ran_on": RAN_ON, "runs": runs}
 
@@ -666,7 +676,7 @@ def _child_run(spec: dict) -> dict:
     host = _proc_status()   # the Python host with the runtime imported, before the model is loaded
     t0 = time.perf_counter()
     engine = litert_lm.Engine(str(model), backend=litert_lm.Backend.CPU(thread_count=spec["threads"]),
-                              cache_dir=str(model.parent), enable_benchmark=True)
+                              cache_dir=str(model.parent), enable_benchmark=True, **spec["engine_options"])
     load_s = time.perf_counter() - t0
     residency["after_load"] = _residency(str(model), sections)
     ids, text, n_new = spec["ids"], spec["text"], spec["n_new"]

@@ -2,6 +2,7 @@
 Python runtime on the same bundle — logits bit for bit, PLE rows bit for bit, I/O accounting equal — and
 against bad input."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,31 @@ def test_native_logits_equal_the_python_runtime_bit_for_bit(exe, tiny_bundle, th
     assert np.array_equal(ours, ref)
     assert res["runs"][0]["tokens"] == [int(x) for x in ref.argmax(-1)]
     assert res["threads"] == threads
+
+
+REV4_BUNDLE = Path(__file__).resolve().parent / "fixtures" / "bundle_rev4_tiny"
+
+
+def test_revision4_bundle_still_runs(exe, tiny_checkpoint, tiny_bundle, tmp_path):
+    # A bundle exported before program revision 5 (three inputs, no attend_len) from the same checkpoint as
+    # tiny_bundle (tests/fixtures/README.md): both hosts still run it, bit-identical to each other, and it
+    # computes what the current program does — the same arithmetic up to fp32 summation order.
+    from gemma_edge.export.checkpoint import model_hash
+
+    old = bf.read_manifest(REV4_BUNDLE)
+    assert old["export"]["program_revision"] == 4 and len(old["methods"]["prefill"]["inputs"]) == 3
+    assert old["model_hash"] == model_hash(tiny_checkpoint).hex(), \
+        "tiny_checkpoint changed: regenerate tests/fixtures/bundle_rev4_tiny as its README says"
+    assert bf.read_manifest(tiny_bundle)["export"]["program_revision"] >= 5
+    bundle = tmp_path / "rev4"
+    shutil.copytree(REV4_BUNDLE, bundle)   # the native host writes its weight cache beside the program
+    new = 30
+    ref = python_logits(tiny_bundle, PROMPT, new, 1)
+    py_old = python_logits(bundle, PROMPT, new, 1)
+    nat_old = native.run(bundle, PROMPT, new, threads=1, with_logits=True, exe=exe)["logits"]
+    assert np.array_equal(nat_old, py_old)
+    assert np.abs(py_old - ref).max() <= 1e-5 * np.abs(ref).max()
+    assert py_old.argmax(-1).tolist() == ref.argmax(-1).tolist()
 
 
 @pytest.fixture(scope="module")

@@ -187,8 +187,9 @@ def above_host(r: dict) -> int | None:
 def machine() -> str:
     """What ran the benchmark: the shared VMs behind this machine kind differ in CPU and memory bandwidth from
     day to day, so every result names its CPU (ratios are only compared within one run)."""
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "unknown CPU")
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{platform.machine()}, {cpu}, {os.cpu_count()} cores, {mem:.1f} GiB"
 

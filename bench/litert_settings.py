@@ -1,9 +1,10 @@
 """LiteRT-LM's engine settings side by side: one `.litertlm`, the same prompt, each setting in turn.
 
-    python bench/litert_settings.py work_dirs/h2h/<key>/litert/model.litertlm --label e2b
+    python bench/litert_settings.py work_dirs/h2h/<key>/litert/gemma4_litert_gemma4_mixed48.litertlm --label e2b-p128
 
 The head-to-head must time the peer as it runs best. `../shared/docs/litert-lm-notes.md` measured it with
-`use_ringbuffers_local_attention=True`; an engine left at its defaults is a different peer. This runs
+`use_ringbuffers_local_attention=True`, where an engine left alone takes the runtime's defaults; whether
+that (or any other setting here) changes speed, memory or tokens is what this measures. It runs
 every setting in SETTINGS on one file, alternating (setting A, B, C, then A, B, C again), each run a child
 of the peer's venv (`bench/peers/litert_lm.run`: a warm-up, then medians of `--repeats`), and prints
 prefill / decode tok/s, TTFT and peak RSS per setting with the ratio to the first one. JSON:
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import time
@@ -49,8 +51,6 @@ def main() -> None:
     if bad:
         raise SystemExit(f"--settings: expected some of {list(SETTINGS)}, found {sorted(bad)}")
     venv = litert_lm.ensure_venv(Path(args.venvs))
-    import random
-
     rng = random.Random(0)
     ids = [2] + [rng.randrange(3, 255999) for _ in range(args.prompt - 1)]
     runs: dict[str, list[dict]] = {n: [] for n in names}
@@ -62,7 +62,7 @@ def main() -> None:
             try:
                 res = litert_lm.run(model, venv, ids, args.new_tokens, args.threads, args.repeats,
                                     engine_options=SETTINGS[name])
-            except RuntimeError as e:   # the engine refuses the setting (its log names why)
+            except RuntimeError as e:   # e.g. the engine refuses the setting; the message names the child's log
                 failed[name] = str(e)
                 print(f"[{time.strftime('%H:%M:%S')}] {name}: {e}", flush=True)
                 continue

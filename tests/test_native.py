@@ -66,26 +66,63 @@ def test_native_logits_equal_the_python_runtime_bit_for_bit(exe, tiny_bundle, th
     assert res["threads"] == threads
 
 
-REV4_BUNDLE = Path(__file__).resolve().parent / "fixtures" / "bundle_rev4_tiny"
+@pytest.fixture(scope="module")
+def three_input_bundle(tiny_checkpoint, tiny_bundle, tmp_path_factory) -> Path:
+    """tiny_bundle with a program of revision < 5's interface: (tokens, input_pos, ple_rows) -> logits, no
+    attend_len. Its step attends every cache slot (attend_len fixed at max_context), so the masks alone
+    hide the unwritten ones, as before revision 5. Built from the same checkpoint with the exporter's own
+    stages; the manifest describes the new program."""
+    import json
+
+    import torch
+    from conftest import TINY_EXPORT
+
+    from gemma_edge.export import rewrites
+    from gemma_edge.export.exporter import ExportSettings, StageLog, lower_to_executorch, prepare_model
+
+    settings = ExportSettings(**TINY_EXPORT)
+    cfg, model = prepare_model(tiny_checkpoint, settings, StageLog(), progress=False)
+
+    class ThreeInputStep(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.step = rewrites.InPlaceKVStep(model, settings.prefill_chunk)
+
+        def forward(self, tokens, input_pos, ple_rows):
+            return self.step(tokens, input_pos, ple_rows, torch.empty(settings.max_context, dtype=torch.long))
+
+    t = torch.export.Dim("T", min=1, max=settings.prefill_chunk)
+    with torch.no_grad():
+        program = torch.export.export(ThreeInputStep().eval(), (
+            torch.zeros(1, 2, dtype=torch.long), torch.arange(2, 4), torch.zeros(1, 2, cfg.num_hidden_layers,
+                                                                                  cfg.hidden_size_per_layer_input)),
+            dynamic_shapes={"tokens": {1: t}, "input_pos": {0: t}, "ple_rows": {1: t}}, strict=False,
+            prefer_deferred_runtime_asserts_over_guards=True)
+    bundle = tmp_path_factory.mktemp("rev4") / "tiny-3in"
+    shutil.copytree(tiny_bundle, bundle)
+    with open(bundle / bf.PROGRAM_FILE, "wb") as f:
+        lower_to_executorch({bf.STEP_METHOD: program}).write_to_file(f)
+    manifest = bf.read_manifest(bundle)
+    manifest["files"]["program"].update(bytes=(bundle / bf.PROGRAM_FILE).stat().st_size,
+                                        sha256=bf.sha256_file(bundle / bf.PROGRAM_FILE))
+    for method in manifest["methods"].values():
+        method["inputs"] = [i for i in method["inputs"] if i["name"] != "attend_len"]
+    manifest["export"]["program_revision"] = 4
+    (bundle / bf.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    return bundle
 
 
-def test_revision4_bundle_still_runs(exe, tiny_checkpoint, tiny_bundle, tmp_path):
-    # A bundle exported before program revision 5 (three inputs, no attend_len) from the same checkpoint as
-    # tiny_bundle (tests/fixtures/README.md): both hosts still run it, bit-identical to each other, and it
-    # computes what the current program does — the same arithmetic up to fp32 summation order.
-    from gemma_edge.export.checkpoint import model_hash
-
-    old = bf.read_manifest(REV4_BUNDLE)
+def test_revision4_bundle_still_runs(exe, three_input_bundle, tiny_bundle):
+    # A program of revision < 5's interface (three inputs, no attend_len) from the same checkpoint as
+    # tiny_bundle: both hosts still run it, bit-identical to each other, and it computes what the current
+    # program does — the same arithmetic up to fp32 summation order.
+    old = bf.read_manifest(three_input_bundle)
     assert old["export"]["program_revision"] == 4 and len(old["methods"]["prefill"]["inputs"]) == 3
-    assert old["model_hash"] == model_hash(tiny_checkpoint).hex(), \
-        "tiny_checkpoint changed: regenerate tests/fixtures/bundle_rev4_tiny as its README says"
     assert bf.read_manifest(tiny_bundle)["export"]["program_revision"] >= 5
-    bundle = tmp_path / "rev4"
-    shutil.copytree(REV4_BUNDLE, bundle)   # the native host writes its weight cache beside the program
     new = 30
     ref = python_logits(tiny_bundle, PROMPT, new, 1)
-    py_old = python_logits(bundle, PROMPT, new, 1)
-    nat_old = native.run(bundle, PROMPT, new, threads=1, with_logits=True, exe=exe)["logits"]
+    py_old = python_logits(three_input_bundle, PROMPT, new, 1)
+    nat_old = native.run(three_input_bundle, PROMPT, new, threads=1, with_logits=True, exe=exe)["logits"]
     assert np.array_equal(nat_old, py_old)
     assert np.abs(py_old - ref).max() <= 1e-5 * np.abs(ref).max()
     assert py_old.argmax(-1).tolist() == ref.argmax(-1).tolist()

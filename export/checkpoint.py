@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from .config import TextConfig
 from .model import Gemma4CausalLM, build_model
@@ -30,7 +30,7 @@ SHARED_KV_LEFTOVERS = ("k_proj", "v_proj", "k_norm", "v_norm")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint directory that does not hold what this decoder needs."""
+    """A checkpoint directory that cannot be read (or written), or does not hold what this decoder needs."""
 
 
 @dataclass
@@ -44,8 +44,33 @@ class Checkpoint:
 
     def shape(self, key: str) -> list[int]:
         shard, name = self.files[key]
-        with safe_open(shard, framework="pt") as f:
+        with open_shard(shard) as f:
             return list(f.get_slice(name).get_shape())
+
+
+def open_shard(shard: Path):
+    """`safe_open` of one safetensors file, a truncated, corrupt or unreadable one refused by name (safetensors
+    checks at open that the header parses and that its offsets cover the file exactly)."""
+    try:
+        return safe_open(shard, framework="pt")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{shard}: not a readable safetensors file ({e})") from e
+
+
+def _read_weight_map(index: Path) -> dict[str, str]:
+    """model.safetensors.index.json's `weight_map`: tensor name -> a shard's file name in the same folder."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index}: not a safetensors index ({type(e).__name__}: {e})") from e
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index}: weight_map: expected an object, found {type(weight_map).__name__}")
+    for key, shard in weight_map.items():
+        # A plain file name: a path would load another folder's (or any readable) file as this model's weights.
+        if not isinstance(shard, str) or not shard or Path(shard).name != shard or shard in (".", ".."):
+            raise CheckpointError(f"{index}: weight_map[{key!r}]: expected a shard file name in this folder, "
+                                  f"found {shard!r}")
+    return weight_map
 
 
 def _normalise_key(key: str) -> str | None:
@@ -70,19 +95,20 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     config = TextConfig.from_json(path / "config.json")
     index = path / "model.safetensors.index.json"
     if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"{index}: not a safetensors index ({e})") from e
-        raw = {k: path / shard for k, shard in weight_map.items()}
+        raw = {k: path / shard for k, shard in _read_weight_map(index).items()}
+        for shard in sorted(set(raw.values())):
+            if not shard.exists():
+                raise CheckpointError(f"{shard}: shard named in {index.name} is missing")
+            with open_shard(shard) as f:  # every shard's header checked here, before any stage reads one
+                absent = sorted({k for k, s in raw.items() if s == shard} - set(f.keys()))
+            if absent:
+                raise CheckpointError(f"{shard}: {len(absent)} tensor(s) {index.name} places here are not in it "
+                                      f"{absent[:6]}")
     elif (path / "model.safetensors").exists():
-        with safe_open(path / "model.safetensors", framework="pt") as f:
+        with open_shard(path / "model.safetensors") as f:
             raw = {k: path / "model.safetensors" for k in f.keys()}
     else:
         raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
-    for shard in set(raw.values()):
-        if not shard.exists():
-            raise CheckpointError(f"{shard}: shard named in the index is missing")
     files, ignored = {}, []
     for key, shard in raw.items():
         ours = _normalise_key(key)
@@ -144,14 +170,17 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype | None = torch.float
 
     bar = tqdm(total=len(expected), desc="load weights", unit="tensor", disable=not progress)
     for shard, keys in sorted(by_shard.items()):
-        with safe_open(shard, framework="pt") as f:
+        with open_shard(shard) as f:
             for key in keys:
                 name = ckpt.files[key][1]
                 shape = tuple(f.get_slice(name).get_shape())
                 if shape != expected[key]:
                     raise CheckpointError(f"{shard.name}: tensor {name} has shape {list(shape)}, "
                                           f"the config needs {list(expected[key])}")
-                tensor = f.get_tensor(name)
+                try:
+                    tensor = f.get_tensor(name)
+                except SafetensorError as e:
+                    raise CheckpointError(f"{shard}: tensor {name} cannot be read ({e})") from e
                 if tensor.dtype not in (torch.float32, torch.bfloat16, torch.float16):
                     raise CheckpointError(f"{shard.name}: tensor {name} has dtype {tensor.dtype}; "
                                           "expected bf16, fp16 or fp32")
@@ -227,10 +256,13 @@ def release_file_pages(tensor: torch.Tensor) -> int:
 
 def _tensor_location(shard: Path, name: str) -> tuple[str, list[int], int]:
     """(dtype, shape, absolute byte offset) of one tensor in a safetensors file, from its header."""
-    with open(shard, "rb") as f:
-        header_len = int.from_bytes(f.read(8), "little")
-        entry = json.loads(f.read(header_len))[name]
-    return entry["dtype"], entry["shape"], 8 + header_len + entry["data_offsets"][0]
+    try:
+        with open(shard, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            entry = json.loads(f.read(header_len))[name]
+        return entry["dtype"], entry["shape"], 8 + header_len + entry["data_offsets"][0]
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:  # open_checkpoint checked the header
+        raise CheckpointError(f"{shard}: tensor {name}'s header entry cannot be read ({e})") from e
 
 
 _ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
@@ -253,7 +285,10 @@ def ple_row_chunks(path: str | Path, chunk_rows: int = 4096,
     stored = _ST_DTYPES[st_dtype]
     rows, width = shape
     row_bytes = width * stored.itemsize
-    fd = os.open(shard, os.O_RDONLY)
+    try:
+        fd = os.open(shard, os.O_RDONLY)
+    except OSError as e:
+        raise CheckpointError(f"{shard}: cannot be opened ({e.strerror})") from e
     try:
         for start in range(0, rows, chunk_rows):
             n = min(chunk_rows, rows - start)
@@ -273,11 +308,14 @@ def model_hash(path: str | Path) -> bytes:
     ckpt = open_checkpoint(path)
     h = hashlib.sha256((ckpt.path / "config.json").read_bytes())
     for shard in sorted({s for s, _ in ckpt.files.values()}):
-        with open(shard, "rb") as f:
-            header_len = int.from_bytes(f.read(8), "little")
-            h.update(f.read(header_len))
-            size = shard.stat().st_size
-            for offset in range(8 + header_len, size, max(1, size // 64)):
-                f.seek(offset)
-                h.update(f.read(4096))
+        try:
+            with open(shard, "rb") as f:
+                header_len = int.from_bytes(f.read(8), "little")
+                h.update(f.read(header_len))
+                size = os.fstat(f.fileno()).st_size
+                for offset in range(8 + header_len, size, max(1, size // 64)):
+                    f.seek(offset)
+                    h.update(f.read(4096))
+        except OSError as e:
+            raise CheckpointError(f"{shard}: cannot be read ({e.strerror})") from e
     return h.digest()

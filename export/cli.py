@@ -29,16 +29,23 @@ def _parity(args) -> int:
     return 0 if ok else 1
 
 
+def export_settings(args):
+    """The ExportSettings the export options build; options not given stay None, filled from the model."""
+    from .exporter import ExportSettings
+
+    formats = ("pte", "onnx") if args.format == "both" else (args.format,)
+    return ExportSettings(quant=args.quant, group_size=args.group_size, embedding_quant=args.embedding_quant,
+                          ple_dtype=args.ple_dtype, max_context=args.max_context,
+                          prefill_chunk=args.prefill_chunk, formats=formats, methods=args.methods)
+
+
 def _export(args) -> int:
     import logging
 
-    from .exporter import ExportSettings, export_bundle
+    from .exporter import export_bundle
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    formats = ("pte", "onnx") if args.format == "both" else (args.format,)
-    settings = ExportSettings(quant=args.quant, group_size=args.group_size, embedding_quant=args.embedding_quant,
-                              ple_dtype=args.ple_dtype, max_context=args.max_context,
-                              prefill_chunk=args.prefill_chunk, formats=formats, methods=args.methods)
+    settings = export_settings(args)
     out = export_bundle(args.checkpoint, args.out, settings, progress=not args.quiet, overwrite=args.overwrite,
                         reuse_program=args.reuse_program)
     from .bundle import describe_bundle
@@ -80,29 +87,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--multimodal", action="store_true")
     p.set_defaults(func=_parity)
 
-    from .exporter import FORMATS, PLE_DTYPES
+    from .exporter import DEFAULT_MAX_CONTEXT, DEFAULT_PREFILL_CHUNK, FORMATS, PLE_DTYPES
     from .rewrites import EMBEDDING_QUANT, LINEAR_QUANT
 
     p = sub.add_parser("export", help="checkpoint folder -> bundle (model.pte + model.ple + manifest.json)")
     p.add_argument("checkpoint", help="Hugging Face checkpoint folder (config.json + safetensors)")
     p.add_argument("--out", required=True, help="bundle folder to create")
     p.add_argument("--quant", default="8da4w", choices=LINEAR_QUANT,
-                   help="linears: int8 dynamic activations with int4 grouped (8da4w) or int8 (8da8w) weights")
+                   help="the program's linears and output head: int8 dynamic activations with int4 (8da4w) or "
+                        "int8 (8da8w) weights; none: an unquantized program (the main embedding follows unless "
+                        "--embedding-quant says otherwise; the .ple file's rows are --ple-dtype's)")
     p.add_argument("--reuse-program", metavar="BUNDLE",
                    help="copy model.pte from an earlier bundle of this checkpoint with the same program settings "
                         "(e.g. to make an int8-PLE bundle beside an int4 one without lowering again)")
     p.add_argument("--group-size", type=int, default=0,
                    help="8da4w weights per scale: 0 = one scale per output channel (default; what LiteRT-LM "
                         "uses, fastest), else a group size such as 32 or 128 (more accurate, slower)")
-    p.add_argument("--embedding-quant", default="int4", choices=EMBEDDING_QUANT,
-                   help="main embedding table, one scale per row")
+    p.add_argument("--embedding-quant", default=None, choices=EMBEDDING_QUANT,
+                   help="main embedding table, one scale per row (default: none with --quant none, else int4)")
     p.add_argument("--ple-dtype", default="int4", choices=PLE_DTYPES, help="stored dtype of the PLE flash file")
-    p.add_argument("--max-context", type=int, default=1024)
-    p.add_argument("--prefill-chunk", type=int, default=128, help="most tokens per prefill call (≤ sliding window)")
+    p.add_argument("--max-context", type=int, default=None,
+                   help=f"positions the program holds (default: {DEFAULT_MAX_CONTEXT}, or the model's "
+                        "max_position_embeddings if smaller)")
+    p.add_argument("--prefill-chunk", type=int, default=None,
+                   help=f"most tokens per prefill call, ≤ the sliding window (default: {DEFAULT_PREFILL_CHUNK}, or "
+                        "the model's sliding_window or --max-context if smaller)")
     p.add_argument("--format", default="pte", choices=FORMATS)
     p.add_argument("--methods", default="one", choices=("one", "two"),
                    help="one dynamic method for prefill and decode (weights packed once), or two methods")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing bundle folder (only a gemma-edge bundle: never another folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_export)
 

@@ -1,7 +1,8 @@
 """The Gemma 4 text-decoder architecture as one dataclass, with transformers' own field names.
 
 `TextConfig.from_dict` takes a `Gemma4TextConfig` JSON (or a multimodal `config.json` with a nested
-`text_config`) unchanged and ignores keys it does not know. Every per-layer fact — attention type,
+`text_config`) unchanged and ignores keys it does not know; `from_json`, the reader of a checkpoint's
+`config.json`, also refuses another architecture and a config missing a key that fixes the model's shape. Every per-layer fact — attention type,
 head_dim, KV heads, MLP width, who owns / stores / reuses K and V, RoPE — is derived once, in
 `__post_init__`, into `config.layers` (a list of `LayerSpec`).
 """
@@ -31,6 +32,49 @@ def ring_slots(sliding_window: int, max_context: int, prefill_chunk: int) -> int
 
 class ConfigError(ValueError):
     """A config that names an unsupported feature or is inconsistent."""
+
+
+TEXT_MODEL_TYPE = "gemma4_text"  # Gemma4TextConfig: the text decoder's own config
+MULTIMODAL_MODEL_TYPE = "gemma4"  # Gemma4Config: the wrapper Google ships, the decoder's under `text_config`
+ARCHITECTURES = ("Gemma4ForCausalLM", "Gemma4ForConditionalGeneration", "Gemma4TextModel", "Gemma4Model")
+# Keys a checkpoint's config must spell out: each fixes tensor shapes or which layer does what, so a
+# default in their place would build another model than the one whose weights sit beside it. transformers
+# writes every one of them (they are not PreTrainedConfig's own, so save_pretrained never drops them).
+REQUIRED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window", "layer_types",
+                 "hidden_size_per_layer_input", "vocab_size_per_layer_input", "num_kv_shared_layers")
+# Integer fields and the least value each may take (0: the feature is off).
+_INT_FIELDS = {"vocab_size": 1, "hidden_size": 1, "intermediate_size": 1, "num_hidden_layers": 1,
+               "num_attention_heads": 1, "num_key_value_heads": 1, "head_dim": 1, "global_head_dim": 1,
+               "max_position_embeddings": 1, "sliding_window": 1, "vocab_size_per_layer_input": 1,
+               "hidden_size_per_layer_input": 0, "num_kv_shared_layers": 0}
+_BOOL_FIELDS = ("tie_word_embeddings", "attention_bias", "attention_k_eq_v", "enable_moe_block", "use_double_wide_mlp")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _text_section(d: dict, strict: bool) -> tuple[dict, str]:
+    """The text decoder's part of a config dict and the prefix naming its keys ("" or "text_config.").
+    Refuses another architecture; `strict` (a checkpoint's config.json) also wants `model_type` present."""
+    model_type = d.get("model_type")
+    if model_type not in (TEXT_MODEL_TYPE, MULTIMODAL_MODEL_TYPE) and (strict or model_type is not None):
+        raise ConfigError(f"model_type: expected {TEXT_MODEL_TYPE!r} or {MULTIMODAL_MODEL_TYPE!r} (Gemma 4), "
+                          f"found {model_type!r}" + (" (key missing)" if model_type is None else ""))
+    archs = d.get("architectures")
+    if archs is not None and (not isinstance(archs, list) or not any(a in ARCHITECTURES for a in archs)):
+        raise ConfigError(f"architectures: expected one of {list(ARCHITECTURES)} (Gemma 4), found {archs!r}")
+    if model_type == MULTIMODAL_MODEL_TYPE or (model_type is None and not strict and "text_config" in d):
+        text = d.get("text_config")
+        if not isinstance(text, dict):
+            raise ConfigError(f"text_config: expected the text decoder's config (an object) under a "
+                              f"{MULTIMODAL_MODEL_TYPE!r} config, found {text!r}")
+        inner = text.get("model_type", TEXT_MODEL_TYPE)
+        if inner != TEXT_MODEL_TYPE:
+            raise ConfigError(f"text_config.model_type: expected {TEXT_MODEL_TYPE!r}, found {inner!r}")
+        return text, "text_config."
+    return d, ""
 
 
 @dataclass(frozen=True)
@@ -96,6 +140,7 @@ class TextConfig:
 
     # ------------------------------------------------------------------ derivation
     def __post_init__(self) -> None:
+        self._check_types()
         if self.enable_moe_block:
             raise ConfigError("enable_moe_block=True (the 26B-A4B mixture-of-experts decoder) is not supported "
                               "by this decoder; E2B/E4B and the dense 31B are")
@@ -110,7 +155,7 @@ class TextConfig:
         self.layer_types = list(self.layer_types)
         if len(self.layer_types) != n:
             raise ConfigError(f"layer_types: expected {n} entries (num_hidden_layers), found {len(self.layer_types)}")
-        bad = sorted(set(self.layer_types) - {SLIDING, FULL})
+        bad = sorted({str(t) for t in self.layer_types if t not in (SLIDING, FULL)})
         if bad:
             raise ConfigError(f"layer_types: unknown attention types {bad}")
         self.layer_types[-1] = FULL  # transformers forces the last layer to full attention
@@ -120,6 +165,40 @@ class TextConfig:
             raise ConfigError(f"num_kv_shared_layers: expected 0..{n - 1}, found {self.num_kv_shared_layers}")
         self.layers = [self._layer_spec(i) for i in range(n)]
 
+    def _check_types(self) -> None:
+        """Every field's type and range, named, before anything is derived from it."""
+        for name, least in _INT_FIELDS.items():
+            v = getattr(self, name)
+            if not _is_int(v) or v < least:
+                raise ConfigError(f"{name}: expected an integer ≥ {least}, found {v!r}")
+        for name in _BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}: expected true or false, found {getattr(self, name)!r}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(f"num_key_value_heads: expected a divisor of num_attention_heads "
+                              f"({self.num_attention_heads}), found {self.num_key_value_heads}")
+        if self.num_global_key_value_heads is not None and not (_is_int(self.num_global_key_value_heads)
+                                                                and self.num_global_key_value_heads >= 1):
+            raise ConfigError(f"num_global_key_value_heads: expected null or an integer ≥ 1, "
+                              f"found {self.num_global_key_value_heads!r}")
+        eps = self.rms_norm_eps
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
+            raise ConfigError(f"rms_norm_eps: expected a number in (0, 1), found {eps!r}")
+        cap = self.final_logit_softcapping
+        if cap is not None and (not isinstance(cap, (int, float)) or isinstance(cap, bool) or not cap > 0):
+            raise ConfigError(f"final_logit_softcapping: expected null or a number > 0, found {cap!r}")
+        eos = self.eos_token_id
+        if not (eos is None or _is_int(eos) or (isinstance(eos, list) and all(_is_int(e) for e in eos))):
+            raise ConfigError(f"eos_token_id: expected null, an integer or a list of integers, found {eos!r}")
+        for name in ("bos_token_id", "pad_token_id"):
+            if getattr(self, name) is not None and not _is_int(getattr(self, name)):
+                raise ConfigError(f"{name}: expected null or an integer, found {getattr(self, name)!r}")
+        for name in ("rope_parameters", "per_layer_config"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
+                raise ConfigError(f"{name}: expected null or an object, found {getattr(self, name)!r}")
+        if self.layer_types is not None and not isinstance(self.layer_types, list):
+            raise ConfigError(f"layer_types: expected null or a list, found {self.layer_types!r}")
+
     @property
     def last_kv_owner(self) -> int:
         """The last layer that owns K/V: every later one borrows K/V and caches nothing."""
@@ -128,7 +207,10 @@ class TextConfig:
     def _overrides(self, i: int) -> dict[str, Any]:
         """Per-layer overrides as transformers derives them (`per_layer_config` or the global_* keys)."""
         if self.per_layer_config is not None:
-            over = dict(self.per_layer_config.get(str(i), self.per_layer_config.get(i, {})) or {})
+            over = self.per_layer_config.get(str(i), self.per_layer_config.get(i, {})) or {}
+            if not isinstance(over, dict):
+                raise ConfigError(f"per_layer_config[{i}]: expected an object, found {over!r}")
+            over = dict(over)
         elif self.layer_types[i] == FULL:
             over = {"head_dim": self.global_head_dim}
             if self.attention_k_eq_v and self.num_global_key_value_heads is not None:
@@ -164,6 +246,15 @@ class TextConfig:
             source = i
         rope = self.rope_parameters.get(layer_type) or {}
         double = self.use_double_wide_mlp and modes[i] == "reuse"
+        if not isinstance(rope, dict):
+            raise ConfigError(f"rope_parameters.{layer_type}: expected an object, found {rope!r}")
+        for key in ("rope_theta", "partial_rotary_factor", "factor"):
+            v = rope.get(key, 1.0)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+                raise ConfigError(f"rope_parameters.{layer_type}.{key}: expected a number > 0, found {v!r}")
+        for key, v in over.items():
+            if not _is_int(v) or v < 1:
+                raise ConfigError(f"per_layer_config[{i}].{key}: expected an integer ≥ 1, found {v!r}")
         return LayerSpec(
             index=i,
             layer_type=layer_type,
@@ -204,22 +295,34 @@ class TextConfig:
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TextConfig":
-        """A Gemma4TextConfig dict, or a multimodal Gemma4Config dict with `text_config`; unknown keys ignored."""
-        if "text_config" in d and isinstance(d["text_config"], dict):
-            d = d["text_config"]
+    def from_dict(cls, d: dict[str, Any], *, strict: bool = False) -> "TextConfig":
+        """A Gemma4TextConfig dict, or a multimodal Gemma4Config dict with `text_config`; unknown keys ignored.
+
+        Another architecture (`model_type`, `architectures`) is refused. `strict` — a checkpoint's own
+        config.json — also wants `model_type` and every key of REQUIRED_KEYS spelled out, not defaulted."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"expected a JSON object, found {type(d).__name__}")
+        text, prefix = _text_section(d, strict)
+        if strict:
+            missing = [prefix + k for k in REQUIRED_KEYS if k not in text]
+            if missing:
+                raise ConfigError(f"missing required key(s) {missing} (a Gemma 4 config spells out each)")
         names = {f.name for f in dataclasses.fields(cls) if f.init}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        try:
+            return cls(**{k: v for k, v in text.items() if k in names})
+        except ConfigError as e:
+            raise ConfigError(f"{prefix}{e}") from e
 
     @classmethod
     def from_json(cls, path: str | Path) -> "TextConfig":
+        """A checkpoint's config.json (strict: Gemma 4 only, shape-defining keys present)."""
         path = Path(path)
         try:
             d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ConfigError(f"{path}: cannot read a JSON config ({e})") from e
         try:
-            return cls.from_dict(d)
+            return cls.from_dict(d, strict=True)
         except (TypeError, ConfigError) as e:
             raise ConfigError(f"{path}: {e}") from e
 

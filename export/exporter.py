@@ -2,25 +2,35 @@
 
 A short chain of named stages — load → rewrite → quantize → export → lower → to_executorch → save —
 each logged with its time and the process's peak RSS. The bundle is assembled in a temporary folder
-beside the target and renamed into place at the end, so a crash never leaves a bundle that looks whole.
+beside the target (`<out>.partial-<pid>-*`, locked while its export runs) and renamed into place at the
+end, so a crash never leaves a bundle that looks whole; the next export removes the partials of dead
+exports. `--overwrite` replaces only a folder that is a gemma-edge bundle (`bundle_problem`), swapping
+the new bundle in before the old one is deleted.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
+import fcntl
+import glob
 import json
 import logging
 import os
+import re
 import resource
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from . import bundle_format as bf
 from . import rewrites
-from .checkpoint import load_checkpoint, model_hash, ple_row_chunks
+from .checkpoint import load_checkpoint, model_hash, open_checkpoint, ple_row_chunks
 from .config import TextConfig
 
 log = logging.getLogger("gemma_edge.export")
@@ -31,18 +41,40 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "chat_template.jinja", "generation_config.json")
 
 
+class ExportError(ValueError):
+    """An export refused or failed for a reason its message names (the output folder, a file being written)."""
+
+
+# Defaults of the settings that depend on the model, each capped by what the model allows.
+DEFAULT_MAX_CONTEXT = 1024  # ≤ max_position_embeddings
+DEFAULT_PREFILL_CHUNK = 128  # ≤ sliding_window and ≤ max_context
+
+
 @dataclass
 class ExportSettings:
-    """What the CLI's export options build; recorded in the manifest."""
+    """What the CLI's export options build; recorded in the manifest (with every default filled in)."""
 
-    quant: str = "8da4w"  # linears: none | 8da4w (int8 dyn. act., int4 weights) | 8da8w
+    quant: str = "8da4w"  # linears and the untied head: none | 8da4w (int8 dyn. act., int4 weights) | 8da8w
     group_size: int = 0  # 8da4w: 0 = one scale per output channel (bundle_format.PER_CHANNEL), else weights per group
-    embedding_quant: str = "int4"  # main embedding, per row (the tied head is a separate, linear-quantized copy)
-    ple_dtype: str = "int4"
-    max_context: int = 1024
-    prefill_chunk: int = 128
+    # Main embedding, per row. None: follows `quant` — "none" for an unquantized program, else "int4".
+    embedding_quant: str | None = None
+    ple_dtype: str = "int4"  # the .ple file's rows (not part of the program)
+    max_context: int | None = None  # None: min(DEFAULT_MAX_CONTEXT, the model's max_position_embeddings)
+    prefill_chunk: int | None = None  # None: min(DEFAULT_PREFILL_CHUNK, the model's sliding_window, max_context)
     formats: tuple[str, ...] = ("pte",)
     methods: str = "one"  # one dynamic `forward` plays prefill and decode | two: `prefill` + `decode`
+
+    def __post_init__(self) -> None:
+        if self.embedding_quant is None:
+            self.embedding_quant = "none" if self.quant == "none" else "int4"
+
+    def fill_defaults(self, cfg: TextConfig) -> "ExportSettings":
+        """Fill the model-dependent settings left as None from `cfg` (in place; returns self)."""
+        if self.max_context is None:
+            self.max_context = min(DEFAULT_MAX_CONTEXT, cfg.max_position_embeddings)
+        if self.prefill_chunk is None:
+            self.prefill_chunk = min(DEFAULT_PREFILL_CHUNK, cfg.sliding_window, self.max_context)
+        return self
 
     def validate(self, cfg: TextConfig) -> None:
         if self.quant not in rewrites.LINEAR_QUANT:
@@ -54,14 +86,17 @@ class ExportSettings:
                              f"found {self.group_size}")
         if self.ple_dtype not in PLE_DTYPES:
             raise ValueError(f"ple_dtype: expected one of {PLE_DTYPES}, found {self.ple_dtype!r}")
+        self.fill_defaults(cfg)
+        for name in ("group_size", "max_context", "prefill_chunk"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ValueError(f"{name}: expected an integer, found {v!r}")
         if not 1 <= self.prefill_chunk <= min(cfg.sliding_window, self.max_context):
             raise ValueError(f"prefill_chunk: expected 1..{min(cfg.sliding_window, self.max_context)} "
                              f"(≤ sliding_window, so one step never overruns the ring), found {self.prefill_chunk}")
         if not 2 <= self.max_context <= cfg.max_position_embeddings:
             raise ValueError(f"max_context: expected 2..{cfg.max_position_embeddings}, found {self.max_context}")
-        from .bundle_format import method_names_for
-
-        method_names_for(self.methods)  # refuses anything but "one" / "two"
+        bf.method_names_for(self.methods)  # refuses anything but "one" / "two"
         bad = set(self.formats) - {"pte", "onnx"}
         if bad:
             raise ValueError(f"formats: expected pte and/or onnx, found {sorted(bad)}")
@@ -100,7 +135,7 @@ def prepare_model(checkpoint: Path, settings: ExportSettings, stages: StageLog, 
     """Load without the PLE table, untie and quantize the head/linears/embedding, set up the caches."""
     cfg, model = stages.run("load", load_checkpoint, checkpoint, dtype=None, load_ple_table=False,
                             progress=progress)
-    settings.validate(cfg)
+    settings.validate(cfg)  # fills the defaults that follow the model
     model = stages.run("rewrite", rewrites.untie_head, model)
     stages.run("quantize_linears", rewrites.quantize_linears, model, settings.quant, settings.group_size, progress)
     stages.run("quantize_embedding", rewrites.quantize_embedding, model, settings.embedding_quant)
@@ -114,8 +149,6 @@ def prepare_model(checkpoint: Path, settings: ExportSettings, stages: StageLog, 
 def export_programs(cfg: TextConfig, model: nn.Module, settings: ExportSettings):
     """torch.export the step over one shared model: one method of dynamic length 1..prefill_chunk that
     plays both roles (`methods="one"`), or a dynamic `prefill` and a T = 1 `decode` (`methods="two"`)."""
-    from .bundle_format import method_names_for
-
     step = rewrites.InPlaceKVStep(model, settings.prefill_chunk).eval()
     n = torch.export.Dim("N", min=1, max=settings.max_context)   # attend_len: slots attended
     one_token = {"tokens": {}, "input_pos": {}, "ple_rows": {}, "attend_len": {0: n}}
@@ -123,7 +156,7 @@ def export_programs(cfg: TextConfig, model: nn.Module, settings: ExportSettings)
     if settings.prefill_chunk > 1:
         t = torch.export.Dim("T", min=1, max=settings.prefill_chunk)
         shapes.update({"tokens": {1: t}, "input_pos": {0: t}, "ple_rows": {1: t}})
-    names = method_names_for(settings.methods)
+    names = bf.method_names_for(settings.methods)
     with torch.no_grad():
         dynamic = torch.export.export(step, example_inputs(cfg, min(2, settings.prefill_chunk)),
                                       dynamic_shapes=shapes, strict=False,
@@ -231,9 +264,7 @@ def reusable_program(bundle_dir: str | Path, mhash: bytes, settings: ExportSetti
     """The `model.pte` of an earlier bundle when it is the very program `settings` would build from this
     checkpoint: same checkpoint hash, linear and embedding quantization, context, chunk and methods. The
     PLE dtype is not part of the program (it takes fp32 rows), so a bundle with another PLE dtype can be
-    made without quantizing and lowering again (35 min for E2B here)."""
-    from . import bundle_format as bf
-
+    made without quantizing and lowering again."""
     bundle_dir = Path(bundle_dir)
     m = bf.read_manifest(bundle_dir)
     q = m["quantization"]
@@ -256,63 +287,290 @@ def reusable_program(bundle_dir: str | Path, mhash: bytes, settings: ExportSetti
     return path
 
 
+# ---------------------------------------------------------------- the output folder
+# What a bundle folder may hold besides its manifest: the files an export writes, ONNX's external data, and
+# the native host's XNNPACK weight cache (named after the program, `model.pte.<digest>.xnnpack_cache`).
+BUNDLE_FILES = frozenset({bf.MANIFEST_FILE, *bf.FILE_ROLES.values(), bf.ONNX_FILE + ".data", *TOKENIZER_FILES})
+WEIGHT_CACHE_SUFFIX = ".xnnpack_cache"
+PARTIAL_INFIX, ASIDE_INFIX = ".partial-", ".replaced-"
+
+
+def bundle_problem(folder: Path) -> str | None:
+    """Why `folder` is not a gemma-edge bundle that --overwrite may delete, or None when it is one: a
+    manifest.json of format gemma-edge-bundle and nothing but regular files of BUNDLE_FILES and weight
+    caches (no subfolder, no link, no file a bundle never holds — a user's files are never deleted)."""
+    manifest = folder / bf.MANIFEST_FILE
+    if not manifest.is_file():
+        return f"no {bf.MANIFEST_FILE}: not a gemma-edge bundle"
+    try:
+        m = json.loads(manifest.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"{bf.MANIFEST_FILE} cannot be read as JSON ({e})"
+    found = m.get("format") if isinstance(m, dict) else type(m).__name__
+    if found != bf.FORMAT:
+        return f"{bf.MANIFEST_FILE} format is {found!r}, not {bf.FORMAT!r}"
+    strangers = sorted(p.name + ("/" if p.is_dir() and not p.is_symlink() else "") for p in folder.iterdir()
+                       if p.is_symlink() or not p.is_file()
+                       or not (p.name in BUNDLE_FILES or p.name.endswith(WEIGHT_CACHE_SUFFIX)))
+    if strangers:
+        return f"holds {len(strangers)} entr{'y' if len(strangers) == 1 else 'ies'} a bundle never does {strangers[:6]}"
+    return None
+
+
+def check_output(checkpoint: Path, out_dir: Path, overwrite: bool) -> None:
+    """Refuse an output folder the export must not write: the checkpoint, inside it, or above it (symlinks
+    resolved); an existing path without `overwrite`; with it, anything but a gemma-edge bundle."""
+    ckpt, out = checkpoint.resolve(), out_dir.resolve()
+    if out == ckpt or ckpt in out.parents:
+        raise ExportError(f"--out {out_dir}: is {'the checkpoint' if out == ckpt else 'inside the checkpoint'} "
+                          f"{checkpoint}; write the bundle elsewhere")
+    if out in ckpt.parents:
+        raise ExportError(f"--out {out_dir}: holds the checkpoint {checkpoint}; write the bundle elsewhere")
+    above = next((p for p in out_dir.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ExportError(f"--out {out_dir}: {above} is not a folder")
+    if not (out_dir.exists() or out_dir.is_symlink()):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out_dir}: already exists (pass overwrite=True / --overwrite to replace a bundle)")
+    if out_dir.is_symlink():
+        raise ExportError(f"--out {out_dir}: is a symbolic link (to {os.readlink(out_dir)}); --overwrite replaces "
+                          "only a bundle folder itself")
+    if not out_dir.is_dir():
+        raise ExportError(f"--out {out_dir}: not a folder; --overwrite replaces only a gemma-edge bundle folder")
+    problem = bundle_problem(out_dir)
+    if problem:
+        raise ExportError(f"--out {out_dir}: {problem}; --overwrite replaces only a gemma-edge bundle folder")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+@contextlib.contextmanager
+def _locked(folder: Path, *, wait: bool):
+    """An exclusive flock on a folder, held while the block runs; yields False (without waiting) when
+    another process holds it and `wait` is False. The kernel drops a killed process's lock."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _tree_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def remove_stale_partials(out_dir: Path) -> list[str]:
+    """Delete the `<out>.partial-<pid>-*` folders of exports that died (killed, or the machine went down)
+    and the old bundles a dead export had moved aside (`<out>.replaced-*`; put back when `<out>` is gone).
+
+    Stale means: unlocked, and its pid (when the name carries one) no longer a running process — a live
+    export holds a lock on its partial, and a pid reused by another process keeps it (a leak, never a loss).
+    Returns one line per folder removed or restored."""
+    done = []
+    for path in sorted(out_dir.parent.glob(glob.escape(out_dir.name) + "*")):
+        rest = path.name[len(out_dir.name):]
+        if not rest.startswith((PARTIAL_INFIX, ASIDE_INFIX)) or path.is_symlink() or not path.is_dir():
+            continue
+        pid = re.match(r"-(\d+)-", rest[rest.index("-"):])
+        if pid and _pid_alive(int(pid.group(1))):
+            continue
+        owner = f"export pid {pid.group(1)}" if pid else "an earlier export"
+        try:
+            with _locked(path, wait=False) as free:
+                if not free:
+                    continue
+                if rest.startswith(ASIDE_INFIX) and not (out_dir.exists() or out_dir.is_symlink()):
+                    os.rename(path, out_dir)
+                    done.append(f"restored {out_dir} from {path.name} (moved aside by {owner}, which died)")
+                    continue
+                size = _tree_bytes(path)
+                shutil.rmtree(path)
+                done.append(f"removed {path} ({size / 2**20:.1f} MiB) left by {owner}, no longer running")
+        except OSError as e:  # not ours to remove after all (permissions): say so, and go on with the export
+            done.append(f"could not remove {path} left by {owner}: {e.strerror or e}")
+    for line in done:
+        log.warning("%s", line)
+    return done
+
+
+def _write_error(path: Path, e: OSError) -> ExportError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free there"
+        except OSError:
+            free = "free space unknown"
+        return ExportError(f"{path}: no space left on the device ({free}); nothing was written to --out")
+    where = f" ({e.filename})" if e.filename and str(e.filename) != str(path) else ""
+    return ExportError(f"{path}: cannot write{where}: {e.strerror or e}; nothing was written to --out")
+
+
+@contextlib.contextmanager
+def _writing(path: Path):
+    """An OSError (disk full, permission, I/O) while writing `path` becomes one ExportError naming it."""
+    try:
+        yield
+    except OSError as e:
+        raise _write_error(path, e) from e
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Every file in `folder`, then the folder itself, on disk: the bundle survives a power cut once renamed."""
+    for p in folder.iterdir():
+        if p.is_file():
+            with _writing(p):
+                fd = os.open(p, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+_AT_FDCWD = -100
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _renameat2(src: Path, dst: Path, flags: int) -> bool:
+    """Linux renameat2; False where the C library or the filesystem lacks it (the caller falls back)."""
+    fn = getattr(_libc, "renameat2", None)
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(dst))
+
+
+def _install(tmp: Path, out_dir: Path, overwrite: bool) -> None:
+    """Put the finished bundle `tmp` at `out_dir`. An existing bundle there is swapped out in one atomic
+    exchange (renameat2) — `out_dir` is always one whole bundle, old or new — and deleted afterwards; where
+    the filesystem cannot exchange, it is renamed aside (`<out>.replaced-*`, put back if the new one cannot
+    be renamed in, restored by the next export if this one dies in between) before the new one moves in."""
+    _fsync_tree(tmp)
+    if not (out_dir.exists() or out_dir.is_symlink()):
+        if not _renameat2(tmp, out_dir, _RENAME_NOREPLACE):
+            if out_dir.exists():
+                raise ExportError(f"{out_dir}: appeared while exporting; the new bundle was not installed")
+            os.rename(tmp, out_dir)
+        _fsync_dir(out_dir.parent)
+        return
+    if not overwrite:
+        raise ExportError(f"{out_dir}: appeared while exporting; the new bundle was not installed")
+    problem = bundle_problem(out_dir)  # again: files may have been put there while the export ran
+    if problem:
+        raise ExportError(f"--out {out_dir}: {problem}; --overwrite replaces only a gemma-edge bundle folder")
+    if _renameat2(tmp, out_dir, _RENAME_EXCHANGE):
+        _fsync_dir(out_dir.parent)
+        shutil.rmtree(tmp, ignore_errors=True)  # the old bundle, now under the partial's name (or the next
+        return                                   # export's cleanup takes what is left of it)
+    aside = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}{ASIDE_INFIX}{os.getpid()}-", dir=out_dir.parent))
+    with _locked(out_dir, wait=True):  # a concurrent cleanup must not take it for a dead export's
+        os.rename(out_dir, aside)  # replaces the empty folder mkdtemp made
+        try:
+            os.rename(tmp, out_dir)
+        except BaseException:
+            os.rename(aside, out_dir)
+            raise
+    _fsync_dir(out_dir.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the export
 def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, settings: ExportSettings | None = None,
                   progress: bool = True, overwrite: bool = False, reuse_program: str | Path | None = None) -> Path:
     """Write `out_dir/{model.pte, model.ple, manifest.json, tokenizer files}` for a checkpoint.
 
-    `reuse_program`: an earlier bundle of the same checkpoint and program settings whose `model.pte` is
-    copied instead of quantizing and lowering again (see `reusable_program`); pte format only."""
-    from . import bundle_format as bf
-    from .checkpoint import open_checkpoint
-
-    settings = settings or ExportSettings()
+    Everything that can be checked without the weights is checked first: the output folder
+    (`check_output`), the checkpoint's config and file structure, the settings (defaults filled from the
+    model). `overwrite` replaces only a gemma-edge bundle. `reuse_program`: an earlier bundle of the same
+    checkpoint and program settings whose `model.pte` is copied instead of quantizing and lowering again
+    (see `reusable_program`); pte format only."""
     checkpoint, out_dir = Path(checkpoint_dir), Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir}: already exists (pass overwrite=True / --overwrite to replace it)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".partial-", dir=out_dir.parent))
-    stages = StageLog()
+    remove_stale_partials(out_dir)  # first: it may put back the bundle a dead export had moved aside
+    check_output(checkpoint, out_dir, overwrite)
+    cfg = open_checkpoint(checkpoint).config
+    settings = replace(settings or ExportSettings())  # the caller's object keeps its unfilled defaults
+    settings.validate(cfg)
+    if reuse_program is not None and "onnx" in settings.formats:
+        raise ExportError("--reuse-program: copies a .pte only; export ONNX without it")
+    with _writing(out_dir.parent):
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with _writing(out_dir.parent):
+        tmp = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}{PARTIAL_INFIX}{os.getpid()}-", dir=out_dir.parent))
     try:
-        mhash = stages.run("hash_checkpoint", model_hash, checkpoint)
-        if reuse_program is not None:
-            if "onnx" in settings.formats:
-                raise ValueError("--reuse-program: copies a .pte only; export ONNX without it")
-            source = reusable_program(reuse_program, mhash, settings)
-            cfg = open_checkpoint(checkpoint).config
-            settings.validate(cfg)
-        else:
-            cfg, model = prepare_model(checkpoint, settings, stages, progress)
-        ple_report = None
-        if cfg.has_ple:
-            ple_report = stages.run("write_ple", write_ple, checkpoint, tmp / bf.PLE_FILE, cfg, settings.ple_dtype,
-                                    mhash, progress)
-        if reuse_program is not None:
-            stages.run("copy_pte", _fsync_write, tmp / bf.PROGRAM_FILE, _copy_from(source))
-        elif "pte" in settings.formats:
-            programs = stages.run("torch_export", export_programs, cfg, model, settings)
-            et_program = stages.run("lower_xnnpack", lower_to_executorch, programs)
-            del programs
-            stages.run("save_pte", _fsync_write, tmp / bf.PROGRAM_FILE, et_program.write_to_file)
-            del et_program
-        if "onnx" in settings.formats:
-            from .onnx_export import export_onnx
-
-            if "pte" in settings.formats:
-                model.setup_cache(settings.max_context, dtype=torch.float32)  # the .pte's step took the caches
-
-            stages.run("export_onnx", export_onnx, cfg, model, settings, tmp / bf.ONNX_FILE)
-        for name in TOKENIZER_FILES:
-            if (checkpoint / name).exists():
-                shutil.copy2(checkpoint / name, tmp / name)
-        manifest = bf.build_manifest(tmp, cfg=cfg, settings=asdict(settings), model_hash=mhash,
-                                     stages=stages.stages, ple_report=ple_report, checkpoint=checkpoint)
-        if reuse_program is not None:
-            manifest["export"]["program_reused_from"] = str(reuse_program)
-        _fsync_write(tmp / bf.MANIFEST_FILE, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.rename(tmp, out_dir)
+        with _locked(tmp, wait=True):
+            _export_into(tmp, checkpoint, cfg, settings, progress, reuse_program)
+            with _writing(out_dir):
+                _install(tmp, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _export_into(tmp: Path, checkpoint: Path, cfg: TextConfig, settings: ExportSettings, progress: bool,
+                 reuse_program: str | Path | None) -> None:
+    """The stages, writing every file of the bundle into `tmp`."""
+    stages = StageLog()
+    mhash = stages.run("hash_checkpoint", model_hash, checkpoint)
+    if reuse_program is not None:
+        source = reusable_program(reuse_program, mhash, settings)
+    else:
+        cfg, model = prepare_model(checkpoint, settings, stages, progress)
+    ple_report = None
+    if cfg.has_ple:
+        with _writing(tmp / bf.PLE_FILE):
+            ple_report = stages.run("write_ple", write_ple, checkpoint, tmp / bf.PLE_FILE, cfg, settings.ple_dtype,
+                                    mhash, progress)
+    if reuse_program is not None:
+        with _writing(tmp / bf.PROGRAM_FILE):
+            stages.run("copy_pte", _fsync_write, tmp / bf.PROGRAM_FILE, _copy_from(source))
+    elif "pte" in settings.formats:
+        programs = stages.run("torch_export", export_programs, cfg, model, settings)
+        et_program = stages.run("lower_xnnpack", lower_to_executorch, programs)
+        del programs
+        with _writing(tmp / bf.PROGRAM_FILE):
+            stages.run("save_pte", _fsync_write, tmp / bf.PROGRAM_FILE, et_program.write_to_file)
+        del et_program
+    if "onnx" in settings.formats:
+        from .onnx_export import export_onnx
+
+        if "pte" in settings.formats:
+            model.setup_cache(settings.max_context, dtype=torch.float32)  # the .pte's step took the caches
+        with _writing(tmp / bf.ONNX_FILE):
+            stages.run("export_onnx", export_onnx, cfg, model, settings, tmp / bf.ONNX_FILE)
+    for name in TOKENIZER_FILES:
+        if (checkpoint / name).exists():
+            with _writing(tmp / name):
+                shutil.copy2(checkpoint / name, tmp / name)
+    manifest = bf.build_manifest(tmp, cfg=cfg, settings=asdict(settings), model_hash=mhash,
+                                 stages=stages.stages, ple_report=ple_report, checkpoint=checkpoint)
+    if reuse_program is not None:
+        manifest["export"]["program_reused_from"] = str(reuse_program)
+    with _writing(tmp / bf.MANIFEST_FILE):
+        _fsync_write(tmp / bf.MANIFEST_FILE, lambda f: f.write(json.dumps(manifest, indent=2).encode()))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import CheckpointError
 from .config import TextConfig
 from .model import build_model
 
@@ -49,12 +50,26 @@ def write_random_checkpoint(out_dir: str | Path, cfg: TextConfig, *, dtype: torc
                             seed: int = 0, shard_bytes: int = 2 << 30, multimodal: bool = False,
                             tokenizer: bool = True, progress: bool = True) -> Path:
     """Write config.json + sharded safetensors + index (+ a test tokenizer.json of the same vocabulary)
-    for `cfg` into `out_dir` (which must not exist)."""
+    for `cfg` into `out_dir` (which must not exist); its parents are created."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() or out_dir.is_symlink():
+        raise FileExistsError(f"{out_dir}: already exists; refusing to overwrite a checkpoint")
+    above = next((p for p in out_dir.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise CheckpointError(f"{out_dir}: cannot write the checkpoint ({above} is not a folder)")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        return _write(out_dir, cfg, dtype, seed, shard_bytes, multimodal, tokenizer, progress)
+    except OSError as e:  # disk full, a read-only or unwritable folder
+        where = e.filename if e.filename and Path(str(e.filename)) != out_dir else out_dir.parent
+        raise CheckpointError(f"{out_dir}: cannot write the checkpoint ({where}: {e.strerror or e}); "
+                              "nothing was left behind") from e
+
+
+def _write(out_dir: Path, cfg: TextConfig, dtype: torch.dtype, seed: int, shard_bytes: int, multimodal: bool,
+           tokenizer: bool, progress: bool) -> Path:
     from tqdm import tqdm
 
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise FileExistsError(f"{out_dir}: already exists; refusing to overwrite a checkpoint")
     prefix = "model.language_model." if multimodal else "model."
     itemsize = torch.empty(0, dtype=dtype).element_size()
     meta = build_model(cfg, "meta")

@@ -9,13 +9,19 @@ memory before any model is loaded; this one is about 5 MB. Same program, same ke
 libexecutorch, XNNPACK and kernel libraries, which the Python bindings load too), same PLE file: the logits
 are bit-identical to `PteBackend`'s at the same thread count (tests/test_native.py).
 
-What it takes from the manifest (read here, passed as flags): the program and PLE files, the PLE file's
-identity, the method per role, prefill_chunk and max_context.
+What it takes from the manifest (read here, passed as flags): the program file with its size and SHA-256
+(the host refuses a program that is not the manifest's before ExecuTorch parses it), the PLE file and its
+identity, the method per role, prefill_chunk, max_context and the vocabulary. The prompt's ids go through a
+file (`--ids-file`), not argv, whose length the kernel limits.
 
 XNNPACK's packed weights go to a cache file beside the program (`weight_cache_path`), as LiteRT-LM keeps
-its `.xnnpack_cache`: the first load packs into it, every later load maps it — 0.3 s instead of 4.3 s for
-the reduced E2B, and no source weights held beside packed ones (peak RSS 0.50 instead of 0.69 GB). Its
-name carries the program's SHA-256, so a re-exported program never maps another program's cache.
+its `.xnnpack_cache`: the first load packs into it, every later load maps it, and no source weights are
+held beside packed ones (bench/RESULTS.md has the figures). The host names it after the program's SHA-256,
+so a re-exported program never maps another program's cache, and maps it only when the SHA-256 in its
+sidecar (`<cache>.sha256`, written after packing) matches; otherwise it discards it and packs again.
+
+A run that fails raises ValueError for bad input (the host's status 2) and NativeRunError otherwise — with
+the host's own one-line message, or the signal that killed it.
 """
 from __future__ import annotations
 
@@ -23,7 +29,9 @@ import hashlib
 import importlib.util
 import json
 import shutil
+import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +43,15 @@ EXE_NAME = "gemma-edge-run"
 
 class NativeBuildError(RuntimeError):
     """The native host could not be configured or compiled (the message carries the tool's last lines)."""
+
+
+class NativeRunError(RuntimeError):
+    """gemma-edge-run failed for a reason other than bad input: its own one-line message, or the signal that
+    killed it. `returncode` is the child's (negative: killed by that signal)."""
+
+    def __init__(self, message: str, returncode: int):
+        super().__init__(message)
+        self.returncode = returncode
 
 
 def executorch_cmake_dir() -> Path:
@@ -82,17 +99,26 @@ def build(build_dir: Path | None = None) -> Path:
 
 def weight_cache_path(bundle: Path, manifest: dict | None = None) -> Path:
     """Where the native host keeps XNNPACK's packed weights for `bundle`'s program (created on first load);
-    `manifest`: the bundle's, when the caller has read it already."""
+    `manifest`: the bundle's, when the caller has read it already. The host names the file itself, from the
+    digest it checks the program against: it runs no program whose SHA-256 is not the manifest's, so this
+    name (from the manifest) is the one it uses. Its checksum sits beside it, in `<name>.sha256`."""
     from gemma_edge.export import bundle_format as bf
 
     program = (manifest or bf.read_manifest(bundle))["files"]["program"]
-    return Path(bundle) / f"{program['path']}.{program['sha256'][:16]}.xnnpack_cache"
+    return Path(bundle) / f"{Path(program['path']).name}.{program['sha256'][:16]}.xnnpack_cache"
 
 
-def command(exe: Path, bundle: Path, ids, new_tokens: int, *, threads: int = 0, repeats: int = 1, warmup: int = 0,
-            stop_on_eos: bool = False, logits_out: Path | None = None, weight_cache: bool = True) -> list[str]:
-    """The argv that runs `bundle` (its manifest read and checked here) on prompt `ids`; weight_cache: pack
-    into / map from `weight_cache_path(bundle)`."""
+def write_ids(path: Path, ids) -> Path:
+    """The prompt's ids as the host's --ids-file reads them: decimal, comma-separated."""
+    Path(path).write_text(",".join(str(int(i)) for i in ids) + "\n")
+    return Path(path)
+
+
+def command(exe: Path, bundle: Path, ids, new_tokens: int, *, ids_file: Path, threads: int = 0, repeats: int = 1,
+            warmup: int = 0, stop_on_eos: bool = False, logits_out: Path | None = None,
+            weight_cache: bool = True) -> list[str]:
+    """The argv that runs `bundle` (its manifest read and checked here) on prompt `ids`, which are written to
+    `ids_file` (the caller's to remove); weight_cache: pack into / map from `weight_cache_path(bundle)`."""
     from gemma_edge.export import bundle_format as bf
 
     bundle = Path(bundle)
@@ -101,28 +127,44 @@ def command(exe: Path, bundle: Path, ids, new_tokens: int, *, threads: int = 0, 
     files = manifest["files"]
     if "ple" not in files:
         raise ValueError(f"{bundle / bf.MANIFEST_FILE}: files.ple missing; the native host runs .pte + .ple bundles")
-    cmd = [str(exe), "--program", str(bundle / files["program"]["path"]), "--ple", str(bundle / files["ple"]["path"]),
+    program = files["program"]
+    cmd = [str(exe), "--program", str(bundle / program["path"]), "--program-sha256", str(program["sha256"]),
+           "--program-bytes", str(program["bytes"]), "--ple", str(bundle / files["ple"]["path"]),
            "--ple-identity", files["ple"]["identity"], "--prefill-method", methods[bf.PREFILL_ROLE],
            "--decode-method", methods[bf.DECODE_ROLE], "--prefill-chunk", str(manifest["prefill_chunk"]),
-           "--max-context", str(manifest["max_context"]), "--ids", ",".join(str(int(i)) for i in ids),
-           "--new-tokens", str(new_tokens), "--repeats", str(repeats), "--warmup", str(warmup),
-           "--threads", str(threads)]
+           "--max-context", str(manifest["max_context"]), "--vocab-size", str(manifest["vocab_size"]),
+           "--ids-file", str(write_ids(ids_file, ids)), "--new-tokens", str(new_tokens), "--repeats", str(repeats),
+           "--warmup", str(warmup), "--threads", str(threads)]
     if stop_on_eos:
         cmd += ["--eos", ",".join(str(int(e)) for e in manifest["eos_token_ids"])]
     if logits_out is not None:
         cmd += ["--logits-out", str(logits_out)]
     if weight_cache:
-        cmd += ["--weight-cache", str(weight_cache_path(bundle, manifest))]
+        cmd += ["--weight-cache-dir", str(weight_cache_path(bundle, manifest).parent)]
     return cmd
 
 
 def parse_result(stdout: str, stderr: str, rc: int, cmd: list[str]) -> dict:
-    """The child's one JSON line; a failed run raises with the line the runner printed."""
+    """The child's one JSON line; a failed run raises with the line the runner printed (ValueError for its
+    status 2, bad input), or NativeRunError naming the signal that killed it."""
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        raise NativeRunError(f"gemma-edge-run killed by signal {name} ({signal.strsignal(-rc) or 'unknown'})", rc)
     if rc != 0:
-        lines = [ln for ln in stderr.splitlines() if ln.startswith("gemma-edge-run:")]
-        msg = lines[-1] if lines else _tail(stderr, 5)
-        raise (ValueError if rc == 2 else RuntimeError)(msg)
-    return json.loads(stdout.strip().splitlines()[-1])
+        lines = [ln for ln in stderr.splitlines() if ln.startswith("gemma-edge-run:")
+                 and not ln.startswith("gemma-edge-run: warning:")]
+        msg = lines[-1] if lines else f"gemma-edge-run exited with status {rc}: " + " | ".join(
+            _tail(stderr, 3).splitlines())
+        if rc == 2:
+            raise ValueError(msg)
+        raise NativeRunError(msg, rc)
+    try:
+        return json.loads(stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise NativeRunError(f"gemma-edge-run exited with status 0 but printed no result: {stdout[-200:]!r}", rc)
 
 
 def run(bundle: Path, ids, new_tokens: int, *, threads: int = 0, repeats: int = 1, warmup: int = 0,
@@ -130,15 +172,16 @@ def run(bundle: Path, ids, new_tokens: int, *, threads: int = 0, repeats: int = 
         weight_cache: bool = True) -> dict:
     """Run `gemma-edge-run` once on `bundle` and return its JSON; with_logits adds "logits" [steps, V]
     (the first timed run's, every step)."""
-    import tempfile
-
     exe = exe or build()
     with tempfile.TemporaryDirectory() as tmp:
         logits_path = Path(tmp) / "logits.bin" if with_logits else None
-        cmd = command(exe, bundle, ids, new_tokens, threads=threads, repeats=repeats, warmup=warmup,
-                      stop_on_eos=stop_on_eos, logits_out=logits_path, weight_cache=weight_cache)
-        p = subprocess.run(cmd, capture_output=True, text=True)
+        cmd = command(exe, bundle, ids, new_tokens, ids_file=Path(tmp) / "ids.txt", threads=threads,
+                      repeats=repeats, warmup=warmup, stop_on_eos=stop_on_eos, logits_out=logits_path,
+                      weight_cache=weight_cache)
+        p = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
         res = parse_result(p.stdout, p.stderr, p.returncode, cmd)
+        # what the host decided on its own, such as discarding a weight cache that failed its checksum
+        res["warnings"] = [ln for ln in p.stderr.splitlines() if ln.startswith("gemma-edge-run: warning:")]
         if logits_path is not None:
             steps = len(res["runs"][0]["tokens"])
             res["logits"] = np.fromfile(logits_path, np.float32).reshape(steps, -1)

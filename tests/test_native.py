@@ -24,6 +24,14 @@ def exe() -> Path:
     return native.build()
 
 
+@pytest.fixture(scope="module")
+def tiny_bundle(tiny_bundle, tmp_path_factory) -> Path:
+    """The session's tiny bundle, copied: the native host writes its weight cache beside the program."""
+    out = tmp_path_factory.mktemp("native") / "tiny"
+    shutil.copytree(tiny_bundle, out, ignore=shutil.ignore_patterns("*.xnnpack_cache*"))
+    return out
+
+
 def python_logits(bundle: Path, ids: list[int], new_tokens: int, threads: int) -> np.ndarray:
     """The same steps through PteBackend (ExecuTorch's Python bindings) in this process: prefill in chunks,
     then greedy decode; every step's logits."""
@@ -176,10 +184,10 @@ def test_native_weight_cache_packs_once_then_maps_the_same_weights(exe, tiny_bun
     assert cache.name.startswith(f"model.pte.{bf.read_manifest(tiny_bundle)['files']['program']['sha256'][:16]}")
 
 
-def test_native_stops_on_eos_when_asked(exe, tiny_bundle):
+def test_native_stops_on_eos_when_asked(exe, tiny_bundle, tmp_path):
     free = native.run(tiny_bundle, PROMPT, 20, threads=1, exe=exe)["runs"][0]["tokens"]
     eos = free[3]   # pretend the 4th greedy token is an end of sequence
-    cmd = native.command(exe, tiny_bundle, PROMPT, 20, threads=1) + ["--eos", str(eos)]
+    cmd = native.command(exe, tiny_bundle, PROMPT, 20, ids_file=tmp_path / "ids", threads=1) + ["--eos", str(eos)]
     p = subprocess.run(cmd, capture_output=True, text=True)
     run = native.parse_result(p.stdout, p.stderr, p.returncode, cmd)["runs"][0]
     assert run["tokens"] == free[:free.index(eos) + 1] and run["stop_reason"] == "eos"
@@ -214,14 +222,15 @@ def run_exe(exe, *args):
 
 def test_native_refuses_bad_input_with_one_line(exe, tiny_bundle, tmp_path):
     m = bf.read_manifest(tiny_bundle)
+    program = m["files"]["program"]
     base = ["--program", tiny_bundle / bf.PROGRAM_FILE, "--ple", tiny_bundle / bf.PLE_FILE, "--prefill-chunk", 8,
-            "--max-context", 64]
+            "--max-context", 64, "--program-sha256", program["sha256"], "--program-bytes", program["bytes"]]
     cases = {
         "identity": (base + ["--ids", "2,3", "--ple-identity", "00" * 32], "identity (the manifest's): expected 00"),
         "vocab": (base + ["--ids", f"2,{m['vocab_size']}"], f"expected 0 ≤ id < vocab_size {m['vocab_size']}"),
         "context": (base + ["--ids", "2,3", "--new-tokens", 63], "expected ≤ --max-context 64"),
         "flag": (base + ["--ids", "2", "--bogus", "1"], "--bogus: unknown flag"),
-        "ids": (base + ["--ids", "2,x"], "--ids: expected comma-separated integers, found 'x'"),
+        "ids": (base + ["--ids", "2,x"], "--ids: id 1: expected comma-separated integers, found 'x'"),
         "method": (base + ["--ids", "2", "--prefill-method", "nope"], "cannot load method 'nope'"),
     }
     for name, (args, message) in cases.items():

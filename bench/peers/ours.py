@@ -121,12 +121,14 @@ def _run_native(bundle: Path, prompt_ids: list[int], n_new: int, threads: int, r
     exe, log = native.build(), bundle / f"run-native-{os.getpid()}.log"
 
     def child(ids, n, reps, warm):
-        out = childproc.run(native.command(exe, bundle, ids, n, threads=threads, repeats=reps, warmup=warm), log,
+        out = childproc.run(native.command(exe, bundle, ids, n, ids_file=log.with_suffix(".ids"), threads=threads,
+                                           repeats=reps, warmup=warm), log,
                             '{"runtime": ', mark_in_json=True, env=childproc.clean_env(),
                             preexec_fn=None if mlock else childproc.as_android_app)
         if out["rc"] != 0 or out["result"] is None:
             raise RuntimeError(f"gemma-edge-run exited with {out['rc']} at {out['stage']!r} (log: {log})")
         log.unlink()
+        log.with_suffix(".ids").unlink()
         return out["result"]
 
     # The first load of a program packs XNNPACK's weights into the cache file beside it; every later load

@@ -15,13 +15,15 @@ def _dtype(t) -> str:
 
 
 def _program_methods(path: Path) -> list[str]:
-    """Method names and tensor metadata read from the .pte itself (ExecuTorch runtime), one line each."""
+    """Method names and tensor metadata read from the .pte itself (ExecuTorch runtime), one line each.
+    Called only for a program that matches its manifest's size and SHA-256."""
     try:
+        bf.check_program_header(path)
         import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
         import executorch.kernels.quantized  # noqa: F401
-        from executorch.runtime import Runtime
+        from executorch.runtime import Runtime, Verification
 
-        program = Runtime.get().load_program(path)
+        program = Runtime.get().load_program(path, verification=Verification.InternalConsistency)
     except Exception as e:   # a damaged program: report it, do not crash the inspection
         return [f"    (cannot load {path.name}: {e})"]
     lines = []
@@ -59,13 +61,21 @@ def describe_bundle(path: str | Path, full_hash: bool = True) -> tuple[str, bool
                      + (f"  identity {entry['identity'][:16]}…" if "identity" in entry else ""))
     lines.append("  methods (manifest: role -> program method):")
     for role, meth in m["methods"].items():
-        ins = ", ".join(f"{i['name']} {i['dtype']} {i['shape']}" for i in meth["inputs"])
-        outs = ", ".join(f"{o['name']} {o['dtype']} {o['shape']}" for o in meth["outputs"])
+        ins = ", ".join(f"{i['name']} {i['dtype']} {i['shape']}" for i in meth.get("inputs", []))
+        outs = ", ".join(f"{o['name']} {o['dtype']} {o['shape']}" for o in meth.get("outputs", []))
         lines.append(f"    {role} -> {meth.get('method', role)}({ins}) -> {outs}; max_tokens {meth.get('max_tokens')}")
-    if "program" in m["files"] and (path / m["files"]["program"]["path"]).exists():
+    # Verify before loading: ExecuTorch must never parse a program that is not the one the manifest names
+    # (a damaged one can abort the process inside the loader).
+    problems = bf.verify_bundle(path, full_hash=full_hash, manifest=m)
+    if "program" in m["files"]:
+        program = bf.bundle_file(path, m, "program")
+        bad = [p for p in problems if p.startswith(f"{program}:")]
+        if not bad and not full_hash:   # sizes only: still hash the program before ExecuTorch reads it
+            bad = [p for p in bf.verify_bundle(path, full_hash=True, hash_ple=False, manifest=m)
+                   if p.startswith(f"{program}:")]
+            problems += bad
         lines.append("  methods (program):")
-        lines += _program_methods(path / m["files"]["program"]["path"])
-    problems = bf.verify_bundle(path, full_hash=full_hash)
+        lines += _program_methods(program) if not bad else ["    (not loaded: it does not match the manifest)"]
     lines.append("  check: " + ("all files match the manifest" + (" (sha256 verified)" if full_hash else " (sizes only)")
                                 if not problems else f"{len(problems)} problem(s)"))
     lines += [f"    ✗ {p}" for p in problems]

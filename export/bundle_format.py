@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+import math
+import os
+import re
+import stat
+from pathlib import Path, PurePosixPath
 
 FORMAT = "gemma-edge-bundle"
 FORMAT_VERSION = 1
@@ -140,45 +144,288 @@ def build_manifest(bundle_dir: Path, *, cfg, settings: dict, model_hash: bytes, 
     return manifest
 
 
-def read_manifest(bundle_dir: str | Path) -> dict:
-    path = Path(bundle_dir) / MANIFEST_FILE
-    if not path.exists():
-        raise BundleError(f"{path}: missing (not an export bundle?)")
+# ---------------------------------------------------------------------------------------------------
+# Reading a manifest: one validation pass, so nothing later meets a field of the wrong type or range
+# ---------------------------------------------------------------------------------------------------
+
+INT_MAX = 2**31 - 1   # every count and id of a bundle fits an int32 (the native host's and Java's types)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+# The config keys every exporter writes (TextConfig.to_dict; per_layer_config only when set): a manifest
+# without one is not an export, and a default would describe another model than the program was built from.
+CONFIG_REQUIRED_KEYS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "global_head_dim", "num_global_key_value_heads", "hidden_activation",
+    "max_position_embeddings", "rms_norm_eps", "pad_token_id", "eos_token_id", "bos_token_id",
+    "tie_word_embeddings", "rope_parameters", "attention_bias", "sliding_window", "layer_types",
+    "final_logit_softcapping", "use_bidirectional_attention", "vocab_size_per_layer_input",
+    "hidden_size_per_layer_input", "attention_k_eq_v", "num_kv_shared_layers", "enable_moe_block",
+    "use_double_wide_mlp")
+# (kind, minimum) of each config field this module checks; "?" admits null.
+_CONFIG_TYPES = {
+    **{k: ("int", 1) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                "num_attention_heads", "num_key_value_heads", "head_dim", "global_head_dim",
+                                "max_position_embeddings", "sliding_window", "vocab_size_per_layer_input")},
+    "hidden_size_per_layer_input": ("int", 0), "num_kv_shared_layers": ("int", 0),
+    "num_global_key_value_heads": ("int?", 1), "pad_token_id": ("int?", 0), "bos_token_id": ("int?", 0),
+    "eos_token_id": ("ids?", 0), "rms_norm_eps": ("number", 0), "final_logit_softcapping": ("number?", 0),
+    **{k: ("bool", None) for k in ("tie_word_embeddings", "attention_bias", "attention_k_eq_v",
+                                    "enable_moe_block", "use_double_wide_mlp")},
+    "hidden_activation": ("str", None), "use_bidirectional_attention": ("str?", None),
+    "rope_parameters": ("object?", None), "per_layer_config": ("object?", None), "layer_types": ("strs?", None),
+}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _found(v) -> str:
+    """A found value for a message, with its JSON type, so that "64" (a string) never reads as 64."""
+    if isinstance(v, list):
+        return f"an array of {len(v)} entries"
+    if isinstance(v, dict):
+        return f"an object with keys {sorted(v)[:6]}"
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}.get(type(v))
+    text = json.dumps(v)
+    return f"{text if len(text) <= 80 else text[:77] + '...'} ({kind})"
+
+
+def _expect(ok: bool, where: str, field: str, expected: str, value) -> None:
+    if not ok:
+        raise BundleError(f"{where}: {field}: expected {expected}, found {_found(value)}")
+
+
+def _int(d: dict, key: str, where: str, field: str, lo: int = 0, hi: int = INT_MAX) -> int:
+    v = d.get(key)
+    _expect(_is_int(v) and lo <= v <= hi, where, field, f"an integer in [{lo}, {hi}]", v)
+    return v
+
+
+def check_token_ids(value, where: str, field: str, vocab: int) -> list[int]:
+    """A JSON array of token ids in [0, vocab) (a string or a lone number is refused, never iterated)."""
+    _expect(isinstance(value, list), where, field, f"an array of token ids in [0, {vocab})", value)
+    for i, t in enumerate(value):
+        _expect(_is_int(t) and 0 <= t < vocab, where, f"{field}[{i}]", f"a token id in [0, {vocab})", t)
+    return list(value)
+
+
+def _check_config(cfg, where: str):
+    """Types, ranges and required keys of the manifest's `config`; then the TextConfig it describes."""
+    from .config import ConfigError, TextConfig
+
+    _expect(isinstance(cfg, dict), where, "config", "an object (the model's TextConfig)", cfg)
+    missing = [k for k in CONFIG_REQUIRED_KEYS if k not in cfg]
+    if missing:
+        raise BundleError(f"{where}: config: keys {missing} missing (an export writes every one of them)")
+    for key, (kind, lo) in _CONFIG_TYPES.items():
+        if key not in cfg:
+            continue
+        v, field = cfg[key], f"config.{key}"
+        if kind.endswith("?") and v is None:
+            continue
+        kind = kind.rstrip("?")
+        if kind == "int":
+            _expect(_is_int(v) and lo <= v <= INT_MAX, where, field, f"an integer in [{lo}, {INT_MAX}]", v)
+        elif kind == "number":
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > lo
+            _expect(ok, where, field, f"a finite number > {lo}", v)
+        elif kind == "bool":
+            _expect(isinstance(v, bool), where, field, "true or false", v)
+        elif kind == "str":
+            _expect(isinstance(v, str), where, field, "a string", v)
+        elif kind == "object":
+            _expect(isinstance(v, dict), where, field, "an object", v)
+        elif kind == "strs":
+            _expect(isinstance(v, list) and all(isinstance(x, str) for x in v), where, field,
+                    "an array of strings", v)
+        elif kind == "ids":
+            if not _is_int(v):
+                check_token_ids(v, where, field, INT_MAX)
+            else:
+                _expect(v >= 0, where, field, "a token id ≥ 0", v)
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{path}: not valid JSON ({e})") from e
+        return TextConfig.from_dict(cfg)
+    except (ConfigError, TypeError, ValueError, KeyError, AttributeError) as e:
+        raise BundleError(f"{where}: config: {e}") from e
+
+
+def confined_path(bundle_dir: Path, name, where: str, field: str) -> Path:
+    """`bundle_dir / name` for a manifest's file path: relative, no `..`, and still inside the bundle
+    folder once symlinks are resolved (a manifest must never make a runtime read another folder's files)."""
+    _expect(isinstance(name, str) and name and "\x00" not in name, where, field, "a relative file name", name)
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or ".." in pure.parts:
+        raise BundleError(f"{where}: {field}: expected a path inside the bundle folder (relative, no '..'), "
+                          f"found {name!r}")
+    path = bundle_dir / name
+    root = bundle_dir.resolve()
+    real = path.resolve()
+    if real == root or not real.is_relative_to(root):
+        raise BundleError(f"{where}: {field}: {name!r} resolves to {real}, outside the bundle folder {root}")
+    return path
+
+
+def bundle_file(bundle_dir: str | Path, manifest: dict, role: str) -> Path:
+    """The path of `role`'s file (program, ple, onnx, tokenizer), confined to the bundle folder."""
+    bundle_dir = Path(bundle_dir)
+    return confined_path(bundle_dir, manifest["files"][role]["path"], str(bundle_dir / MANIFEST_FILE),
+                         f"files.{role}.path")
+
+
+def _check_files(files, bundle_dir: Path, where: str) -> None:
+    _expect(isinstance(files, dict), where, "files", "an object (role -> file entry)", files)
+    for role, entry in files.items():
+        f = f"files.{role}"
+        _expect(isinstance(entry, dict), where, f, "an object with path, bytes and sha256", entry)
+        for key in ("path", "bytes", "sha256"):
+            if key not in entry:
+                raise BundleError(f"{where}: {f}.{key}: missing")
+        confined_path(bundle_dir, entry["path"], where, f"{f}.path")
+        _int(entry, "bytes", where, f"{f}.bytes", 0, 2**63 - 1)
+        v = entry["sha256"]
+        _expect(isinstance(v, str) and _HEX64.fullmatch(v) is not None, where, f"{f}.sha256",
+                "64 lowercase hex digits", v)
+    if "ple" in files:
+        v = files["ple"].get("identity")
+        _expect(isinstance(v, str) and _HEX64.fullmatch(v) is not None, where, "files.ple.identity",
+                "64 lowercase hex digits (the .ple header's identity)", v)
+
+
+def _check_methods(methods, where: str, prefill_chunk: int) -> None:
+    _expect(isinstance(methods, dict), where, "methods", "an object (role -> method)", methods)
+    for role in (PREFILL_ROLE, DECODE_ROLE):
+        entry = methods.get(role)
+        _expect(isinstance(entry, dict), where, f"methods.{role}", "an object", entry)
+        name = entry.get("method", role)
+        _expect(isinstance(name, str) and name != "", where, f"methods.{role}.method", "a method name", name)
+        if "max_tokens" in entry:
+            want = prefill_chunk if role == PREFILL_ROLE else 1
+            _expect(entry["max_tokens"] == want and _is_int(entry["max_tokens"]), where,
+                    f"methods.{role}.max_tokens", f"{want} (prefill_chunk)" if role == PREFILL_ROLE else "1",
+                    entry["max_tokens"])
+        for side in ("inputs", "outputs"):
+            tensors = entry.get(side, [])
+            _expect(isinstance(tensors, list), where, f"methods.{role}.{side}", "an array", tensors)
+            for i, t in enumerate(tensors):
+                ok = (isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("dtype"), str)
+                      and isinstance(t.get("shape"), list))
+                _expect(ok, where, f"methods.{role}.{side}[{i}]", "an object with name, dtype and shape", t)
+
+
+def validate_manifest(manifest, bundle_dir: str | Path) -> dict:
+    """Check every field a runtime reads — types, ranges, shapes, file paths, cross-field agreement — and
+    raise BundleError naming the first wrong one (field, expected, found). Returns the manifest."""
+    bundle_dir = Path(bundle_dir)
+    where = str(bundle_dir / MANIFEST_FILE)
+    _expect(isinstance(manifest, dict), where, "manifest", "a JSON object", manifest)
     if manifest.get("format") != FORMAT:
-        raise BundleError(f"{path}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{path}: format_version {manifest.get('format_version')}, expected {FORMAT_VERSION}")
+        raise BundleError(f"{where}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
+    if manifest.get("format_version") != FORMAT_VERSION or not _is_int(manifest.get("format_version")):
+        raise BundleError(f"{where}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
-        raise BundleError(f"{path}: keys {missing} missing (expected every one of {list(REQUIRED_KEYS)})")
+        raise BundleError(f"{where}: keys {missing} missing (expected every one of {list(REQUIRED_KEYS)})")
+    m = manifest
+    v = m["model_hash"]
+    _expect(isinstance(v, str) and _HEX64.fullmatch(v) is not None, where, "model_hash", "64 lowercase hex digits", v)
+    cfg = _check_config(m["config"], where)
+    max_context = _int(m, "max_context", where, "max_context", 1)
+    _int(m, "prefill_chunk", where, "prefill_chunk", 1, max_context)
+    vocab = _int(m, "vocab_size", where, "vocab_size", 1)
+    for key, want, source in (("vocab_size", cfg.vocab_size, "config.vocab_size"),
+                              ("num_layers", cfg.num_hidden_layers, "config.num_hidden_layers"),
+                              ("ple_dim", cfg.hidden_size_per_layer_input, "config.hidden_size_per_layer_input")):
+        _expect(m[key] == want and _is_int(m[key]), where, key, f"{want} ({source})", m[key])
+    _expect(_is_int(m["bos_token_id"]) and 0 <= m["bos_token_id"] < vocab, where, "bos_token_id",
+            f"a token id in [0, {vocab})", m["bos_token_id"])
+    check_token_ids(m["eos_token_ids"], where, "eos_token_ids", vocab)
+    if m.get("pad_token_id") is not None:
+        _int(m, "pad_token_id", where, "pad_token_id", 0, vocab - 1)
+    q = m["quantization"]
+    _expect(isinstance(q, dict), where, "quantization", "an object", q)
+    for key, allowed in (("linear", ("none", "8da4w", "8da8w")), ("embedding", ("none", "int8", "int4")),
+                         ("ple_dtype", ("fp32", "bf16", "int8", "int4"))):
+        _expect(q.get(key) in allowed, where, f"quantization.{key}", " or ".join(allowed), q.get(key))
+    _int(q, "group_size", where, "quantization.group_size", 0)
+    _check_files(m["files"], bundle_dir, where)
+    if cfg.has_ple and "ple" not in m["files"]:
+        raise BundleError(f"{where}: files.ple: missing, but the model has per-layer embeddings "
+                          f"(config.hidden_size_per_layer_input {cfg.hidden_size_per_layer_input}): without its "
+                          "table every PLE row would be zero")
+    _check_methods(m["methods"], where, m["prefill_chunk"])
+    v = m.get("chat_template")
+    _expect(v is None or isinstance(v, str), where, "chat_template", "a string or null", v)
+    v = m.get("export", {})
+    _expect(isinstance(v, dict), where, "export", "an object", v)
     return manifest
 
 
-def verify_bundle(bundle_dir: str | Path, full_hash: bool = True, hash_ple: bool | None = None) -> list[str]:
+def read_manifest(bundle_dir: str | Path) -> dict:
+    """The bundle's manifest, read and validated (validate_manifest); BundleError names what is wrong."""
+    path = Path(bundle_dir) / MANIFEST_FILE
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise BundleError(f"{path}: missing (not an export bundle?)") from None
+    except OSError as e:
+        raise BundleError(f"{path}: cannot read ({e.strerror})") from e
+    if not stat.S_ISREG(st.st_mode):   # a FIFO would block the open below forever
+        raise BundleError(f"{path}: expected a regular file, found a {_file_kind(st.st_mode)}")
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise BundleError(f"{path}: cannot read ({e.strerror})") from e
+    except UnicodeDecodeError as e:
+        raise BundleError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from e
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{path}: not valid JSON ({e})") from e
+    except RecursionError as e:
+        raise BundleError(f"{path}: not valid JSON (nested too deeply)") from e
+    return validate_manifest(manifest, bundle_dir)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def verify_bundle(bundle_dir: str | Path, full_hash: bool = True, hash_ple: bool | None = None,
+                  manifest: dict | None = None) -> list[str]:
     """Problems found comparing the files with the manifest (empty list: the bundle is whole).
 
     Sizes always; SHA-256 when `full_hash` (for the .ple only when `hash_ple`, default `full_hash`: its
-    header, size and identity are checked regardless, and hashing reads the whole table)."""
+    header, size and identity are checked regardless, and hashing reads the whole table). `manifest`: the
+    bundle's, when the caller has read it already."""
     bundle_dir = Path(bundle_dir)
-    manifest = read_manifest(bundle_dir)
+    manifest = manifest if manifest is not None else read_manifest(bundle_dir)
     hash_ple = full_hash if hash_ple is None else hash_ple
     problems = []
     for role, entry in manifest["files"].items():
-        path = bundle_dir / entry["path"]
-        if not path.exists():
+        path = bundle_file(bundle_dir, manifest, role)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
             problems.append(f"{path}: missing ({role} file named in the manifest)")
             continue
-        size = path.stat().st_size
-        if size != entry["bytes"]:
+        except OSError as e:
+            problems.append(f"{path}: cannot read ({e.strerror})")
+            continue
+        if not stat.S_ISREG(st.st_mode):   # never open a FIFO or a device: it could block or never end
+            problems.append(f"{path}: expected a regular file, found a {_file_kind(st.st_mode)}")
+            continue
+        if st.st_size != entry["bytes"]:
             problems.append(f"{path}: size: expected {entry['bytes']} bytes (manifest files.{role}.bytes), "
-                            f"found {size}")
+                            f"found {st.st_size}")
             continue
         if full_hash and (role != "ple" or hash_ple):
-            digest = sha256_file(path, drop_cache=role == "ple")
+            try:
+                digest = sha256_file(path, drop_cache=role == "ple")
+            except OSError as e:
+                problems.append(f"{path}: cannot read ({e.strerror})")
+                continue
             if digest != entry["sha256"]:
                 problems.append(f"{path}: sha256: expected {entry['sha256']} (manifest files.{role}.sha256), "
                                 f"found {digest}")
@@ -191,8 +438,36 @@ def verify_bundle(bundle_dir: str | Path, full_hash: bool = True, hash_ple: bool
             except ValueError as e:
                 problems.append(str(e))
                 continue
+            except OSError as e:
+                problems.append(f"{path}: cannot read ({e.strerror})")
+                continue
             if identity != entry.get("identity"):
                 problems.append(f"{path}: PLE identity: expected {entry.get('identity')} (manifest "
                                 f"files.ple.identity), found {identity} in the .ple header (a PLE file from "
                                 "another export)")
     return problems
+
+
+# ExecuTorch's flatbuffer file identifier (schema/program.fbs), at bytes 4..8 of every .pte. Program::load
+# checks it too, but logs a mismatch with the raw bytes, which ExecuTorch's Python bindings decode as UTF-8
+# inside a noexcept callback: a garbage file aborts the process there (SIGABRT), before any error is raised.
+PROGRAM_IDENTIFIER = b"ET12"
+
+
+def check_program_header(path: Path) -> None:
+    """Refuse a file that is not an ExecuTorch program before ExecuTorch itself reads it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise BundleError(f"{path}: cannot read ({e.strerror})") from e
+    if len(head) < 8 or head[4:8] != PROGRAM_IDENTIFIER:
+        raise BundleError(f"{path}: file identifier: expected {PROGRAM_IDENTIFIER!r} at bytes 4..8 (an ExecuTorch "
+                          f"program), found {head[4:8]!r}")
+
+
+def check_bundle(bundle_dir: str | Path, manifest: dict, full_hash: bool = True, hash_ple: bool | None = None) -> None:
+    """verify_bundle, raising one BundleError that lists every problem on one line."""
+    problems = verify_bundle(bundle_dir, full_hash, hash_ple, manifest=manifest)
+    if problems:
+        raise BundleError(f"{bundle_dir}: bundle does not match its manifest: " + "; ".join(problems))

@@ -9,12 +9,16 @@ in-memory table of a checkpoint behind the reader's fetch interface, so the loop
 """
 from __future__ import annotations
 
+import io
+import re
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from gemma_edge.export import bundle_format as bf
 from gemma_edge.ple_store import FetchStats
 
 
@@ -80,40 +84,98 @@ def pte_step_inputs(tokens: np.ndarray, pos: np.ndarray, rows: np.ndarray, atten
     return inputs
 
 
+class ProgramError(bf.BundleError):
+    """ExecuTorch refused to load or run a program (its status code and the method in the message)."""
+
+
+_ET_LOG = re.compile(r"^\[[\w.]+:\d+\] ")   # ExecuTorch's log prefix, "[program.cpp:184] "
+
+
+def executorch_call(what: str, fn, *args):
+    """fn(*args) with ExecuTorch's log lines held back: on failure they become part of one ProgramError
+    (`what`: the message's start), so the reason ExecuTorch logged travels with the error instead of
+    preceding it on stderr; on success they are written on as they came. (ExecuTorch's bindings redirect
+    its C++ log to whatever sys.stderr is at the time of the call.)"""
+    real, held = sys.stderr, io.StringIO()
+    sys.stderr = held
+    try:
+        return fn(*args)
+    except RuntimeError as e:
+        logged = [_ET_LOG.sub("", ln).strip() for ln in held.getvalue().splitlines()]
+        logged = [ln for ln in logged if ln and not ln.startswith("arg ")]   # per-argument type dumps
+        held = io.StringIO()
+        reason = "; ".join(dict.fromkeys(logged))[:600] or "no reason logged"
+        raise ProgramError(f"{what}: {reason} ({e})") from e
+    finally:
+        sys.stderr = real
+        if held.getvalue():
+            real.write(held.getvalue())
+
+
 class PteBackend:
     """The program method(s) playing prefill and decode, loaded up front and once each (two methods share
-    the mutable KV-cache buffers; one dynamic method plays both roles with one copy of the packed weights)."""
+    the mutable KV-cache buffers; one dynamic method plays both roles with one copy of the packed weights).
+
+    `vocab_size`, `max_tokens` and `max_context` are the program's own bounds, read from its method
+    metadata (logits [1, V]; tokens [1, T ≤ max_tokens]; attend_len [N ≤ max_context] from revision 5):
+    ids and positions past them must never reach the program, whatever a manifest says."""
 
     name = "pte"
 
     def __init__(self, path: Path, prefill_method: str = "forward", decode_method: str = "forward"):
         import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (registers llama:: kernels)
         import executorch.kernels.quantized  # noqa: F401  (quantized embedding kernels)
-        from executorch.runtime import Runtime
+        from executorch.runtime import Runtime, Verification
 
         self.path = path
-        self.program = Runtime.get().load_program(path)
+        bf.check_program_header(path)
+        self.program = executorch_call(f"{path}: ExecuTorch cannot load this program",
+                                       lambda: Runtime.get().load_program(
+                                           path, verification=Verification.InternalConsistency))
         names = set(self.program.method_names)
         missing = [m for m in (prefill_method, decode_method) if m not in names]
         if missing:
-            raise ValueError(f"{path}: methods {missing} missing; the program has {sorted(names)}")
-        self._prefill = self.program.load_method(prefill_method)
-        self._decode = self._prefill if decode_method == prefill_method else self.program.load_method(decode_method)
-        arity = {m: self.program.metadata(m).num_inputs() for m in {prefill_method, decode_method}}
+            raise ProgramError(f"{path}: methods {missing} missing; the program has {sorted(names)}")
+        load = self.program.load_method
+        self._prefill = executorch_call(f"{path}: method {prefill_method}: ExecuTorch cannot load it", load,
+                                        prefill_method)
+        self._decode = self._prefill if decode_method == prefill_method else executorch_call(
+            f"{path}: method {decode_method}: ExecuTorch cannot load it", load, decode_method)
+        self._names = {id(self._prefill): prefill_method, id(self._decode): decode_method}
+        metas = {m: self.program.metadata(m) for m in {prefill_method, decode_method}}
+        arity = {m: meta.num_inputs() for m, meta in metas.items()}
         bad = {m: n for m, n in arity.items() if n not in (3, 4)}
         if bad:
-            raise ValueError(f"{path}: methods {sorted(bad)}: expected 4 inputs (tokens, input_pos, ple_rows, "
-                             f"attend_len) or 3 (a revision < 5 program), found {bad}")
+            raise ProgramError(f"{path}: methods {sorted(bad)}: expected 4 inputs (tokens, input_pos, ple_rows, "
+                               f"attend_len) or 3 (a revision < 5 program), found {bad}")
         if len(set(arity.values())) > 1:
-            raise ValueError(f"{path}: methods disagree on their inputs: {arity}")
+            raise ProgramError(f"{path}: methods disagree on their inputs: {arity}")
         # Revision >= 5 programs take attend_len, whose length (last position + 1) bounds the attended slots.
         self._attend_len = set(arity.values()) == {4}
+        self._read_bounds(metas[prefill_method], metas[decode_method])
         from .phone import release_file_mapping
 
         self.released = release_file_mapping(path)  # delegates hold packed copies now; see its docstring
 
+    def _read_bounds(self, prefill, decode) -> None:
+        def sizes(meta, kind: str, i: int) -> list[int]:
+            t = meta.output_tensor_meta(i) if kind == "out" else meta.input_tensor_meta(i)
+            return list(t.sizes())
+
+        logits = {tuple(sizes(m, "out", 0)) for m in (prefill, decode)}
+        if len(logits) != 1 or len(next(iter(logits))) != 2 or next(iter(logits))[0] != 1:
+            raise ProgramError(f"{self.path}: output logits: expected one shape [1, V] in every method, "
+                               f"found {sorted(logits)}")
+        self.vocab_size = next(iter(logits))[1]
+        self.max_tokens = sizes(prefill, "in", 0)[-1]            # tokens [1, T]: T's upper bound
+        self.ple_rows_shape = sizes(prefill, "in", 2)[2:]        # ple_rows [1, T, L, P]: [L, P]
+        self.max_context = sizes(prefill, "in", 3)[0] if self._attend_len else None
+
     def _run(self, method, tokens: np.ndarray, pos: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        return method.execute(pte_step_inputs(tokens, pos, rows, self._attend_len))[0].numpy().reshape(-1)
+        out = executorch_call(f"{self.path}: method {self._names[id(method)]} failed at positions "
+                              f"{int(pos[0])}..{int(pos[-1])}", method.execute,
+                              pte_step_inputs(tokens, pos, rows, self._attend_len))
+        return out[0].numpy().reshape(-1)
 
     def prefill(self, tokens: np.ndarray, start: int, rows: np.ndarray) -> np.ndarray:
         pos = np.arange(start, start + len(tokens), dtype=np.int64)

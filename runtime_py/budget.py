@@ -230,8 +230,10 @@ def estimate(model: str | TextConfig, *, quant: str = "8da4w", group_size: int =
         cfg, moe = model_config(model)
     else:
         name, cfg = "config", model
-    if context < 1:
-        raise ValueError(f"context: expected ≥ 1 tokens, found {context}")
+    for name, value, lo in (("context", context, 1), ("prefill_chunk", prefill_chunk, 1),
+                            ("group_size", group_size, 0), ("packed_copies", packed_copies, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+            raise ValueError(f"{name}: expected an integer ≥ {lo}, found {value!r}")
     chunk = min(prefill_chunk, context)
     return Budget(model=name, quant=quant, group_size=group_size, embedding_quant=embedding_quant,
                   ple_dtype=ple_dtype, context=context, prefill_chunk=chunk,
@@ -250,7 +252,8 @@ def estimate_bundle(bundle_dir: str | Path, context: int | None = None, runtime_
         packed_copies = len(set(bf.role_methods(m).values()))
     q = m["quantization"]
     b = estimate(TextConfig.from_dict(m["config"]), quant=q["linear"], group_size=q["group_size"],
-                 embedding_quant=q["embedding"], ple_dtype=q["ple_dtype"], context=context or m["max_context"],
+                 embedding_quant=q["embedding"], ple_dtype=q["ple_dtype"],
+                 context=m["max_context"] if context is None else context,
                  prefill_chunk=m["prefill_chunk"], runtime_bytes=runtime_bytes, packed_copies=packed_copies)
     b.model = str(bundle_dir)
     return b

@@ -3,13 +3,40 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+
+
+def _at_least(lo: int):
+    """An argparse type: an integer ≥ lo (argparse names the flag and the value when it is refused)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer ≥ {lo}, found {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer ≥ {lo}, found {value}")
+        return value
+
+    parse.__name__ = f"integer ≥ {lo}"
+    return parse
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, found {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, found {text!r}")
+    return value
 
 
 def _run(args) -> int:
     from .run_report import result_json, run_bundle
 
-    r = run_bundle(args.bundle, prompt=args.prompt, ids=args.ids, chat=args.chat, max_new_tokens=args.max_new_tokens,
+    r = run_bundle(args.bundle, prompt=args.prompt, ids=args.ids, prompt_file=args.prompt_file, chat=args.chat,
+                   max_new_tokens=args.max_new_tokens,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                    device=args.device, backend=args.backend, validate=args.validate, checkpoint=args.checkpoint)
     if args.json:
@@ -33,7 +60,8 @@ def _budget(args) -> int:
     else:
         model = args.model
         b = estimate(model, quant=args.quant, group_size=args.group_size, embedding_quant=args.embedding_quant,
-                     ple_dtype=args.ple_dtype, context=args.context or 1024, prefill_chunk=args.prefill_chunk,
+                     ple_dtype=args.ple_dtype, context=1024 if args.context is None else args.context,
+                     prefill_chunk=args.prefill_chunk,
                      packed_copies=len(set(method_names_for(args.methods).values())))
     if args.json:
         print(json.dumps({**b.to_dict(), "verdicts": {k: b.verdict(d) for k, d in devices.items()}}, indent=2))
@@ -119,12 +147,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="generate with an export bundle and report speed, memory and phone figures")
     p.add_argument("bundle", help="export bundle folder")
     p.add_argument("--prompt", help="prompt text (needs the bundle's tokenizer.json)")
+    p.add_argument("--prompt-file", help="read the prompt text from this UTF-8 file")
     p.add_argument("--ids", help="raw prompt token ids, comma-separated (bos included if wanted)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in Gemma 4's chat template")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=_at_least(1), default=32)
+    p.add_argument("--temperature", type=_finite, default=0.0)
+    p.add_argument("--top-k", type=_at_least(0), default=0)
+    p.add_argument("--top-p", type=_finite, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="pixel-8", help="phone profile of runtime_py/devices.json")
     p.add_argument("--backend", default="pte", choices=("pte", "onnx"))
@@ -157,11 +186,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="e2b", help=f"a preset (e2b, e4b, e2b-10l, tiny, ...) or {', '.join(BIG_MODELS)}")
     p.add_argument("--bundle", help="an export bundle folder (its manifest's config and quantization)")
     p.add_argument("--quant", default="8da4w", choices=("none", "8da4w", "8da8w"))
-    p.add_argument("--group-size", type=int, default=0, help="8da4w: 0 = per output channel (the export default)")
+    p.add_argument("--group-size", type=_at_least(0), default=0,
+                   help="8da4w: 0 = per output channel (the export default)")
     p.add_argument("--embedding-quant", default="int4", choices=("none", "int8", "int4"))
     p.add_argument("--ple-dtype", default="int4", choices=("fp32", "bf16", "int8", "int4"))
-    p.add_argument("--context", type=int, default=None, help="tokens of context (default 1024, or the bundle's)")
-    p.add_argument("--prefill-chunk", type=int, default=128)
+    p.add_argument("--context", type=_at_least(1), default=None,
+                   help="tokens of context (default 1024, or the bundle's)")
+    p.add_argument("--prefill-chunk", type=_at_least(1), default=128)
     p.add_argument("--device", help="one phone profile (default: all)")
     p.add_argument("--methods", choices=("one", "two"), default="one",
                    help="program methods of a named model's export (two: prefill and decode each pack the linears); "

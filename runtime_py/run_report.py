@@ -6,6 +6,7 @@ session opens, so the residency check after the run sees only what the run itsel
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .budget import estimate_bundle, load_devices
-from .phone import check_run, kv_bytes_per_token, proc_status, simulate
+from .phone import check_run, kv_bytes_per_token, proc_status, reset_peak_rss, simulate
 from .session import Session
 
 
@@ -29,29 +30,52 @@ class RunResult:
     validation: dict | None = None
     lines: list[str] = field(default_factory=list)
     prompt_ids: list[int] = field(default_factory=list)
+    peak_reset: bool = True       # False: VmHWM could not be reset, so it may hold earlier work's peak
 
     @property
     def rss_gap(self) -> float:
         return (self.rss_after["VmHWM"] - self.predicted_rss) / self.predicted_rss
 
 
+_ID = re.compile(r"[0-9]+")
+ID_LIMIT = 2**63   # ids travel as int64: anything at or past it is refused here, not overflowed later
+
+
 def parse_ids(ids: str) -> list[int]:
-    """`--ids 2,45,...` as a list of token ids."""
-    try:
-        return [int(x) for x in ids.replace(" ", "").split(",") if x]
-    except ValueError as e:
-        raise ValueError(f"--ids: expected comma-separated integers, found {ids!r}") from e
+    """`--ids 2,45,...` as a list of token ids: decimal integers separated by commas (spaces around a comma
+    are allowed, inside a number they are not: "2 60 70" is refused, never read as 26070)."""
+    items = ids.split(",")
+    out = []
+    for i, item in enumerate(items):
+        item = item.strip()
+        if not _ID.fullmatch(item):
+            raise ValueError(f"--ids: item {i}: expected a non-negative decimal integer (ids separated by commas), "
+                             f"found {item!r} in {ids[:60]!r}")
+        value = int(item)
+        if value >= ID_LIMIT:
+            raise ValueError(f"--ids: item {i}: expected a token id < 2^63, found {item[:30]}")
+        out.append(value)
+    return out
 
 
-def prompt_ids(session: Session, prompt: str | None, ids: str | None, chat: bool) -> list[int]:
-    if ids:
+def prompt_ids(session: Session, prompt: str | None, ids: str | None, chat: bool,
+               prompt_file: str | Path | None = None) -> list[int]:
+    given = [name for name, v in (("--prompt", prompt), ("--ids", ids), ("--prompt-file", prompt_file))
+             if v is not None]
+    if len(given) != 1:
+        raise ValueError(f"give one of --prompt TEXT, --prompt-file PATH or --ids 2,45,...; found "
+                         f"{' and '.join(given) or 'none'}")
+    if ids is not None:
         return parse_ids(ids)
-    if prompt is None:
-        raise ValueError("give --prompt TEXT or --ids 2,45,...")
+    if prompt_file is not None:
+        from .tokenizer import read_prompt_file
+
+        prompt = read_prompt_file(prompt_file)
     return session.encode(prompt, chat=chat)
 
 
 def run_bundle(bundle: str | Path, *, prompt: str | None = None, ids: str | None = None, chat: bool = False,
+               prompt_file: str | Path | None = None,
                max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                seed: int = 0, device: str = "pixel-8", backend: str = "pte", validate: bool = False,
                checkpoint: str | Path | None = None, out=sys.stdout) -> RunResult:
@@ -61,6 +85,9 @@ def run_bundle(bundle: str | Path, *, prompt: str | None = None, ids: str | None
     from .backends import preload
 
     preload(backend)
+    # The peak is the run's own: VmHWM restarts from here, so work done earlier in this process (the demo's
+    # export, a test suite) is not counted as the run's. Where the kernel refuses the reset, the figure says so.
+    peak_reset = reset_peak_rss()
     rss_before = proc_status()
     session = Session(bundle, backend=backend)
     try:
@@ -68,7 +95,7 @@ def run_bundle(bundle: str | Path, *, prompt: str | None = None, ids: str | None
         if session.ple is not None:
             session.ple.evict()
             resident_before = session.ple.resident_pages().tolist()
-        ids_list = prompt_ids(session, prompt, ids, chat)
+        ids_list = prompt_ids(session, prompt, ids, chat, prompt_file)
         pieces = []
         for step in session.generate(ids_list, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                      seed=seed):
@@ -90,7 +117,7 @@ def run_bundle(bundle: str | Path, *, prompt: str | None = None, ids: str | None
                          context_at_end=len(ids_list) + st.generated)
         check_run(phone, st, session.ple, fetched, None, resident_before)
         result = RunResult(st.tokens, "".join(pieces), st, rss_before, rss_after, budget.ram_bytes, phone,
-                           prompt_ids=list(ids_list))
+                           prompt_ids=list(ids_list), peak_reset=peak_reset)
     finally:
         session.close()
     if validate:
@@ -139,7 +166,8 @@ def report_lines(r: RunResult, session: Session) -> list[str]:
              f"  PLE per-token fetches: {st.token_fetches} × fetch_one, {tf.bytes_requested} B, {tf.pages_touched} pages",
              f"  peak RSS {mib(r.rss_after['VmHWM'])} measured vs {mib(r.predicted_rss)} predicted "
              f"({r.rss_gap:+.1%}); now anon {mib(r.rss_after.get('RssAnon', 0))}, file-backed "
-             f"{mib(r.rss_after.get('RssFile', 0))}; process before loading {mib(r.rss_before['VmRSS'])}"]
+             f"{mib(r.rss_after.get('RssFile', 0))}; process before loading {mib(r.rss_before['VmRSS'])}"
+             + ("" if r.peak_reset else " (peak not reset by the kernel: it may be earlier work's)")]
     if r.phone is not None:
         lines += r.phone.lines()
     if r.validation:

@@ -23,6 +23,35 @@ from .sampling import Sampler
 from .tokenizer import TextCodec, TextStream
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _count(v, name: str) -> int:
+    if not _is_int(v) or v < 1:
+        raise ValueError(f"{name}: expected an integer ≥ 1, found {v!r}")
+    return int(v)
+
+
+def check_program_bounds(runner: PteBackend, m: dict, bundle_dir: Path) -> None:
+    """The manifest must describe the program it names: vocabulary, chunk, context and PLE row shape are
+    read from the program's own method metadata, so a manifest that lies cannot push ids or positions
+    past what the program was built for (ExecuTorch's kernels abort on some of those)."""
+    where = f"{bundle_dir / bf.MANIFEST_FILE}"
+    rows = [m["num_layers"], max(m["ple_dim"], 1)]
+    for field, want, found in (("vocab_size", runner.vocab_size, m["vocab_size"]),
+                               ("num_layers, ple_dim", runner.ple_rows_shape, rows)):
+        if want != found:
+            raise bf.BundleError(f"{where}: {field}: expected {want} (the program's {runner.path.name} "
+                                 f"metadata), found {found}")
+    if m["prefill_chunk"] > runner.max_tokens:
+        raise bf.BundleError(f"{where}: prefill_chunk: expected ≤ {runner.max_tokens} (the program's tokens "
+                             f"input), found {m['prefill_chunk']}")
+    if runner.max_context is not None and m["max_context"] > runner.max_context:
+        raise bf.BundleError(f"{where}: max_context: expected ≤ {runner.max_context} (the program's "
+                             f"attend_len input), found {m['max_context']}")
+
+
 @dataclass
 class GeneratedToken:
     """One generated token as it streams out."""
@@ -71,18 +100,32 @@ class Session:
         from gemma_edge import ple_store
 
         self.bundle_dir = Path(bundle_dir)
-        self.manifest = bf.read_manifest(self.bundle_dir)
         if verify not in ("full", "fast", "none"):
             raise ValueError(f"verify: expected 'full', 'fast' or 'none', found {verify!r}")
+        self.manifest = m = bf.read_manifest(self.bundle_dir)      # validated: types, ranges, paths
         if verify != "none":
-            problems = bf.verify_bundle(self.bundle_dir, full_hash=True, hash_ple=verify == "full")
-            if problems:
-                raise bf.BundleError(f"{self.bundle_dir}: bundle does not match its manifest:\n  "
-                                     + "\n  ".join(problems))
-        files = self.manifest["files"]
-        m = self.manifest
+            bf.check_bundle(self.bundle_dir, m, full_hash=True, hash_ple=verify == "full")
+        files = m["files"]
         cfg = TextConfig.from_dict(m["config"])
-        ple = ple_store.open(self.bundle_dir / files["ple"]["path"]) if "ple" in files else None
+        if backend == "pte":
+            if "program" not in files:
+                raise bf.BundleError(f"{self.bundle_dir}: no program (model.pte) in the manifest's files")
+            roles = bf.role_methods(m)
+            runner = PteBackend(bf.bundle_file(self.bundle_dir, m, "program"), roles[bf.PREFILL_ROLE],
+                                roles[bf.DECODE_ROLE])
+            check_program_bounds(runner, m, self.bundle_dir)
+        elif backend == "onnx":
+            if "onnx" not in files:
+                raise bf.BundleError(f"{self.bundle_dir}: no model.onnx in the manifest's files "
+                                     "(export with formats=('pte', 'onnx'))")
+            runner = OnnxBackend(bf.bundle_file(self.bundle_dir, m, "onnx"))
+        else:
+            raise ValueError(f"backend: expected 'pte' or 'onnx', found {backend!r}")
+        codec = None
+        if "tokenizer" in files:
+            codec = TextCodec(bf.bundle_file(self.bundle_dir, m, "tokenizer"), m["bos_token_id"],
+                              m.get("chat_template"))
+        ple = ple_store.open(bf.bundle_file(self.bundle_dir, m, "ple")) if "ple" in files else None
         if ple is not None:
             h = ple.header
             for name, want, found in (("vocab_size", cfg.vocab_size_per_layer_input, h.vocab_size),
@@ -91,21 +134,6 @@ class Session:
                 if want != found:
                     ple.close()
                     raise bf.BundleError(f"{ple.path}: header {name} is {found}, the manifest needs {want}")
-        if backend == "pte":
-            if "program" not in files:
-                raise bf.BundleError(f"{self.bundle_dir}: no program (model.pte) in the manifest's files")
-            roles = bf.role_methods(m)
-            runner = PteBackend(self.bundle_dir / files["program"]["path"], roles[bf.PREFILL_ROLE], roles[bf.DECODE_ROLE])
-        elif backend == "onnx":
-            if "onnx" not in files:
-                raise bf.BundleError(f"{self.bundle_dir}: no model.onnx in the manifest's files "
-                                     "(export with formats=('pte', 'onnx'))")
-            runner = OnnxBackend(self.bundle_dir / files["onnx"]["path"])
-        else:
-            raise ValueError(f"backend: expected 'pte' or 'onnx', found {backend!r}")
-        codec = None
-        if "tokenizer" in files:
-            codec = TextCodec(self.bundle_dir / files["tokenizer"]["path"], m["bos_token_id"], m.get("chat_template"))
         self._setup(cfg, runner, ple, codec, m["max_context"], m["prefill_chunk"], prefill_chunk,
                     m["eos_token_ids"], m["bos_token_id"])
 
@@ -143,12 +171,16 @@ class Session:
         self.backend = runner
         self.ple = ple
         self.tokenizer: TextCodec | None = codec
-        self.max_context = int(max_context)
-        self.prefill_chunk = int(chunk)
+        self.max_context = _count(max_context, "max_context")
+        self.prefill_chunk = _count(chunk, "prefill_chunk")
         if chunk_override is not None:
-            if not 1 <= chunk_override <= chunk:
-                raise ValueError(f"prefill_chunk: expected 1..{chunk} (the program's maximum), found {chunk_override}")
+            if not _is_int(chunk_override) or not 1 <= chunk_override <= chunk:
+                raise ValueError(f"prefill_chunk: expected an integer in [1, {chunk}] (the program's maximum), "
+                                 f"found {chunk_override!r}")
             self.prefill_chunk = int(chunk_override)
+        # A list of ids, never a string or a lone number: "12" must not become the eos set {1, 2}.
+        if not isinstance(eos, (list, tuple)) or not all(_is_int(e) and 0 <= e < cfg.vocab_size for e in eos):
+            raise ValueError(f"eos_token_ids: expected a list of token ids in [0, {cfg.vocab_size}), found {eos!r}")
         self.eos_ids = set(int(e) for e in eos)
         self.bos_token_id = bos
         self.last_run = RunStats()
@@ -166,15 +198,23 @@ class Session:
 
     # ------------------------------------------------------------------------------------------------
     def _check_ids(self, token_ids) -> np.ndarray:
-        ids = np.asarray(list(token_ids), dtype=np.int64)
-        if ids.ndim != 1 or len(ids) == 0:
-            raise ValueError(f"prompt: expected at least one token id, found {len(ids)}")
-        bad = np.flatnonzero((ids < 0) | (ids >= self.config.vocab_size))
-        if len(bad):
-            i = int(bad[0])
-            raise ValueError(f"prompt token {i}: expected an id in [0, {self.config.vocab_size}) (vocab_size), "
-                             f"found {int(ids[i])}")
-        return ids
+        """The prompt as int64 [T]; every id an integer in [0, vocab_size) — checked on the Python values,
+        before numpy could overflow (≥ 2^63) or truncate (1.7 -> 1) them."""
+        if isinstance(token_ids, (str, bytes)):
+            raise ValueError(f"prompt: expected a sequence of token ids, found a {type(token_ids).__name__}")
+        if isinstance(token_ids, np.ndarray):
+            if token_ids.ndim != 1 or not np.issubdtype(token_ids.dtype, np.integer):
+                raise ValueError(f"prompt: expected a 1-D array of integers, found {token_ids.dtype} "
+                                 f"{list(token_ids.shape)}")
+            token_ids = token_ids.tolist()
+        ids = list(token_ids)
+        if len(ids) == 0:
+            raise ValueError("prompt: expected at least one token id, found 0")
+        vocab = self.config.vocab_size
+        for i, t in enumerate(ids):
+            if not (_is_int(t) or isinstance(t, np.integer)) or not 0 <= int(t) < vocab:
+                raise ValueError(f"prompt token {i}: expected an id in [0, {vocab}) (vocab_size), found {t!r}")
+        return np.asarray([int(t) for t in ids], dtype=np.int64)
 
     def _fetch(self, ids: np.ndarray) -> np.ndarray:
         """The prompt's one batched fetch: rows [T, L, P] float32 (zeros for a model without PLE)."""
@@ -204,8 +244,8 @@ class Session:
                  top_p: float = 1.0, seed: int = 0, stop_on_eos: bool = True) -> Iterator[GeneratedToken]:
         """Yield generated tokens; greedy at temperature 0. Checks run before any work is done."""
         ids = self._check_ids(token_ids)
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens: expected ≥ 1, found {max_new_tokens}")
+        if not _is_int(max_new_tokens) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: expected an integer ≥ 1, found {max_new_tokens!r}")
         if len(ids) + max_new_tokens > self.max_context:
             raise ValueError(f"context: prompt {len(ids)} + max_new_tokens {max_new_tokens} = "
                              f"{len(ids) + max_new_tokens} tokens, expected ≤ max_context {self.max_context}")

@@ -142,6 +142,34 @@ def render_gemma4_chat(messages: list[dict], *, thinking: bool = False) -> str:
     return "".join(out)
 
 
+def check_text(text, what: str) -> str:
+    """`text` must be a str that UTF-8 can encode: a lone surrogate (what Python makes of undecodable bytes
+    on the command line, or of a broken "\\ud800" escape) is named with its position instead of reaching the
+    tokenizer."""
+    if not isinstance(text, str):
+        raise TokenizerError(f"{what}: expected text (str), found {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        ch = text[e.start]
+        raw = f"byte {ord(ch) - 0xDC00:#04x}" if 0xDC80 <= ord(ch) <= 0xDCFF else f"surrogate U+{ord(ch):04X}"
+        raise TokenizerError(f"{what}: not valid UTF-8 text ({raw} at character {e.start})") from None
+    return text
+
+
+def read_prompt_file(path: str | Path) -> str:
+    """A prompt file's text, strictly UTF-8; errors name the file and the byte offset."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise TokenizerError(f"{path}: cannot read the prompt file ({e.strerror})") from e
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"{path}: not valid UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})") from None
+
+
 class TextCodec:
     """The bundle's tokenizer: encode a prompt (raw or chat), stream-decode generated ids."""
 
@@ -161,17 +189,27 @@ class TextCodec:
         return self.tok.get_vocab_size()
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        check_text(text, "prompt")
         ids = self.tok.encode(text, add_special_tokens=False).ids
         return ([self.bos_token_id] if add_bos else []) + ids
 
     def chat_prompt(self, user: str, system: str | None = None) -> str:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        for m in messages:
+            check_text(m["content"], f"chat {m['role']} message")
         if self.chat_template:
             import jinja2
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-            env = jinja2.Environment(undefined=jinja2.ChainableUndefined)
-            return env.from_string(self.chat_template).render(messages=messages, add_generation_prompt=True,
-                                                              bos_token="<bos>", eos_token="<eos>")
+            # The template comes from the bundle's manifest, a file that travels: rendered in jinja's sandbox
+            # (as transformers renders chat templates), so it can format text but never reach Python objects.
+            env = ImmutableSandboxedEnvironment(undefined=jinja2.ChainableUndefined)
+            try:
+                text = env.from_string(self.chat_template).render(messages=messages, add_generation_prompt=True,
+                                                                  bos_token="<bos>", eos_token="<eos>")
+            except jinja2.TemplateError as e:
+                raise TokenizerError(f"chat_template of the bundle's manifest: {type(e).__name__}: {e}") from e
+            return check_text(text, "chat_template's output")
         return render_gemma4_chat(messages)
 
     def encode_chat(self, user: str, system: str | None = None) -> list[int]:

@@ -1,6 +1,17 @@
 // A minimal, strict JSON (RFC 8259) parser for manifests, tokenizer.json and golden files, with no dependencies.
 package dev.gemmaedge.core;
 
+import java.io.File;
+import java.io.IOException;
+import java.math.BigInteger;
+import java.nio.Buffer;
+import java.nio.ByteBuffer;
+import java.nio.CharBuffer;
+import java.nio.charset.CharsetDecoder;
+import java.nio.charset.CoderResult;
+import java.nio.charset.CodingErrorAction;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -9,9 +20,12 @@ import java.util.Map;
 /**
  * Parses JSON text into plain Java values: objects become {@code LinkedHashMap<String, Object>}
  * (key order kept), arrays {@code ArrayList<Object>}, strings {@code String}, {@code true/false}
- * {@code Boolean}, {@code null} {@code null}; integer literals that fit become {@code Long},
- * every other number {@code Double} (parsed with {@link Double#parseDouble}, so a float32 written
- * by Python's {@code repr} round-trips exactly through {@code (float) d}).
+ * {@code Boolean}, {@code null} {@code null}; integer literals become {@code Long}, or
+ * {@code BigInteger} past 64 bits (so {@link #asLong} can say the value is too large rather than "not an
+ * integer"), every other number {@code Double} (parsed with {@link Double#parseDouble}, so a float32
+ * written by Python's {@code repr} round-trips exactly through {@code (float) d}; one that overflows to
+ * infinity is refused). Every malformed input is an {@link IllegalArgumentException} naming the source,
+ * line and column.
  */
 public final class Json {
     private final String s;
@@ -29,12 +43,39 @@ public final class Json {
         p.skipWs();
         Object v = p.value(0);
         p.skipWs();
-        if (p.i != p.s.length()) throw p.error("end of input", "'" + p.s.charAt(p.i) + "'");
+        if (p.i != p.s.length()) throw p.error("end of input", p.found());
         return v;
     }
 
     public static Object parse(String text) {
         return parse(text, "<json>");
+    }
+
+    /**
+     * Reads {@code f} as strict UTF-8 (as Python's and HF's readers do): an invalid byte is an
+     * {@link IllegalArgumentException} naming the file and offset, never a silent U+FFFD.
+     */
+    public static String readUtf8(File f) throws IOException {
+        return decodeUtf8(Files.readAllBytes(f.toPath()), f.getPath());
+    }
+
+    /** Strict UTF-8 decoding of {@code bytes}; {@code source} names them in the error. */
+    public static String decodeUtf8(byte[] bytes, String source) {
+        CharsetDecoder dec = StandardCharsets.UTF_8.newDecoder()
+                .onMalformedInput(CodingErrorAction.REPORT).onUnmappableCharacter(CodingErrorAction.REPORT);
+        ByteBuffer in = ByteBuffer.wrap(bytes);
+        CharBuffer out = CharBuffer.allocate(bytes.length);   // UTF-8 never decodes to more chars than bytes
+        CoderResult r = dec.decode(in, out, true);
+        if (!r.isError()) r = dec.flush(out);
+        if (r.isError())
+            throw new IllegalArgumentException(source + ": expected UTF-8 text, found an invalid byte sequence at byte offset " + in.position());
+        ((Buffer) out).flip();   // Buffer.flip: the covariant CharBuffer override is not on every Android
+        return out.toString();
+    }
+
+    /** {@link #readUtf8} then {@link #parse}, naming the file in every error. */
+    public static Object parseFile(File f) throws IOException {
+        return parse(readUtf8(f), f.getPath());
     }
 
     private IllegalArgumentException error(String expected, String found) {
@@ -66,12 +107,12 @@ public final class Json {
             case 'n': return literal("null", null);
             default:
                 if (c == '-' || (c >= '0' && c <= '9')) return number();
-                throw error("a value", "'" + c + "'");
+                throw error("a value", found());
         }
     }
 
     private Object literal(String word, Object v) {
-        if (!s.startsWith(word, i)) throw error("'" + word + "'", "'" + s.substring(i, Math.min(s.length(), i + word.length())) + "'");
+        if (!s.startsWith(word, i)) throw error("'" + word + "'", quote(s.substring(i, Math.min(s.length(), i + word.length()))));
         i += word.length();
         return v;
     }
@@ -112,7 +153,14 @@ public final class Json {
     }
 
     private String found() {
-        return i >= s.length() ? "end of input" : "'" + s.charAt(i) + "'";
+        return i >= s.length() ? "end of input" : quote(String.valueOf(s.charAt(i)));
+    }
+
+    /** Text for a message, control and non-ASCII characters as U+XXXX so the message stays one readable line. */
+    private static String quote(String t) {
+        StringBuilder b = new StringBuilder("'");
+        for (char c : t.toCharArray()) b.append(c >= 0x20 && c < 0x7f ? String.valueOf(c) : String.format("U+%04X", (int) c));
+        return b.append('\'').toString();
     }
 
     private void expect(char c) {
@@ -144,7 +192,7 @@ public final class Json {
                         int cp = 0;
                         for (int k = 0; k < 4; k++) {
                             int d = Character.digit(s.charAt(i + k), 16);
-                            if (d < 0) throw error("a hex digit", "'" + s.charAt(i + k) + "'");
+                            if (d < 0 || s.charAt(i + k) > 'f') { i += k; throw error("a hex digit", found()); }
                             cp = cp * 16 + d;
                         }
                         i += 4;
@@ -152,7 +200,7 @@ public final class Json {
                         break;
                     default:
                         i--;
-                        throw error("a valid escape", "'\\" + e + "'");
+                        throw error("a valid escape", quote("\\" + e));
                 }
             } else if (c < 0x20) {
                 i--;
@@ -189,9 +237,12 @@ public final class Json {
         String t = s.substring(start, i);
         if (integral && t.length() <= 18) return Long.parseLong(t);
         if (integral) {
-            try { return Long.parseLong(t); } catch (NumberFormatException ignored) { /* falls through */ }
+            BigInteger b = new BigInteger(t);
+            return b.bitLength() < 64 ? (Object) b.longValue() : b;
         }
-        return Double.parseDouble(t);
+        double d = Double.parseDouble(t);
+        if (Double.isInfinite(d)) { i = start; throw error("a number within the float64 range", "'" + t + "'"); }
+        return d;
     }
 
     // ---------------------------------------------------------------- typed access helpers
@@ -215,8 +266,16 @@ public final class Json {
     }
 
     public static long asLong(Object v, String where) {
+        if (v instanceof BigInteger) throw new IllegalArgumentException(where + ": expected an integer in [-2^63, 2^63), found " + v);
         if (!(v instanceof Long)) throw new IllegalArgumentException(where + ": expected an integer, found " + describe(v));
         return (Long) v;
+    }
+
+    /** An integer in [min, max] (both within int), or an error naming the field, the range and the value. */
+    public static int asInt(Object v, String where, int min, int max) {
+        long x = asLong(v, where);
+        if (x < min || x > max) throw new IllegalArgumentException(where + ": expected an integer in [" + min + ", " + max + "], found " + x);
+        return (int) x;
     }
 
     public static double asDouble(Object v, String where) {
@@ -234,10 +293,15 @@ public final class Json {
         if (v == null) return "null";
         if (v instanceof String) {
             String t = (String) v;
-            return "string \"" + (t.length() > 40 ? t.substring(0, 40) + "..." : t) + "\"";
+            StringBuilder b = new StringBuilder("string \"");
+            for (char c : (t.length() > 40 ? t.substring(0, 40) : t).toCharArray())
+                b.append(c < 0x20 || c == 0x7f ? String.format("\\u%04x", (int) c) : String.valueOf(c));
+            return b.append(t.length() > 40 ? "...\"" : "\"").toString();
         }
         if (v instanceof Map) return "an object";
         if (v instanceof List) return "an array";
+        if (v instanceof Long || v instanceof BigInteger) return "integer " + v;
+        if (v instanceof Double) return "number " + v;
         return v.getClass().getSimpleName().toLowerCase() + " " + v;
     }
 }

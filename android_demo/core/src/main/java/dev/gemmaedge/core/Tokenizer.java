@@ -1,12 +1,11 @@
 // Encoder/decoder for a bundle's tokenizer.json: Gemma's byte-fallback BPE exactly as HF `tokenizers` serialises it.
 package dev.gemmaedge.core;
 
+import java.io.File;
 import java.io.IOException;
 import java.nio.charset.CharacterCodingException;
 import java.nio.charset.CodingErrorAction;
 import java.nio.charset.StandardCharsets;
-import java.nio.file.Files;
-import java.nio.file.Paths;
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
 import java.util.Arrays;
@@ -16,6 +15,7 @@ import java.util.Map;
 import java.util.PriorityQueue;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
+import java.util.regex.PatternSyntaxException;
 
 /**
  * Supports exactly what Gemma-style tokenizers use, and refuses anything else by name:
@@ -33,6 +33,8 @@ import java.util.regex.Pattern;
  * pre-tokenize, BPE each word (merges applied lowest rank first, leftmost on ties).
  */
 public final class Tokenizer {
+    // Ids are array indices in every host: [0, 2^31 - 2] keeps vocabSize() = max id + 1 an int.
+    static final int MAX_ID = Integer.MAX_VALUE - 1;
     private final String source;
     private final Map<String, Integer> vocab = new HashMap<>();
     private final Map<Integer, String> idToToken = new HashMap<>();
@@ -53,7 +55,7 @@ public final class Tokenizer {
     // ------------------------------------------------------------------ loading
 
     public static Tokenizer fromFile(String path) throws IOException {
-        return new Tokenizer(new String(Files.readAllBytes(Paths.get(path)), StandardCharsets.UTF_8), path);
+        return new Tokenizer(Json.readUtf8(new File(path)), path);
     }
 
     public static Tokenizer fromJson(String json, String source) {
@@ -81,7 +83,7 @@ public final class Tokenizer {
         fuseUnk = Boolean.TRUE.equals(model.get("fuse_unk"));
         ignoreMerges = Boolean.TRUE.equals(model.get("ignore_merges"));
         for (Map.Entry<String, Object> e : Json.asObject(model.get("vocab"), source + ": model.vocab").entrySet()) {
-            int id = (int) Json.asLong(e.getValue(), source + ": model.vocab[\"" + e.getKey() + "\"]");
+            int id = Json.asInt(e.getValue(), source + ": model.vocab[\"" + e.getKey() + "\"]", 0, MAX_ID);
             vocab.put(e.getKey(), id);
             idToToken.put(id, e.getKey());
         }
@@ -126,7 +128,7 @@ public final class Tokenizer {
                 Map<String, Object> t = Json.asObject(list.get(k), where);
                 for (String flag : new String[] {"single_word", "lstrip", "rstrip"})
                     if (Boolean.TRUE.equals(t.get(flag))) throw unsupported("added_tokens[" + k + "]." + flag, "false", true);
-                int id = (int) Json.asLong(t.get("id"), where + ".id");
+                int id = Json.asInt(t.get("id"), where + ".id", 0, MAX_ID);
                 String content = Json.asString(t.get("content"), where + ".content");
                 if (content.isEmpty()) continue;
                 addedToId.put(content, id);
@@ -150,6 +152,16 @@ public final class Tokenizer {
                 throw unsupported("pre_tokenizer Split.behavior", "Removed, Isolated, MergedWithPrevious, MergedWithNext or Contiguous", beh);
         }
         for (Map<String, Object> d : decoders) if ("Replace".equals(d.get("type"))) compilePattern(d, "decoder Replace");
+        // The fields encode/decode read later are checked here, once, so a bad file fails at load, not mid-generation.
+        for (Map<String, Object> d : decoders) {
+            if ("Strip".equals(d.get("type"))) {
+                nonEmpty(d.get("content"), "decoder Strip.content");
+                Json.asInt(d.get("start"), source + ": decoder Strip.start", 0, Integer.MAX_VALUE);
+                Json.asInt(d.get("stop"), source + ": decoder Strip.stop", 0, Integer.MAX_VALUE);
+            } else if ("Metaspace".equals(d.get("type"))) nonEmpty(d.get("replacement"), "decoder Metaspace.replacement");
+        }
+        for (Map<String, Object> t : preTokenizers)
+            if ("Metaspace".equals(t.get("type"))) nonEmpty(t.get("replacement"), "pre_tokenizer Metaspace.replacement");
 
         int[][] tpl = parseTemplate(root.get("post_processor"));
         templatePrefix = tpl[0];
@@ -169,11 +181,24 @@ public final class Tokenizer {
         out.add(m);
     }
 
+    private void nonEmpty(Object v, String field) {
+        if (Json.asString(v, source + ": " + field).isEmpty())
+            throw new IllegalArgumentException(source + ": " + field + ": expected a non-empty string, found \"\"");
+    }
+
     /** Stores a compiled java.util.regex Pattern under "_re" (a String pattern is quoted). */
     private void compilePattern(Map<String, Object> m, String where) {
         Map<String, Object> p = Json.asObject(m.get("pattern"), source + ": " + where + ".pattern");
         if (p.get("String") != null) m.put("_re", Pattern.compile(Pattern.quote(Json.asString(p.get("String"), where))));
-        else if (p.get("Regex") != null) m.put("_re", Pattern.compile(Json.asString(p.get("Regex"), where)));
+        else if (p.get("Regex") != null) {
+            String re = Json.asString(p.get("Regex"), where);
+            try {
+                m.put("_re", Pattern.compile(re));
+            } catch (PatternSyntaxException e) {
+                throw new IllegalArgumentException(source + ": " + where + ".pattern.Regex: expected a regular expression, found "
+                        + Json.describe(re) + " (" + e.getDescription() + " at index " + e.getIndex() + ")");
+            }
+        }
         else throw unsupported(where + ".pattern", "{\"String\": ...} or {\"Regex\": ...}", p);
     }
 
@@ -194,7 +219,7 @@ public final class Tokenizer {
                 String name = Json.asString(Json.asObject(it.get("SpecialToken"), source + ": post_processor.single[].SpecialToken").get("id"), source + ": post_processor SpecialToken.id");
                 Map<String, Object> sp = Json.asObject(specials.get(name), source + ": post_processor.special_tokens[\"" + name + "\"]");
                 for (Object id : Json.asArray(sp.get("ids"), source + ": post_processor.special_tokens[\"" + name + "\"].ids"))
-                    (seenA ? post : pre).add((int) Json.asLong(id, source + ": post_processor ids"));
+                    (seenA ? post : pre).add(Json.asInt(id, source + ": post_processor ids", 0, MAX_ID));
             } else throw unsupported("post_processor.single[]", "Sequence or SpecialToken", it);
         }
         return new int[][] {pre.stream().mapToInt(Integer::intValue).toArray(), post.stream().mapToInt(Integer::intValue).toArray()};
@@ -459,8 +484,8 @@ public final class Tokenizer {
                     break;
                 case "Strip": {
                     String c = Json.asString(d.get("content"), source + ": decoder Strip.content");
-                    int start = (int) Json.asLong(d.get("start"), source + ": decoder Strip.start");
-                    int stop = (int) Json.asLong(d.get("stop"), source + ": decoder Strip.stop");
+                    int start = Json.asInt(d.get("start"), source + ": decoder Strip.start", 0, Integer.MAX_VALUE);
+                    int stop = Json.asInt(d.get("stop"), source + ": decoder Strip.stop", 0, Integer.MAX_VALUE);
                     for (String t : toks) nt.add(strip(t, c.codePointAt(0), start, stop));
                     break;
                 }

@@ -6,6 +6,8 @@ import static org.junit.Assert.assertNull;
 import static org.junit.Assert.assertTrue;
 import static org.junit.Assert.fail;
 
+import java.math.BigInteger;
+import java.nio.charset.StandardCharsets;
 import java.util.Arrays;
 import java.util.List;
 import java.util.Map;
@@ -34,13 +36,14 @@ public class JsonTest {
         assertEquals(Float.floatToIntBits(f), Float.floatToIntBits((float) Json.asDouble(Json.parse(Double.toString(f)), "f")));
         assertEquals(-0.0, (Double) Json.parse("-0.0"), 0.0);
         assertEquals(Long.MAX_VALUE, Json.parse("9223372036854775807"));
-        assertTrue(Json.parse("92233720368547758070") instanceof Double);
+        assertTrue(Json.parse("92233720368547758070") instanceof BigInteger);   // an integer, too large for a long
         assertNull(Json.parse(" null "));
     }
 
     @Test
     public void errorsNameSourceLineAndColumn() {
-        String[] bad = {"{\"a\": }", "[1, 2", "{\"a\" 1}", "tru", "\"\\x\"", "01x", "[1,]", "{} extra", "\"a\nb\"", "1."};
+        String[] bad = {"{\"a\": }", "[1, 2", "{\"a\" 1}", "tru", "\"\\x\"", "01x", "[1,]", "{} extra", "\"a\nb\"", "1.",
+                        "1e999", "-1e400", "\"\\u00\u0664\u0661\"", "-", "[", "{", "\"", "\"\\", "\"\\u12", "\uFEFF{}", "nul"};
         for (String b : bad) {
             try {
                 Json.parse(b, "bad.json");
@@ -50,5 +53,42 @@ public class JsonTest {
                 assertTrue(e.getMessage(), e.getMessage().contains("expected"));
             }
         }
+    }
+
+    @Test
+    public void integersOutOfRangeAreNamedAsSuch() {
+        Object big = Json.parse("9223372036854775808");   // 2^63
+        try {
+            Json.asLong(big, "m.json: eos_token_ids[0]");
+            fail("read 2^63 as a long");
+        } catch (IllegalArgumentException e) {
+            assertEquals("m.json: eos_token_ids[0]: expected an integer in [-2^63, 2^63), found 9223372036854775808", e.getMessage());
+        }
+        assertEquals(Long.MIN_VALUE, Json.asLong(Json.parse("-9223372036854775808"), "x"));
+        try {
+            Json.asInt(Json.parse("4294967297"), "m.json: max_context", 1, Integer.MAX_VALUE);   // 2^32 + 1: not 1
+            fail("read 2^32 + 1 as an int");
+        } catch (IllegalArgumentException e) {
+            assertEquals("m.json: max_context: expected an integer in [1, 2147483647], found 4294967297", e.getMessage());
+        }
+        try {
+            Json.asLong(Json.parse("1.0"), "m.json: vocab_size");
+            fail("read 1.0 as an integer");
+        } catch (IllegalArgumentException e) {
+            assertEquals("m.json: vocab_size: expected an integer, found number 1.0", e.getMessage());
+        }
+    }
+
+    @Test
+    public void invalidUtf8IsRefusedWithItsOffset() {
+        byte[] text = "{\"a\": \"x\"}".getBytes(StandardCharsets.UTF_8);
+        text[8] = (byte) 0xff;   // inside the string value
+        try {
+            Json.decodeUtf8(text, "m.json");
+            fail("decoded an invalid UTF-8 byte");
+        } catch (IllegalArgumentException e) {
+            assertEquals("m.json: expected UTF-8 text, found an invalid byte sequence at byte offset 8", e.getMessage());
+        }
+        assertEquals("é😀", Json.decodeUtf8("é😀".getBytes(StandardCharsets.UTF_8), "m.json"));
     }
 }

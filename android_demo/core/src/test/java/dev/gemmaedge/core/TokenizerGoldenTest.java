@@ -5,6 +5,9 @@ import static org.junit.Assert.assertEquals;
 import static org.junit.Assert.assertTrue;
 import static org.junit.Assert.fail;
 
+import java.io.File;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
@@ -88,6 +91,43 @@ public class TokenizerGoldenTest {
             fail("accepted a merge of unknown tokens");
         } catch (IllegalArgumentException e) {
             assertTrue(e.getMessage(), e.getMessage().contains("model.merges[0]"));
+        }
+    }
+
+    @Test
+    public void refusesHostileValuesAtLoadByName() throws Exception {
+        String base = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": %s}, \"merges\": []}, \"pre_tokenizer\": %s, \"decoder\": %s}";
+        String[][] bad = {
+            // 2^32 would become id 0 through an int cast: a silently different token
+            {"4294967296", "null", "null", "model.vocab[\"a\"]: expected an integer in [0, 2147483646], found 4294967296"},
+            {"-1", "null", "null", "model.vocab[\"a\"]: expected an integer in [0, 2147483646], found -1"},
+            {"0", "{\"type\": \"Split\", \"pattern\": {\"Regex\": \"(\"}, \"behavior\": \"Isolated\"}", "null",
+             "pre_tokenizer Split.pattern.Regex: expected a regular expression, found string \"(\""},
+            // an empty Strip.content failed inside decode, mid-generation (StringIndexOutOfBoundsException)
+            {"0", "null", "{\"type\": \"Strip\", \"content\": \"\", \"start\": 1, \"stop\": 0}",
+             "decoder Strip.content: expected a non-empty string, found \"\""},
+            {"0", "null", "{\"type\": \"Strip\", \"content\": \" \", \"start\": 4294967297, \"stop\": 0}",
+             "decoder Strip.start: expected an integer in [0, 2147483647], found 4294967297"},
+        };
+        for (String[] b : bad) {
+            try {
+                Tokenizer.fromJson(String.format(base, b[0], b[1], b[2]), "tok.json");
+                fail("accepted " + Arrays.toString(b));
+            } catch (IllegalArgumentException e) {
+                assertTrue(e.getMessage(), e.getMessage().startsWith("tok.json: " + b[3]));
+            }
+        }
+        File f = File.createTempFile("tokenizer", ".json");
+        try {
+            byte[] text = String.format(base, "0", "null", "null").getBytes(StandardCharsets.UTF_8);
+            text[text.length - 2] = (byte) 0x80;   // a continuation byte with no lead byte
+            Files.write(f.toPath(), text);
+            Tokenizer.fromFile(f.getPath());
+            fail("read invalid UTF-8");
+        } catch (IllegalArgumentException e) {
+            assertTrue(e.getMessage(), e.getMessage().startsWith(f.getPath() + ": expected UTF-8 text"));
+        } finally {
+            assertTrue(f.delete());
         }
     }
 }

@@ -89,7 +89,13 @@ def sample(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng
 
 
 def reference_generate(prompt, steps, sampler_cfg, eos, max_new_tokens, max_context, prefill_chunk):
-    """The generation loop of Generator.java over recorded logits; returns (tokens, fetches, prefill_calls, decode_calls)."""
+    """The generation loop of Generator.java over recorded logits; returns (tokens, fetches, prefill_calls, decode_calls).
+
+    As runtime_py/session.py: a run that cannot fit the context (prompt + max_new_tokens > max_context) is
+    refused before any work, so the loop stops only on eos or max_new_tokens — the first token included."""
+    if len(prompt) + max_new_tokens > max_context:
+        raise ValueError(f"context: prompt {len(prompt)} + max_new_tokens {max_new_tokens} = "
+                         f"{len(prompt) + max_new_tokens} tokens, expected <= max_context {max_context}")
     fetches = [list(prompt)]                                    # one batched fetch for the whole prompt
     prefill_calls = [[s, min(len(prompt), s + prefill_chunk) - s] for s in range(0, len(prompt), prefill_chunk)]
     rng = SplitMix64(sampler_cfg["seed"])
@@ -98,7 +104,7 @@ def reference_generate(prompt, steps, sampler_cfg, eos, max_new_tokens, max_cont
     while True:
         tok = sample(logits, sampler_cfg["temperature"], sampler_cfg["top_k"], sampler_cfg["top_p"], rng)
         tokens.append(tok)
-        if tok in eos or len(tokens) >= max_new_tokens or pos >= max_context:
+        if tok in eos or len(tokens) >= max_new_tokens:
             break
         fetches.append([tok])                                   # fetchOne per token fed back
         decode_calls.append([tok, pos])
@@ -460,7 +466,8 @@ def runtime_recorded_case(v: int) -> dict:
     ref_tokens, fetches, prefill_calls, decode_calls = reference_generate(
         prompt, steps, sampler_cfg, eos, max_new, max_context, chunk)
     assert ref_tokens == tokens, (ref_tokens, tokens)                   # the runtime's loop = the documented one
-    return {"name": "runtime_recorded_tiny", "prompt": prompt, "prefill_chunk": chunk, "max_context": max_context,
+    return {"name": "runtime_recorded_tiny", "prompt": prompt, "vocab_size": cfg.vocab_size, "prefill_chunk": chunk,
+            "max_context": max_context,
             "max_new_tokens": max_new, "eos": eos, "steps": [{"logits": [float(f) for f in x]} for x in steps],
             "expected_tokens": tokens, "expected_fetches": fetches,
             "expected_prefill_calls": prefill_calls, "expected_decode_calls": decode_calls, "sampler": sampler_cfg}
@@ -491,7 +498,8 @@ def make_generation(out: str, ple_path: str) -> None:
     scenarios = [
         ("greedy_eos", dict(temperature=0.0, top_k=0, top_p=1.0, seed=0), 24, 8, 1024, 20, dict(eos_at=6, tie_at=2)),
         ("greedy_max_new", dict(temperature=0.0, top_k=0, top_p=1.0, seed=0), 9, 128, 1024, 7, dict(tie_at=0)),
-        ("greedy_context", dict(temperature=0.0, top_k=0, top_p=1.0, seed=0), 30, 16, 34, 50, {}),
+        ("greedy_fills_context", dict(temperature=0.0, top_k=0, top_p=1.0, seed=0), 30, 16, 34, 4, {}),
+        ("greedy_first_token_eos", dict(temperature=0.0, top_k=0, top_p=1.0, seed=0), 6, 4, 1024, 10, dict(eos_at=0)),
         ("sample_temp", dict(temperature=0.8, top_k=0, top_p=1.0, seed=12345), 17, 5, 1024, 15, {}),
         ("sample_topk", dict(temperature=1.3, top_k=40, top_p=1.0, seed=-7), 12, 4, 1024, 15, {}),
         ("sample_topp", dict(temperature=0.7, top_k=0, top_p=0.9, seed=2**62 + 3), 33, 32, 1024, 15, {}),
@@ -506,7 +514,7 @@ def make_generation(out: str, ple_path: str) -> None:
         steps = steps_for(max_new, **shape)
         tokens, fetches, prefill_calls, decode_calls = reference_generate(
             prompt, steps, sampler_cfg, eos, max_new, max_context, chunk)
-        cases.append({"name": name, "prompt": prompt, "prefill_chunk": chunk, "max_context": max_context,
+        cases.append({"name": name, "prompt": prompt, "vocab_size": v, "prefill_chunk": chunk, "max_context": max_context,
                       "max_new_tokens": max_new, "eos": eos,
                       "steps": [{"logits": [float(f) for f in s]} for s in steps[: len(tokens)]],
                       "expected_tokens": tokens, "expected_fetches": fetches,
@@ -555,10 +563,15 @@ def make_bundle(out: str, ple_path: str, tokenizer_path: str) -> None:
     from gemma_edge.export.bundle_format import method_signature   # the exporter's own (attend_len included)
 
     io = lambda t: method_signature(t, L, P)  # noqa: E731
+    from gemma_edge.export.presets import preset
+
+    # A whole TextConfig (every key an export writes) of the table's shape, plus a key no reader knows.
+    cfg = preset("tiny", vocab_size=V, vocab_size_per_layer_input=V, num_hidden_layers=L, hidden_size_per_layer_input=P,
+                 layer_types=["sliding_attention", "full_attention"] * (L // 2), num_kv_shared_layers=L // 2,
+                 eos_token_id=[1, 106])
     manifest = {
         "format": "gemma-edge-bundle", "format_version": 1, "model_hash": h.model_hash.hex(),
-        "config": {"vocab_size": V, "hidden_size": 64, "num_hidden_layers": L, "hidden_size_per_layer_input": P,
-                   "some_future_field": [1, 2]},
+        "config": {**cfg.to_dict(), "some_future_field": [1, 2]},
         "max_context": 256, "prefill_chunk": 32, "bos_token_id": 2, "eos_token_ids": [1, 106], "pad_token_id": 0,
         "vocab_size": V, "num_layers": L, "ple_dim": P,
         "quantization": {"linear": "8da4w", "group_size": 32, "embedding": "int8", "ple_dtype": "int4"},

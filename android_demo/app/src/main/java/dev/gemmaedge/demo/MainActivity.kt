@@ -92,11 +92,21 @@ class MainActivity : Activity() {
                 session = null
                 val t0 = System.nanoTime()
                 val m = Manifest.load(dir)
-                m.checkFiles(checkSha)
+                m.checkFiles(checkSha)   // the program and tokenizer are always hashed; the box adds the .ple
                 val ple = m.openPle()
-                val tok = m.loadTokenizer()
-                val program = EtProgram(m.fileOf(m.program).path, m.prefillMethod, m.decodeMethod, m.numLayers, m.pleDim, m.vocabSize, m.attendLen)
-                session = Session(m, program, ple, tok)
+                val loaded = try {
+                    val tokenizer = m.loadTokenizer()
+                    // loadProgram hands ExecuTorch the file only once its size and SHA-256 match the manifest.
+                    val program: EtProgram = m.loadProgram { f ->
+                        EtProgram(f.path, m.prefillMethod, m.decodeMethod, m.numLayers, m.pleDim, m.vocabSize, m.attendLen)
+                    }
+                    Session(m, program, ple, tokenizer)
+                } catch (e: Throwable) {
+                    ple.close()
+                    throw e
+                }
+                session = loaded
+                val tok = loaded.tokenizer
                 val h = ple.header()
                 val ms = (System.nanoTime() - t0) / 1e6
                 ui {
@@ -122,7 +132,8 @@ class MainActivity : Activity() {
         worker.execute {
             try {
                 val ids = promptIds(tok, s.manifest, text)
-                val maxNew = s.manifest.maxContext - ids.size
+                // The rest of the context; at least 1, so a prompt that fills it is refused for its length.
+                val maxNew = maxOf(1, s.manifest.maxContext - ids.size)
                 val r = s.generator.generate(ids, maxNew, Sampler.greedy()) { _, delta, st ->
                     val line = statsLine(st, s.ple)
                     ui {

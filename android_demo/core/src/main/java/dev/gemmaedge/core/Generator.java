@@ -8,17 +8,20 @@ import java.util.List;
 /**
  * Drives a {@link Program} over a prompt. Per prompt exactly one {@link PleRows#fetch} (all prompt ids,
  * duplicates included; the store dedupes), sliced per prefill chunk; per generated token that is fed
- * back exactly one {@link PleRows#fetchOne}. The token that ends generation (eos, max_new_tokens or
- * the context limit) is not decoded, so it costs no fetch.
+ * back exactly one {@link PleRows#fetchOne}. The token that ends generation (eos or max_new_tokens) is
+ * not decoded, so it costs no fetch.
  *
- * <p>Loop (the Python reference in golden/make_golden.py is the same): logits = prefill chunks;
- * repeat { tok = sampler.sample(logits); emit tok; stop if tok is eos, max_new_tokens reached, or the
- * next position == max_context; row = fetchOne(tok); logits = decode(tok, pos, row); pos++ }.
+ * <p>Loop (runtime_py/session.py and the reference in golden/make_golden.py are the same): refuse up
+ * front a prompt with an id outside [0, vocab_size), max_new_tokens &lt; 1, or prompt + max_new_tokens
+ * &gt; max_context; logits = prefill chunks; repeat { check logits are [vocab_size];
+ * tok = sampler.sample(logits); emit tok; stop if tok is eos or max_new_tokens reached;
+ * row = fetchOne(tok); logits = decode(tok, pos, row); pos++ }. The first token is checked like every
+ * other: an eos straight after the prompt ends generation after one token.
  */
 public final class Generator {
 
     /** Why generation ended. */
-    public enum StopReason { EOS, MAX_NEW_TOKENS, MAX_CONTEXT, CANCELLED }
+    public enum StopReason { EOS, MAX_NEW_TOKENS, CANCELLED }
 
     /** Receives each generated token as it is picked. */
     public interface Listener {
@@ -65,17 +68,28 @@ public final class Generator {
 
     private final Program program;
     private final PleRows ple;
+    private final int vocabSize;
     private final int maxContext;
     private final int prefillChunk;
     private final int[] eosIds;
     private final Tokenizer tokenizer;  // may be null
     private volatile boolean cancelled;
 
-    public Generator(Program program, PleRows ple, int maxContext, int prefillChunk, int[] eosIds, Tokenizer tokenizer) {
-        if (maxContext <= 1) throw new IllegalArgumentException("max_context: expected > 1, found " + maxContext);
+    /**
+     * @param vocabSize the program's vocabulary: prompt ids must lie in [0, vocabSize) and every logits
+     *     vector must have vocabSize values, so no id outside the table reaches the program or the PLE store
+     */
+    public Generator(Program program, PleRows ple, int vocabSize, int maxContext, int prefillChunk, int[] eosIds, Tokenizer tokenizer) {
+        if (vocabSize <= 0) throw new IllegalArgumentException("vocab_size: expected > 0, found " + vocabSize);
+        if (maxContext < 1) throw new IllegalArgumentException("max_context: expected >= 1, found " + maxContext);
         if (prefillChunk <= 0) throw new IllegalArgumentException("prefill_chunk: expected > 0, found " + prefillChunk);
+        if (eosIds.length == 0) throw new IllegalArgumentException("eos_token_ids: expected at least one id, found none");
+        for (int i = 0; i < eosIds.length; i++)
+            if (eosIds[i] < 0 || eosIds[i] >= vocabSize)
+                throw new IllegalArgumentException("eos_token_ids[" + i + "]: expected an id in [0, " + vocabSize + ") (vocab_size), found " + eosIds[i]);
         this.program = program;
         this.ple = ple;
+        this.vocabSize = vocabSize;
         this.maxContext = maxContext;
         this.prefillChunk = prefillChunk;
         this.eosIds = eosIds.clone();
@@ -84,7 +98,10 @@ public final class Generator {
 
     /** Builds a generator from a checked bundle's manifest. */
     public static Generator forBundle(Manifest m, Program program, PleRows ple, Tokenizer tokenizer) {
-        return new Generator(program, ple, m.maxContext, m.prefillChunk, m.eosTokenIds, tokenizer);
+        if (ple.rowFloats() != m.numLayers * m.pleDim)
+            throw new IllegalArgumentException(m.source + ": PLE rows: expected num_layers * ple_dim = " + m.numLayers * m.pleDim
+                    + " floats, found " + ple.rowFloats() + " in the PLE store");
+        return new Generator(program, ple, m.vocabSize, m.maxContext, m.prefillChunk, m.eosTokenIds, tokenizer);
     }
 
     /** Asks a running {@link #generate} to stop after the current step. */
@@ -96,15 +113,21 @@ public final class Generator {
     }
 
     /**
-     * Generates up to {@code maxNewTokens} tokens after {@code prompt} (positions 0..). The prompt must
-     * leave room for one generated token: prompt.length &lt;= max_context - 1.
+     * Generates up to {@code maxNewTokens} tokens after {@code prompt} (positions 0..). Refused before any
+     * work, as Python's Session refuses them: an empty prompt, an id outside [0, vocab_size),
+     * maxNewTokens &lt; 1, and prompt.length + maxNewTokens &gt; max_context (the whole run must fit the
+     * context, rather than stop at its end with an answer cut short).
      */
     public Result generate(int[] prompt, int maxNewTokens, Sampler sampler, Listener listener) throws Exception {
-        if (prompt.length == 0) throw new IllegalArgumentException("prompt: expected at least one token, found 0");
-        if (prompt.length >= maxContext)
-            throw new IllegalArgumentException("prompt: expected at most max_context - 1 = " + (maxContext - 1)
-                    + " tokens (manifest max_context " + maxContext + "), found " + prompt.length + " tokens");
-        if (maxNewTokens <= 0) throw new IllegalArgumentException("max_new_tokens: expected > 0, found " + maxNewTokens);
+        if (prompt.length == 0) throw new IllegalArgumentException("prompt: expected at least one token id, found 0");
+        for (int i = 0; i < prompt.length; i++)
+            if (prompt[i] < 0 || prompt[i] >= vocabSize)
+                throw new IllegalArgumentException("prompt token " + i + ": expected an id in [0, " + vocabSize + ") (vocab_size), found " + prompt[i]);
+        if (maxNewTokens < 1) throw new IllegalArgumentException("max_new_tokens: expected >= 1, found " + maxNewTokens);
+        long total = (long) prompt.length + maxNewTokens;
+        if (total > maxContext)
+            throw new IllegalArgumentException("context: prompt " + prompt.length + " + max_new_tokens " + maxNewTokens + " = "
+                    + total + " tokens, expected <= max_context " + maxContext);
         cancelled = false;
         Stats st = new Stats();
         st.promptTokens = prompt.length;
@@ -132,6 +155,11 @@ public final class Generator {
         int pos = prompt.length;
         long tDecode0 = 0;
         while (true) {
+            // The program's vocabulary bounds what the sampler can pick: a program whose logits differ
+            // from the manifest's vocab_size would hand the PLE store and itself ids it does not have.
+            if (logits == null || logits.length != vocabSize)
+                throw new IllegalStateException("program logits at position " + (pos - 1) + ": expected " + vocabSize
+                        + " floats (vocab_size), found " + (logits == null ? "none" : String.valueOf(logits.length)));
             int tok = sampler.sample(logits);
             out.add(tok);
             st.generatedTokens = out.size();
@@ -141,7 +169,6 @@ public final class Generator {
             if (pf != null) { st.pleBytesRequested = pf.totalBytesRequested() - bytes0; st.plePagesTouched = pf.totalPagesTouched() - pages0; }
             if (isEos(tok)) st.stopReason = StopReason.EOS;
             else if (out.size() >= maxNewTokens) st.stopReason = StopReason.MAX_NEW_TOKENS;
-            else if (pos >= maxContext) st.stopReason = StopReason.MAX_CONTEXT;
             else if (cancelled) st.stopReason = StopReason.CANCELLED;
             String delta = isEos(tok) ? "" : text.push(tok);
             if (listener != null) listener.onToken(tok, delta, st);

@@ -5,21 +5,42 @@ import java.io.File;
 import java.io.FileInputStream;
 import java.io.IOException;
 import java.io.InputStream;
-import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
+import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
 import java.util.Map;
 
 /**
  * A bundle directory's manifest (format "gemma-edge-bundle", format_version 1), written by
- * {@code gemma-edge export}. Unknown keys are ignored. {@link #load} checks the schema;
- * {@link #checkFiles} refuses missing files, size and sha256 mismatches; {@link #openPle} refuses a
+ * {@code gemma-edge export}. Unknown keys are ignored. {@link #load} checks every field it reads, once:
+ * its type and range, naming the field, what was expected and what was found
+ * ({@link IllegalArgumentException}), and that every file path stays inside the bundle folder.
+ * {@link #checkFiles} refuses files that are missing, not regular files, outside the folder once
+ * symlinks are resolved, of the wrong size or (program and tokenizer always, the .ple on request) of the
+ * wrong SHA-256 ({@link IOException}). {@link #loadProgram} hands the runtime only a program whose digest
+ * was checked, {@link #loadTokenizer} parses only the bytes it checked, and {@link #openPle} refuses a
  * {@code .ple} whose header identity or shape differs from the manifest.
  */
 public final class Manifest {
     public static final String FORMAT = "gemma-edge-bundle";
     public static final int FORMAT_VERSION = 1;
+    /** The keys every manifest has (export/bundle_format.py REQUIRED_KEYS). */
+    public static final List<String> REQUIRED_KEYS = Arrays.asList("model_hash", "config", "max_context", "prefill_chunk",
+            "bos_token_id", "eos_token_ids", "vocab_size", "num_layers", "ple_dim", "quantization", "files", "methods");
+    /** The config keys every export writes (export/bundle_format.py CONFIG_REQUIRED_KEYS). */
+    public static final List<String> CONFIG_REQUIRED_KEYS = Arrays.asList(
+            "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "head_dim", "global_head_dim", "num_global_key_value_heads", "hidden_activation",
+            "max_position_embeddings", "rms_norm_eps", "pad_token_id", "eos_token_id", "bos_token_id",
+            "tie_word_embeddings", "rope_parameters", "attention_bias", "sliding_window", "layer_types",
+            "final_logit_softcapping", "use_bidirectional_attention", "vocab_size_per_layer_input",
+            "hidden_size_per_layer_input", "attention_k_eq_v", "num_kv_shared_layers", "enable_moe_block",
+            "use_double_wide_mlp");
+    /** The step's inputs in order (export/bundle_format.py INPUT_NAMES); attend_len only from program revision 5. */
+    static final List<String> INPUT_NAMES = Arrays.asList("tokens", "input_pos", "ple_rows", "attend_len");
 
     /** One entry of "files". */
     public static final class FileEntry {
@@ -37,7 +58,7 @@ public final class Manifest {
         }
     }
 
-    public final File dir;
+    public final File dir;                   // canonical: symlinks resolved, so containment checks compare real paths
     public final String source;              // path of manifest.json, for messages
     public final String modelHash;
     public final Map<String, Object> config; // Gemma4TextConfig fields, HF names
@@ -45,6 +66,7 @@ public final class Manifest {
     public final int[] eosTokenIds;
     public final int vocabSize, numLayers, pleDim;
     public final Map<String, Object> quantization;
+    public final String pleDtype;                     // quantization.ple_dtype
     public final FileEntry program, ple, tokenizer;   // tokenizer may be null
     public final Map<String, Object> methods;
     public final String prefillMethod, decodeMethod;  // program methods playing each role (often one "forward")
@@ -52,6 +74,7 @@ public final class Manifest {
     // attended (program revision >= 5); older bundles list three inputs.
     public final boolean attendLen;
     public final int prefillMaxTokens;
+    private volatile boolean programVerified;   // checkFiles hashed the program: loadProgram need not read it again
 
     private Manifest(File dir, String source, Map<String, Object> m) {
         this.dir = dir;
@@ -60,137 +83,235 @@ public final class Manifest {
         if (!FORMAT.equals(fmt)) throw fail("format", "\"" + FORMAT + "\"", "\"" + fmt + "\"");
         long ver = Json.asLong(m.get("format_version"), source + ": format_version");
         if (ver != FORMAT_VERSION) throw fail("format_version", String.valueOf(FORMAT_VERSION), ver + " (written by another gemma-edge version)");
+        List<String> missing = new ArrayList<>();
+        for (String k : REQUIRED_KEYS) if (!m.containsKey(k)) missing.add(k);
+        if (!missing.isEmpty()) throw fail("keys", "every one of " + REQUIRED_KEYS, missing + " missing");
         modelHash = hex64(m.get("model_hash"), "model_hash");
         config = Json.asObject(m.get("config"), source + ": config");
-        maxContext = positive(m, "max_context");
-        prefillChunk = positive(m, "prefill_chunk");
-        bosTokenId = nonNegative(m, "bos_token_id");
-        padTokenId = m.get("pad_token_id") == null ? 0 : nonNegative(m, "pad_token_id");
+        // A default would describe another model than the program was built from: every key must be there.
+        List<String> missingConfig = new ArrayList<>();
+        for (String k : CONFIG_REQUIRED_KEYS) if (!config.containsKey(k)) missingConfig.add(k);
+        if (!missingConfig.isEmpty()) throw fail("config", "every key an export writes", missingConfig + " missing");
+        vocabSize = intIn(m, "vocab_size", 1, Integer.MAX_VALUE);
+        numLayers = intIn(m, "num_layers", 1, Integer.MAX_VALUE);
+        pleDim = intIn(m, "ple_dim", 1, Integer.MAX_VALUE);
+        if ((long) numLayers * pleDim > Integer.MAX_VALUE)
+            throw fail("num_layers * ple_dim", "at most " + Integer.MAX_VALUE + " floats a row", String.valueOf((long) numLayers * pleDim));
+        // The top-level shape is the HF config's, which the program was built from.
+        agree("vocab_size", vocabSize, "vocab_size");
+        agree("num_layers", numLayers, "num_hidden_layers");
+        agree("ple_dim", pleDim, "hidden_size_per_layer_input");
+        maxContext = intIn(m, "max_context", 1, Integer.MAX_VALUE);
+        prefillChunk = intIn(m, "prefill_chunk", 1, maxContext);
+        bosTokenId = tokenId(m.get("bos_token_id"), "bos_token_id");
+        padTokenId = m.get("pad_token_id") == null ? 0 : tokenId(m.get("pad_token_id"), "pad_token_id");
         List<Object> eos = Json.asArray(m.get("eos_token_ids"), source + ": eos_token_ids");
         if (eos.isEmpty()) throw fail("eos_token_ids", "at least one id", "[]");
         eosTokenIds = new int[eos.size()];
-        for (int i = 0; i < eosTokenIds.length; i++) eosTokenIds[i] = (int) Json.asLong(eos.get(i), source + ": eos_token_ids[" + i + "]");
-        vocabSize = positive(m, "vocab_size");
-        numLayers = positive(m, "num_layers");
-        pleDim = positive(m, "ple_dim");
-        quantization = m.get("quantization") == null ? null : Json.asObject(m.get("quantization"), source + ": quantization");
-        // The top-level shape must agree with the HF config it came from.
-        agree("vocab_size", vocabSize, "config.vocab_size");
-        agree("num_layers", numLayers, "config.num_hidden_layers");
-        agree("ple_dim", pleDim, "config.hidden_size_per_layer_input");
-        for (int i = 0; i < eosTokenIds.length; i++)
-            if (eosTokenIds[i] < 0 || eosTokenIds[i] >= vocabSize) throw fail("eos_token_ids[" + i + "]", "an id in [0, " + vocabSize + ")", String.valueOf(eosTokenIds[i]));
-        if (bosTokenId >= vocabSize) throw fail("bos_token_id", "an id in [0, " + vocabSize + ")", String.valueOf(bosTokenId));
+        for (int i = 0; i < eosTokenIds.length; i++) eosTokenIds[i] = tokenId(eos.get(i), "eos_token_ids[" + i + "]");
+        quantization = Json.asObject(m.get("quantization"), source + ": quantization");
+        oneOf(quantization, "linear", "none", "8da4w", "8da8w");
+        oneOf(quantization, "embedding", "none", "int8", "int4");
+        pleDtype = oneOf(quantization, "ple_dtype", PleFile.DTYPE_NAMES);
+        Json.asInt(quantization.get("group_size"), source + ": quantization.group_size", 0, Integer.MAX_VALUE);
         Map<String, Object> files = Json.asObject(m.get("files"), source + ": files");
+        // Every entry is checked, those this host never reads too: a path out of the bundle is refused wherever it is.
+        for (String role : files.keySet()) entry(files, role, false);
         program = entry(files, "program", true);
-        ple = entry(files, "ple", true);
+        ple = entry(files, "ple", true);   // every Gemma 4 program takes PLE rows: without the table they would be zeros
         tokenizer = entry(files, "tokenizer", false);
         methods = Json.asObject(m.get("methods"), source + ": methods");
         Map<String, Object> prefill = Json.asObject(methods.get("prefill"), source + ": methods.prefill");
         Map<String, Object> decode = Json.asObject(methods.get("decode"), source + ": methods.decode");
-        prefillMethod = prefill.get("method") == null ? "prefill" : Json.asString(prefill.get("method"), source + ": methods.prefill.method");
-        decodeMethod = decode.get("method") == null ? "decode" : Json.asString(decode.get("method"), source + ": methods.decode.method");
+        prefillMethod = prefill.get("method") == null ? "prefill" : methodName(prefill.get("method"), "methods.prefill.method");
+        decodeMethod = decode.get("method") == null ? "decode" : methodName(decode.get("method"), "methods.decode.method");
         boolean prefillAttends = takesAttendLen(prefill, "methods.prefill"), decodeAttends = takesAttendLen(decode, "methods.decode");
         if (prefillAttends != decodeAttends)
             throw fail("methods.decode.inputs", (prefillAttends ? "" : "no ") + "attend_len, as methods.prefill.inputs",
                        decodeAttends ? "attend_len" : "none");
         attendLen = prefillAttends;
-        prefillMaxTokens = prefill.get("max_tokens") == null ? prefillChunk : (int) Json.asLong(prefill.get("max_tokens"), source + ": methods.prefill.max_tokens");
-        if (prefillChunk > prefillMaxTokens)
-            throw fail("prefill_chunk", "<= methods.prefill.max_tokens " + prefillMaxTokens, String.valueOf(prefillChunk));
-        if (prefillChunk > maxContext) throw fail("prefill_chunk", "<= max_context " + maxContext, String.valueOf(prefillChunk));
+        // The program was exported for chunks of exactly prefill_chunk tokens and decode steps of one.
+        prefillMaxTokens = prefill.get("max_tokens") == null ? prefillChunk
+                : Json.asInt(prefill.get("max_tokens"), source + ": methods.prefill.max_tokens", prefillChunk, prefillChunk);
+        if (decode.get("max_tokens") != null) Json.asInt(decode.get("max_tokens"), source + ": methods.decode.max_tokens", 1, 1);
+        Object chat = m.get("chat_template");
+        if (chat != null) Json.asString(chat, source + ": chat_template");
+        if (m.get("export") != null) Json.asObject(m.get("export"), source + ": export");
     }
 
+    /** quantization.{key}: one of {@code allowed}. */
+    private String oneOf(Map<String, Object> q, String key, String... allowed) {
+        String field = "quantization." + key;
+        Object v = q.get(key);
+        if (!(v instanceof String) || !Arrays.asList(allowed).contains(v))
+            throw fail(field, String.join(" or ", allowed), Json.describe(v));
+        return (String) v;
+    }
+
+    /**
+     * Whether the role's inputs end in attend_len. The names must be the step's, in order: a host that
+     * feeds tokens, positions and rows by position must not run a program that wants something else.
+     */
     private boolean takesAttendLen(Map<String, Object> role, String where) {
         if (role.get("inputs") == null) return false;   // a manifest that lists no inputs: the three-input step
-        boolean found = false;
-        for (Object in : Json.asArray(role.get("inputs"), source + ": " + where + ".inputs")) {
-            Object name = Json.asObject(in, source + ": " + where + ".inputs[]").get("name");
-            found |= "attend_len".equals(name);
+        List<Object> inputs = Json.asArray(role.get("inputs"), source + ": " + where + ".inputs");
+        List<String> names = new ArrayList<>();
+        for (int k = 0; k < inputs.size(); k++) {
+            String at = source + ": " + where + ".inputs[" + k + "]";
+            names.add(Json.asString(Json.asObject(inputs.get(k), at).get("name"), at + ".name"));
         }
-        return found;
+        if (!names.equals(INPUT_NAMES.subList(0, 3)) && !names.equals(INPUT_NAMES))
+            throw fail(where + ".inputs", "names " + INPUT_NAMES.subList(0, 3) + " or " + INPUT_NAMES, names.toString());
+        return names.size() == 4;
     }
 
     private IllegalArgumentException fail(String field, String expected, String found) {
         return new IllegalArgumentException(source + ": " + field + ": expected " + expected + ", found " + found);
     }
 
-    private int positive(Map<String, Object> m, String k) {
-        long v = Json.asLong(m.get(k), source + ": " + k);
-        if (v <= 0 || v > Integer.MAX_VALUE) throw fail(k, "a positive integer", String.valueOf(v));
-        return (int) v;
+    private int intIn(Map<String, Object> m, String k, int min, int max) {
+        return Json.asInt(m.get(k), source + ": " + k, min, max);
     }
 
-    private int nonNegative(Map<String, Object> m, String k) {
-        long v = Json.asLong(m.get(k), source + ": " + k);
-        if (v < 0 || v > Integer.MAX_VALUE) throw fail(k, "an integer >= 0", String.valueOf(v));
-        return (int) v;
+    private int tokenId(Object v, String field) {
+        long id = Json.asLong(v, source + ": " + field);
+        if (id < 0 || id >= vocabSize) throw fail(field, "an id in [0, " + vocabSize + ") (vocab_size)", String.valueOf(id));
+        return (int) id;
     }
 
-    private void agree(String field, int value, String configPath) {
-        String key = configPath.substring("config.".length());
-        Object c = config.get(key);
-        if (c == null) return;   // the config may omit it; the PLE header is checked later anyway
-        long cv = Json.asLong(c, source + ": " + configPath);
-        if (cv != value) throw fail(field, value + " = " + configPath, String.valueOf(cv) + " in " + configPath);
+    private String methodName(Object v, String field) {
+        String s = Json.asString(v, source + ": " + field);
+        if (s.isEmpty()) throw fail(field, "a method name", "\"\"");
+        return s;
+    }
+
+    /** config.{key} must be present and equal the top-level {@code field}. */
+    private void agree(String field, int value, String key) {
+        if (!config.containsKey(key)) throw fail("config." + key, "an integer (= " + field + " " + value + ")", "none");
+        long cv = Json.asLong(config.get(key), source + ": config." + key);
+        if (cv != value) throw fail("config." + key, value + " (= " + field + ")", String.valueOf(cv));
     }
 
     private String hex64(Object v, String field) {
         String s = Json.asString(v, source + ": " + field);
-        if (!s.matches("[0-9a-fA-F]{64}")) throw fail(field, "64 hex digits", "\"" + s + "\"");
-        return s.toLowerCase();
+        if (!s.matches("[0-9a-f]{64}")) throw fail(field, "64 lowercase hex digits", Json.describe(s));
+        return s;
     }
 
     private FileEntry entry(Map<String, Object> files, String role, boolean required) {
         Object v = files.get(role);
-        if (v == null) {
+        if (!files.containsKey(role)) {
             if (required) throw fail("files." + role, "an entry {path, bytes, sha256}", "none");
             return null;
         }
-        Map<String, Object> e = Json.asObject(v, source + ": files." + role);
-        String path = Json.asString(e.get("path"), source + ": files." + role + ".path");
-        if (path.isEmpty() || path.startsWith("/") || path.contains(".."))
-            throw fail("files." + role + ".path", "a file name inside the bundle directory", "\"" + path + "\"");
-        long bytes = Json.asLong(e.get("bytes"), source + ": files." + role + ".bytes");
-        String sha = hex64(e.get("sha256"), "files." + role + ".sha256");
+        String where = "files." + role;
+        Map<String, Object> e = Json.asObject(v, source + ": " + where);
+        String path = Json.asString(e.get("path"), source + ": " + where + ".path");
+        String why = pathProblem(path);
+        if (why != null) throw fail(where + ".path", "a relative path inside the bundle folder", Json.describe(path) + " (" + why + ")");
+        long bytes = Json.asLong(e.get("bytes"), source + ": " + where + ".bytes");
+        if (bytes < 0) throw fail(where + ".bytes", "a size >= 0", String.valueOf(bytes));
+        String sha = hex64(e.get("sha256"), where + ".sha256");
         String identity = "ple".equals(role) ? hex64(e.get("identity"), "files.ple.identity") : null;
         return new FileEntry(role, path, bytes, sha, identity);
     }
 
-    // ------------------------------------------------------------------ loading and checks
-
-    /** Reads and checks {@code dir/manifest.json} (schema only; see {@link #checkFiles}). */
-    public static Manifest load(File dir) throws IOException {
-        File f = new File(dir, "manifest.json");
-        if (!f.isFile()) throw new IOException(f.getPath() + ": expected a bundle manifest, found no such file");
-        String text = new String(Files.readAllBytes(f.toPath()), StandardCharsets.UTF_8);
-        return new Manifest(dir, f.getPath(), Json.asObject(Json.parse(text, f.getPath()), f.getPath()));
+    /** Why a manifest path could leave the bundle folder (or names no file), or null; POSIX paths, as Python's. */
+    private static String pathProblem(String path) {
+        if (path.isEmpty()) return "empty";
+        if (path.indexOf('\0') >= 0) return "a NUL character";
+        if (path.startsWith("/")) return "absolute";
+        for (String seg : path.split("/", -1)) if (seg.equals("..")) return "a '..' component";
+        return null;
     }
 
-    public File fileOf(FileEntry e) { return new File(dir, e.path); }
+    // ------------------------------------------------------------------ loading and checks
+
+    /** Reads and checks {@code dir/manifest.json} (its content only; see {@link #checkFiles}). */
+    public static Manifest load(File dir) throws IOException {
+        File f = new File(dir, "manifest.json");
+        if (!f.exists()) throw new IOException(f.getPath() + ": expected a bundle manifest, found no such file");
+        // Not opened unless regular: opening a FIFO blocks until a writer comes, which may be never.
+        if (!Files.isRegularFile(f.toPath())) throw new IOException(f.getPath() + ": expected a regular file, found " + kind(f));
+        return new Manifest(dir.getCanonicalFile(), f.getPath(), Json.asObject(Json.parseFile(f), f.getPath()));
+    }
 
     /**
-     * Refuses a bundle whose files are missing or differ from the manifest: existence and size always;
-     * SHA-256 when {@code checkSha256} (reads every byte: seconds for a multi-GB bundle on a phone).
+     * The file of an entry, refused unless it is a regular file whose real path (symlinks resolved) lies
+     * inside the bundle folder: a manifest must not make the host read /etc/passwd or another bundle.
      */
-    public void checkFiles(boolean checkSha256) throws IOException {
+    public File fileOf(FileEntry e) throws IOException {
+        String field = "files." + e.role;
+        File f = new File(dir, e.path), real;
+        try {
+            real = f.getCanonicalFile();
+        } catch (IOException err) {
+            throw new IOException(source + ": " + field + ".path: expected a file name this system can resolve, found \"" + e.path + "\" (" + err.getMessage() + ")");
+        }
+        if (!real.getPath().startsWith(dir.getPath() + File.separator))
+            throw new IOException(source + ": " + field + ".path: expected a file inside the bundle folder " + dir.getPath()
+                    + ", found \"" + e.path + "\" resolving to " + real.getPath());
+        if (!real.exists()) throw new IOException(source + ": " + field + ": expected " + f.getPath() + " to exist, found no such file");
+        // A FIFO, device or folder is refused before anything opens it (opening a FIFO would block).
+        if (!Files.isRegularFile(real.toPath()))
+            throw new IOException(source + ": " + field + ": expected " + f.getPath() + " to be a regular file, found " + kind(real));
+        return real;
+    }
+
+    private static String kind(File f) {
+        return f.isDirectory() ? "a directory" : "a special file (FIFO, socket or device)";
+    }
+
+    /**
+     * Refuses a bundle whose files are missing or differ from the manifest: each file's place (inside the
+     * folder, regular) and size; SHA-256 of the program and tokenizer always, as Python's default
+     * {@code verify="fast"}; of the {@code .ple} too when {@code hashPle} (reads every byte of the table,
+     * which its header identity and CRCs otherwise vouch for: seconds for a GB-sized table on a phone).
+     */
+    public void checkFiles(boolean hashPle) throws IOException {
         for (FileEntry e : new FileEntry[] {program, ple, tokenizer}) {
             if (e == null) continue;
-            File f = fileOf(e);
-            if (!f.isFile()) throw new IOException(source + ": files." + e.role + ": expected " + f.getPath() + " to exist, found no such file");
-            if (f.length() != e.bytes)
-                throw new IOException(source + ": files." + e.role + ".bytes: expected " + e.bytes + " bytes, found " + f.length() + " bytes in " + f.getPath());
-            if (checkSha256) {
-                String got = sha256Hex(f);
-                if (!got.equals(e.sha256))
-                    throw new IOException(source + ": files." + e.role + ".sha256: expected " + e.sha256 + ", found " + got + " for " + f.getPath());
-            }
+            File f = checkedSize(e);
+            if (e != ple || hashPle) checkSha256(e, sha256Hex(f), f);
+            if (e == program) programVerified = true;
         }
+    }
+
+    private File checkedSize(FileEntry e) throws IOException {
+        File f = fileOf(e);
+        long size = f.length();
+        if (size != e.bytes)
+            throw new IOException(source + ": files." + e.role + ".bytes: expected " + e.bytes + " bytes, found " + size + " bytes in " + f.getPath());
+        return f;
+    }
+
+    private void checkSha256(FileEntry e, String got, File f) throws IOException {
+        if (!got.equals(e.sha256))
+            throw new IOException(source + ": files." + e.role + ".sha256: expected " + e.sha256 + ", found " + got + " for " + f.getPath());
+    }
+
+    /** Builds the runtime's program from a verified program file (the app: ExecuTorch's {@code Module}). */
+    public interface ProgramLoader<P extends Program> {
+        P load(File programFile) throws Exception;
+    }
+
+    /**
+     * Hands {@code loader} the program file only once its size and SHA-256 match the manifest (hashed here
+     * unless {@link #checkFiles} already did): ExecuTorch's loader trusts the bytes it maps, and a corrupted
+     * program can crash the process or compute other tokens.
+     */
+    public <P extends Program> P loadProgram(ProgramLoader<P> loader) throws Exception {
+        File f = checkedSize(program);
+        if (!programVerified) {
+            checkSha256(program, sha256Hex(f), f);
+            programVerified = true;
+        }
+        return loader.load(f);
     }
 
     /** Opens the bundle's .ple and refuses it unless its identity, shape and dtype match this manifest. */
     public PleFile openPle() throws IOException {
-        PleFile p = PleFile.open(fileOf(ple).getPath());
+        PleFile p = PleFile.open(checkedSize(ple).getPath());
         try {
             p.checkIdentity(ple.identity, source + " files.ple.identity");
             PleFile.Header h = p.header();
@@ -198,9 +319,8 @@ public final class Manifest {
             if (h.vocabSize != vocabSize) throw new PleFormatException(where, "vocab_size", vocabSize + " (" + source + ")", String.valueOf(h.vocabSize));
             if (h.numLayers != numLayers) throw new PleFormatException(where, "num_layers", numLayers + " (" + source + ")", String.valueOf(h.numLayers));
             if (h.pleDim != pleDim) throw new PleFormatException(where, "ple_dim", pleDim + " (" + source + ")", String.valueOf(h.pleDim));
-            Object want = quantization == null ? null : quantization.get("ple_dtype");
-            if (want != null && !want.equals(h.dtypeName()))
-                throw new PleFormatException(where, "dtype", want + " (" + source + " quantization.ple_dtype)", h.dtypeName());
+            if (!pleDtype.equals(h.dtypeName()))
+                throw new PleFormatException(where, "dtype", pleDtype + " (" + source + " quantization.ple_dtype)", h.dtypeName());
             return p;
         } catch (IOException | RuntimeException e) {
             p.close();
@@ -208,17 +328,42 @@ public final class Manifest {
         }
     }
 
-    /** The bundle's tokenizer, or null when the manifest lists none. */
+    /**
+     * The bundle's tokenizer, or null when the manifest lists none. The bytes parsed are the bytes whose
+     * size and SHA-256 were checked, so a file swapped after {@link #checkFiles} is still refused.
+     */
     public Tokenizer loadTokenizer() throws IOException {
-        return tokenizer == null ? null : Tokenizer.fromFile(fileOf(tokenizer).getPath());
+        if (tokenizer == null) return null;
+        File f = checkedSize(tokenizer);
+        byte[] bytes = Files.readAllBytes(f.toPath());
+        if (bytes.length != tokenizer.bytes)
+            throw new IOException(source + ": files.tokenizer.bytes: expected " + tokenizer.bytes + " bytes, found " + bytes.length + " bytes in " + f.getPath());
+        MessageDigest md = sha256();
+        md.update(bytes);
+        checkSha256(tokenizer, hex(md.digest()), f);
+        return Tokenizer.fromJson(Json.decodeUtf8(bytes, f.getPath()), f.getPath());
     }
 
     static String sha256Hex(File f) throws IOException {
-        MessageDigest md = PleFile.sha256();
+        MessageDigest md = sha256();
         byte[] buf = new byte[1 << 20];
         try (InputStream in = new FileInputStream(f)) {
             for (int n; (n = in.read(buf)) > 0; ) md.update(buf, 0, n);
         }
-        return PleFile.hex(md.digest());
+        return hex(md.digest());
+    }
+
+    private static MessageDigest sha256() {
+        try {
+            return MessageDigest.getInstance("SHA-256");
+        } catch (NoSuchAlgorithmException e) {
+            throw new IllegalStateException("SHA-256: every Java platform provides it, this one does not", e);
+        }
+    }
+
+    private static String hex(byte[] b) {
+        StringBuilder s = new StringBuilder(2 * b.length);
+        for (byte x : b) s.append(String.format("%02x", x & 0xff));
+        return s.toString();
     }
 }

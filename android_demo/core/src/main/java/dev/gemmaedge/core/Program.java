@@ -3,7 +3,8 @@ package dev.gemmaedge.core;
 
 /**
  * What an exported {@code model.pte} offers (manifest "methods"): the Android app implements it with
- * ExecuTorch's {@code Module}, tests with recorded logits. The program owns its KV cache.
+ * ExecuTorch's {@code Module}, built by {@link Manifest#loadProgram} from a file whose size and SHA-256
+ * matched the manifest; tests implement it with recorded logits. The program owns its KV cache.
  */
 public interface Program {
     /**

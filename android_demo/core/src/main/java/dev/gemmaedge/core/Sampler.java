@@ -7,7 +7,8 @@ import java.util.Arrays;
  * The sampler, specified exactly so the Python reference ({@code android_demo/core/golden/make_golden.py},
  * {@code sample}) and this class pick the same token from the same logits and seed.
  *
- * <p>Algorithm, for float32 logits l[0..V) (a NaN logit is an error):
+ * <p>Algorithm, for float32 logits l[0..V) (a NaN logit is an error; so is an infinite largest logit when
+ * sampling, which would make every weight NaN):
  * <ol>
  *   <li><b>Greedy</b> when temperature &lt;= 0 or top_k == 1: the index of the largest logit, the lowest
  *       index on ties. No random draw is consumed.</li>
@@ -82,6 +83,10 @@ public final class Sampler {
         int[] order = topIndices(logits, topK > 0 ? Math.min(topK, logits.length) : logits.length);
         int n = order.length;
         double m = logits[order[0]];
+        // exp((l - m) / t) needs a finite m: an infinite largest logit makes every weight NaN, and the pick
+        // below would then fall to the last kept index, a token the logits never chose.
+        if (Double.isInfinite(m))
+            throw new IllegalArgumentException("logits[" + order[0] + "]: expected a finite largest logit to sample from, found " + (float) m);
         double[] w = new double[n];
         for (int j = 0; j < n; j++) w[j] = StrictMath.exp(((double) logits[order[j]] - m) / temperature);
         if (topP < 1f) {

@@ -66,16 +66,28 @@ public class ManifestTest {
         assertArrayEquals(t.encode("hello world", false), t.encode("hello world", false));
     }
 
+    /** The manifest's text with its first {@code count} attend_len inputs (-1: all) taken out of the methods. */
+    private static void dropAttendLen(File dir, int count) throws IOException {
+        File m = new File(dir, "manifest.json");
+        String s = new String(Files.readAllBytes(m.toPath()), StandardCharsets.UTF_8);
+        String entry = ",\\s*\\{\\s*\"name\": \"attend_len\",\\s*\"dtype\": \"int64\",\\s*\"shape\": \\[\\s*\"N\"\\s*\\]\\s*\\}";
+        String t = count < 0 ? s.replaceAll(entry, "") : s.replaceFirst(entry, "");
+        assertTrue("the golden manifest lists attend_len", !t.equals(s));
+        Files.write(m.toPath(), t.getBytes(StandardCharsets.UTF_8));
+    }
+
     @Test
     public void attendLenFollowsTheMethodsInputs() throws Exception {
         File old = copyBundle();   // a revision < 5 bundle: three inputs, no attend_len
-        editManifest(old, "\"attend_len\"", "\"some_other_input\"");
+        dropAttendLen(old, -1);
         assertEquals(false, Manifest.load(old).attendLen);
         File mixed = copyBundle();   // prefill without it, decode with it: refused, naming the field
-        File m = new File(mixed, "manifest.json");
-        String s = new String(Files.readAllBytes(m.toPath()), StandardCharsets.UTF_8);
-        Files.write(m.toPath(), s.replaceFirst("\"attend_len\"", "\"x\"").getBytes(StandardCharsets.UTF_8));
+        dropAttendLen(mixed, 1);
         expectRefusal(mixed, false, "methods.decode.inputs", "expected no attend_len", "found attend_len");
+        File renamed = copyBundle();   // inputs this host would feed by position under other names: refused
+        editManifest(renamed, "\"attend_len\"", "\"some_other_input\"");
+        expectRefusal(renamed, false, "methods.prefill.inputs", "expected names [tokens, input_pos, ple_rows]",
+                "found [tokens, input_pos, ple_rows, some_other_input]");
     }
 
     @Test
@@ -96,10 +108,20 @@ public class ManifestTest {
 
     @Test
     public void shaMismatchIsRefused() throws Exception {
-        File dir = copyBundle();
+        File dir = copyBundle();   // the program and tokenizer are always hashed (Python's verify="fast")
         try (RandomAccessFile f = new RandomAccessFile(new File(dir, "model.pte"), "rw")) { f.seek(3); f.write('X'); }
-        Manifest.load(dir).checkFiles(false);   // same size: only the hash can tell
-        expectRefusal(dir, true, "files.program.sha256", "expected", "found");
+        expectRefusal(dir, false, "files.program.sha256", "expected", "found");
+        dir = copyBundle();   // a .ple data byte: same size, same header identity; only hashing the table tells
+        Manifest m = Manifest.load(dir);
+        try (RandomAccessFile f = new RandomAccessFile(new File(dir, "model.ple"), "rw")) {
+            long at = f.length() / 2;
+            f.seek(at);
+            int b = f.read();
+            f.seek(at);
+            f.write(b ^ 0x5A);
+        }
+        m.checkFiles(false);
+        expectRefusal(dir, true, "files.ple.sha256", "expected", "found");
     }
 
     @Test

@@ -5,6 +5,7 @@ import static org.junit.Assert.assertEquals;
 import static org.junit.Assert.assertTrue;
 import static org.junit.Assert.fail;
 
+import java.util.Arrays;
 import java.util.SplittableRandom;
 import java.util.List;
 import java.util.Map;
@@ -41,6 +42,22 @@ public class SamplerTest {
         } catch (IllegalArgumentException e) {
             assertTrue(e.getMessage(), e.getMessage().contains("top_p"));
         }
+    }
+
+    @Test
+    public void refusesToSampleFromAnInfiniteLargestLogit() {
+        // Every weight would be NaN and the pick would fall to the last kept index, which no logit chose.
+        float[][] bad = {{0f, Float.POSITIVE_INFINITY, 1f}, {Float.NEGATIVE_INFINITY, Float.NEGATIVE_INFINITY}};
+        for (float[] logits : bad) {
+            try {
+                new Sampler(0.8f, 0, 1f, 3).sample(logits);
+                fail("sampled from " + Arrays.toString(logits));
+            } catch (IllegalArgumentException e) {
+                assertTrue(e.getMessage(), e.getMessage().contains("expected a finite largest logit"));
+            }
+        }
+        assertEquals(1, Sampler.greedy().sample(bad[0]));   // greedy needs no weights: the largest is the pick
+        assertEquals(2, new Sampler(0.8f, 0, 1f, 3).sample(new float[] {Float.NEGATIVE_INFINITY, -50f, 5f}));   // -inf elsewhere is a zero weight
     }
 
     @Test

@@ -124,11 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def error_line(e: BaseException) -> str:
-    """One line for an expected error: an OSError as `path: reason`, any other as its message."""
+    """One line for an expected error: an OSError as `path: reason`, any other as its message (a message of
+    several lines joined with "; " — except a failed native build's, whose tool output is the point)."""
     if isinstance(e, OSError) and e.strerror:
         where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
         return f"{where}: {e.strerror}" if where else e.strerror
-    return str(e) or type(e).__name__
+    text = str(e) or type(e).__name__
+    if isinstance(e, NativeBuildError):
+        return text
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -133,13 +133,13 @@ def validate_against_eager(bundle: str | Path, token_ids: list[int], checkpoint,
 
     m = bf.read_manifest(bundle)
     ckpt = checkpoint or (m.get("export") or {}).get("source_checkpoint") or m.get("source_checkpoint")
-    if not ckpt or not Path(ckpt).exists():
+    if not isinstance(ckpt, (str, Path)) or not ckpt or not Path(ckpt).is_dir():
         raise ValueError(f"--validate: no checkpoint: pass --checkpoint DIR (manifest records {ckpt!r})")
     with Session(bundle, backend=backend) as s:
         got = s.logits(token_ids)
     out = {"checkpoint": str(ckpt), "tokens": len(token_ids)}
     # end to end: the checkpoint's own full-precision PLE table; program only: the bundle's .ple rows
-    for key, ple_file in (("", None), ("program_", Path(bundle) / m["files"]["ple"]["path"])):
+    for key, ple_file in (("", None), ("program_", bf.bundle_file(bundle, m, "ple"))):
         eager = Session.from_checkpoint(ckpt, max_context=m["max_context"], prefill_chunk=m["prefill_chunk"],
                                         ple_file=ple_file)
         ref = eager.logits(token_ids)

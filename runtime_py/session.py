@@ -96,7 +96,14 @@ class Session:
                  prefill_chunk: int | None = None):
         """verify: "full" hashes every file; "fast" (default) hashes all but the .ple, whose size, header
         and identity (SHA-256 of its header and CRC table) are checked instead — hashing it would pull
-        the whole table into the page cache; "none" skips the checks."""
+        the whole table into the page cache; "none" skips the checks (the manifest is validated and the
+        program's identifier and metadata checked whatever the mode).
+
+        "fast" hashes the program at every load rather than trusting a stamp of an earlier hash keyed by
+        size, mtime and inode: ExecuTorch must never parse a program that is not the manifest's, and a
+        stamp misses a file rewritten in place with its mtime restored, storage without ctimes (FAT
+        over USB) and flash that returns bad bytes; the hash reads the file the load then reads from
+        the page cache, and costs little against packing the weights."""
         from gemma_edge import ple_store
 
         self.bundle_dir = Path(bundle_dir)

@@ -100,7 +100,12 @@ class MainActivity : Activity() {
                     val program: EtProgram = m.loadProgram { f ->
                         EtProgram(f.path, m.prefillMethod, m.decodeMethod, m.numLayers, m.pleDim, m.vocabSize, m.attendLen)
                     }
-                    Session(m, program, ple, tokenizer)
+                    try {
+                        Session(m, program, ple, tokenizer)   // runs one probe step: the program's vocabulary
+                    } catch (e: Throwable) {
+                        program.close()
+                        throw e
+                    }
                 } catch (e: Throwable) {
                     ple.close()
                     throw e

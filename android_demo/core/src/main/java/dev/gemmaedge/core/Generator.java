@@ -96,11 +96,20 @@ public final class Generator {
         this.tokenizer = tokenizer;
     }
 
-    /** Builds a generator from a checked bundle's manifest. */
-    public static Generator forBundle(Manifest m, Program program, PleRows ple, Tokenizer tokenizer) {
+    /**
+     * Builds a generator from a checked bundle's manifest. Prompt ids are bounded by the manifest's
+     * vocab_size before they reach the program, so that must be the program's own vocabulary: one decode
+     * step of token 0 at position 0 (every prompt rewrites that cache slot) shows it, and a manifest
+     * claiming more ids than the program's embedding holds is refused here, before any prompt runs.
+     */
+    public static Generator forBundle(Manifest m, Program program, PleRows ple, Tokenizer tokenizer) throws Exception {
         if (ple.rowFloats() != m.numLayers * m.pleDim)
             throw new IllegalArgumentException(m.source + ": PLE rows: expected num_layers * ple_dim = " + m.numLayers * m.pleDim
                     + " floats, found " + ple.rowFloats() + " in the PLE store");
+        float[] probe = program.decode(0, 0, new float[ple.rowFloats()]);
+        if (probe == null || probe.length != m.vocabSize)
+            throw new IllegalArgumentException(m.source + ": vocab_size: expected " + (probe == null ? "the program's vocabulary" : String.valueOf(probe.length))
+                    + " (the program's logits for one step), found " + m.vocabSize);
         return new Generator(program, ple, m.vocabSize, m.maxContext, m.prefillChunk, m.eosTokenIds, tokenizer);
     }
 

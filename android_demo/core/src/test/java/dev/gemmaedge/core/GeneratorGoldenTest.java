@@ -6,6 +6,7 @@ import static org.junit.Assert.assertEquals;
 import static org.junit.Assert.assertTrue;
 import static org.junit.Assert.fail;
 
+import java.io.File;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
@@ -177,6 +178,30 @@ public class GeneratorGoldenTest {
                 assertTrue("no token was fed back: " + fed, fed.isEmpty());
                 assertEquals("only the prompt's batched fetch", 1, file.fetchLog().size() - fetchesBefore);
             }
+        }
+    }
+
+    @Test
+    public void aManifestClaimingAnotherVocabularyIsRefusedAtLoad() throws Exception {
+        Manifest m = Manifest.load(new File(Golden.dir(), "bundle"));
+        try (PleFile file = m.openPle()) {
+            for (int n : new int[] {m.vocabSize, m.vocabSize - 1}) {   // the program's vocabulary: the manifest's, or one id fewer
+                List<int[]> steps = new ArrayList<>();
+                Program p = new Program() {
+                    @Override public float[] prefill(int[] t, int s, float[] r) { throw new AssertionError("no prompt runs at load"); }
+                    @Override public float[] decode(int t, int pos, float[] r) { steps.add(new int[] {t, pos, r.length}); return new float[n]; }
+                };
+                try {
+                    Generator.forBundle(m, p, file, null);
+                    assertEquals("a program of the manifest's vocabulary is accepted", m.vocabSize, n);
+                } catch (IllegalArgumentException e) {
+                    assertTrue("refused only when the vocabularies differ: " + e.getMessage(), n != m.vocabSize);
+                    assertEquals(m.source + ": vocab_size: expected " + n + " (the program's logits for one step), found " + m.vocabSize, e.getMessage());
+                }
+                assertEquals("one probe step", 1, steps.size());
+                assertArrayEquals("token 0 at position 0 with a zero PLE row", new int[] {0, 0, file.rowFloats()}, steps.get(0));
+            }
+            assertEquals("the probe reads no PLE row", 0, file.fetchLog().size());
         }
     }
 

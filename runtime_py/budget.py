@@ -70,8 +70,12 @@ def model_config(name: str) -> tuple[TextConfig, dict | None]:
 # ---------------------------------------------------------------------------------------------------
 
 def linear_bytes(n_out: int, n_in: int, quant: str, group_size: int) -> int:
+    """Bytes of one [n_out, n_in] linear as the exporter stores it (rewrites.quantize_linears: an 8da4w
+    linear whose input width its int4 groups cannot tile stays fp32)."""
+    from gemma_edge.export.rewrites import XNNPACK_INT4_BLOCK_MULTIPLE
+
     n = n_out * n_in
-    if quant == "none":
+    if quant == "none" or (quant == "8da4w" and n_in % (group_size or XNNPACK_INT4_BLOCK_MULTIPLE)):
         return 4 * n
     if quant == "8da4w" and group_size == 0:                # bundle_format.PER_CHANNEL
         return n // 2 + 2 * n_out                        # packed int4 + bf16 per-channel scale

@@ -317,6 +317,16 @@ def test_budget_api_refuses_what_the_flags_refuse(tiny_bundle):
         estimate("e2b", group_size=-1)
 
 
+def test_budget_counts_linears_the_exporter_keeps_in_fp32():
+    """8da4w groups must tile a linear's input width, else the exporter keeps it fp32: so must the budget."""
+    from gemma_edge.runtime.budget import linear_bytes
+
+    assert linear_bytes(64, 8, "8da4w", 0) == 4 * 64 * 8        # per-channel int4 needs 32 | in_features
+    assert linear_bytes(64, 96, "8da4w", 7) == 4 * 64 * 96      # groups of 7 do not tile 96
+    assert linear_bytes(64, 96, "8da4w", 32) == 64 * 96 // 2 + 2 * (64 * 96 // 32)
+    assert linear_bytes(64, 96, "8da8w", 7) == 64 * 96 + 4 * 64
+
+
 # ---------------------------------------------------------------------------------------------------
 # 14. The reported peak is the run's own; third-party noise is filtered narrowly
 # ---------------------------------------------------------------------------------------------------

@@ -111,6 +111,27 @@ def test_a_self_consistent_but_broken_program_fails_verification_not_the_process
         native.run(bundle, PROMPT, 4, threads=1, exe=exe)
 
 
+def test_a_program_passing_a_cache_kernel_mistyped_arguments_fails_in_one_line(exe, bundle):
+    # The manifest re-signed over a program whose llama::update_cache_with_indices call gets an int where
+    # its value tensor goes: ExecuTorch's generated unboxing aborted the host (SIGABRT); our kernels check
+    # the argument types, so the step fails and the host says so.
+    from executorch.exir._serialize import _program as pte_format
+
+    path = bundle / bf.PROGRAM_FILE
+    pte = pte_format.deserialize_pte_binary(path.read_bytes())
+    plan = pte.program.execution_plan[0]
+    calls = [i.instr_args for c in plan.chains for i in c.instructions if type(i.instr_args).__name__ == "KernelCall"
+             and plan.operators[i.instr_args.op_index].name.startswith("llama::update_cache")]
+    assert calls
+    args = calls[0].args
+    args[0], args[2] = args[2], args[0]   # (value, cache, start_pos, ...) -> (start_pos, cache, value, ...)
+    path.write_bytes(bytes(pte_format.serialize_pte_binary(pte, extract_delegate_segments=True)))
+    resign(bundle)
+    with pytest.raises(native.NativeRunError, match=r"method 'forward' failed with ExecuTorch error") as e:
+        native.run(bundle, PROMPT, 4, threads=1, exe=exe)
+    assert e.value.returncode == 1
+
+
 def test_the_program_digest_is_required(exe, bundle, tmp_path):
     args = host_args(bundle, tmp_path / "ids")
     i = args.index("--program-sha256")

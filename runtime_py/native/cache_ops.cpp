@@ -7,9 +7,11 @@
 //   update_cache(value [B, T, H, D], cache [B, S, H, D], start_pos)   cache[:, start_pos + t] = value[:, t]
 //   update_cache_with_indices(value, cache, start_pos, indices [B, T]) cache[b, indices[b, t]] = value[b, t]
 // The output tensor is a placeholder the program never reads (the cache is the mutated buffer).
-#include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
+// They are registered boxed by hand, checking each argument's type first: ExecuTorch's generated unboxing
+// (EXECUTORCH_LIBRARY) aborts the process when a program passes an argument of another type.
 #include <executorch/runtime/core/exec_aten/util/dim_order_util.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
+#include <executorch/runtime/kernel/operator_registry.h>
 
 #include <cstring>
 
@@ -74,8 +76,38 @@ Tensor& update_cache_with_indices_out(KernelRuntimeContext& ctx, const Tensor& v
   return out;
 }
 
+using executorch::runtime::EValue;
+using executorch::runtime::Span;
+
+// The boxed call's arguments have the tags `tags` ('T' tensor, 'I' int), or the kernel fails. The stack holds
+// the schema's arguments, `out` last, then the returned value (the same tensor as `out`).
+bool arguments_are(KernelRuntimeContext& ctx, const char* op, Span<EValue*> stack, const char* tags) {
+  const size_t n = std::strlen(tags);
+  bool ok = stack.size() == n;
+  for (size_t i = 0; ok && i < n; ++i) ok = stack[i] && (tags[i] == 'T' ? stack[i]->isTensor() : stack[i]->isInt());
+  if (!ok) {
+    ET_LOG(Error, "%s: the program passes arguments of other types or number than (%s)", op, tags);
+    ctx.fail(Error::InvalidProgram);
+  }
+  return ok;
+}
+
+void update_cache_boxed(KernelRuntimeContext& ctx, Span<EValue*> stack) {
+  if (!arguments_are(ctx, "llama::update_cache.out", stack, "TTITT")) return;
+  update_cache_out(ctx, stack[0]->toTensor(), stack[1]->toTensor(), stack[2]->toInt(), stack[3]->toTensor());
+}
+
+void update_cache_with_indices_boxed(KernelRuntimeContext& ctx, Span<EValue*> stack) {
+  if (!arguments_are(ctx, "llama::update_cache_with_indices.out", stack, "TTITTT")) return;
+  update_cache_with_indices_out(ctx, stack[0]->toTensor(), stack[1]->toTensor(), stack[2]->toInt(),
+                                stack[3]->toTensor(), stack[4]->toTensor());
+}
+
+const executorch::runtime::Kernel kKernels[] = {
+    executorch::runtime::Kernel("llama::update_cache.out", update_cache_boxed),
+    executorch::runtime::Kernel("llama::update_cache_with_indices.out", update_cache_with_indices_boxed),
+};
+const auto kRegistered = executorch::runtime::register_kernels({kKernels, 2});
+
 }  // namespace
 }  // namespace gemma_edge
-
-EXECUTORCH_LIBRARY(llama, "update_cache.out", gemma_edge::update_cache_out);
-EXECUTORCH_LIBRARY(llama, "update_cache_with_indices.out", gemma_edge::update_cache_with_indices_out);

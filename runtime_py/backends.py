@@ -193,6 +193,13 @@ class PteBackend:
 # ONNX
 # ---------------------------------------------------------------------------------------------------
 
+def _onnxruntime_errors() -> tuple[type[BaseException], ...]:
+    """onnxruntime's own exception classes (InvalidProtobuf, Fail, ...: they derive from Exception only)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))
+
+
 class OnnxBackend:
     """model.onnx: one step graph with the KV caches as explicit `cache_in_*` inputs / `cache_out_*` outputs."""
 
@@ -205,7 +212,11 @@ class OnnxBackend:
         if threads:
             opts.intra_op_num_threads = threads
         self.path = path
-        self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self._errors = _onnxruntime_errors()
+        try:
+            self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except self._errors as e:
+            raise ProgramError(f"{path}: ONNX Runtime cannot load this model ({type(e).__name__}: {e})") from e
         inputs = {i.name: i for i in self.sess.get_inputs()}
         outputs = [o.name for o in self.sess.get_outputs()]
         for need in ("tokens", "input_pos", "ple_rows"):
@@ -235,7 +246,11 @@ class OnnxBackend:
                 "input_pos": np.arange(start, start + len(tokens), dtype=np.int64),
                 "ple_rows": np.ascontiguousarray(rows, np.float32)[None], **self.caches}
         names = [self.logits_name] + ["cache_out_" + n[len("cache_in_"):] for n in self.cache_names]
-        out = self.sess.run(names, feed)
+        try:
+            out = self.sess.run(names, feed)
+        except self._errors as e:
+            raise ProgramError(f"{self.path}: ONNX Runtime failed at positions {start}..{start + len(tokens) - 1} "
+                               f"({type(e).__name__}: {e})") from e
         for n, value in zip(self.cache_names, out[1:]):
             self.caches[n] = value
         return out[0].reshape(-1, out[0].shape[-1])[-1]

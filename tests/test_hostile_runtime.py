@@ -119,6 +119,14 @@ def test_program_execute_error_names_the_method(tiny_bundle):
             s.backend.decode(5, 0, np.zeros((7, 8), np.float32))    # ple_rows of the wrong shape
 
 
+def test_garbage_onnx_model_is_a_load_error(bundle):
+    (bundle / bf.ONNX_FILE).write_bytes(b"\x08\x07 not a protobuf of a graph " * 64)
+    edit_manifest(bundle, lambda m: m["files"].update(onnx={"path": bf.ONNX_FILE, "bytes": 0, "sha256": "0" * 64}))
+    restamp(bundle, "onnx")
+    with pytest.raises(bf.BundleError, match=r"model\.onnx: ONNX Runtime cannot load this model"):
+        Session(bundle, backend="onnx")
+
+
 # ---------------------------------------------------------------------------------------------------
 # 6 and 8. Files the manifest names: the PLE table required, every path inside the bundle folder
 # ---------------------------------------------------------------------------------------------------

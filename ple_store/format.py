@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 
 MAGIC = b"GEMMAPLE"
 VERSION_MAJOR = 1
-VERSION_MINOR = 0
+VERSION_MINOR = 1              # 1: flags bit 0 (ROW_CRC), a CRC-32 after every row
 HEADER_BYTES = 4096
 PAGE_SIZE = 4096
 DATA_OFFSET = HEADER_BYTES
@@ -18,6 +18,8 @@ STRIDE_ALIGN = 16
 BLOCK_TARGET_BYTES = 1 << 20   # a checksum block is about 1 MiB of data
 IDENTITY_PREFIX = 144          # identity = sha256(header[0:144] + checksum table)
 CRC_COVERED = 176              # header_crc32 covers header[0:176)
+FLAG_ROW_CRC = 1               # flags bit 0: each row is followed by the CRC-32 of its payload (u32, inside the stride)
+ROW_CRC_BYTES = 4
 
 
 class StoredDtype(enum.IntEnum):
@@ -79,17 +81,23 @@ class Layout:
     rows_per_group: int
     group_bytes: int      # multiple of page_size
     page_size: int = PAGE_SIZE
+    crc_bytes: int = 0    # ROW_CRC_BYTES when each row is followed by its CRC-32 (flags bit 0), else 0
+
+    @property
+    def record_bytes(self) -> int:
+        """What a fetch reads for one row: its payload and, with ROW_CRC, the CRC after it."""
+        return self.row_bytes + self.crc_bytes
 
     @property
     def pages_per_row(self) -> int:
-        """The minimum pages any byte range of row_bytes can touch; the chooser guarantees every row hits it."""
-        return -(-self.row_bytes // self.page_size)
+        """The minimum pages any byte range of record_bytes can touch; the chooser guarantees every row hits it."""
+        return -(-self.record_bytes // self.page_size)
 
     @property
     def worst_pages_per_row(self) -> int:
-        """The most pages any row of a group actually touches (equals pages_per_row for a chooser layout)."""
-        ps = self.page_size
-        return max((j * self.row_stride + self.row_bytes - 1) // ps - (j * self.row_stride) // ps + 1
+        """The most pages any row's record of a group actually touches (equals pages_per_row for a chooser layout)."""
+        ps, rec = self.page_size, self.record_bytes
+        return max((j * self.row_stride + rec - 1) // ps - (j * self.row_stride) // ps + 1
                    for j in range(self.rows_per_group))
 
     @property
@@ -118,14 +126,18 @@ def _rows_that_fit(row_bytes: int, stride: int, page_size: int, limit: int) -> i
     return n
 
 
-def choose_layout(row_bytes: int, page_size: int = PAGE_SIZE) -> Layout:
+def choose_layout(row_bytes: int, page_size: int = PAGE_SIZE, row_crc: bool = True) -> Layout:
     """The group layout of FORMAT.md: every row touches its minimum page count, smallest file among those.
 
-    Searches rows_per_group n ≤ 64 and strides (multiples of 16) from row_bytes up to min_pages·page;
-    a larger stride only grows the file. Ties go to the smaller group, then the smaller stride.
+    With `row_crc` a row's record is its payload and the 4-byte CRC after it, and the search places records:
+    the CRC arrives in the same pages as the row. Searches rows_per_group n ≤ 64 and strides (multiples of
+    16) from the record size up to min_pages·page; a larger stride only grows the file. Ties go to the
+    smaller group, then the smaller stride.
     """
     if row_bytes <= 0:
         raise ValueError(f"row_bytes: expected > 0, found {row_bytes}")
+    payload, crc_bytes = row_bytes, ROW_CRC_BYTES if row_crc else 0
+    row_bytes = payload + crc_bytes   # the search below places whole records
     min_pages = -(-row_bytes // page_size)
     first = -(-row_bytes // STRIDE_ALIGN) * STRIDE_ALIGN
     best = None   # (group_bytes, rows, stride)
@@ -141,7 +153,8 @@ def choose_layout(row_bytes: int, page_size: int = PAGE_SIZE) -> Layout:
             if lhs < rhs or (lhs == rhs and (group, stride) < (best[0], best[2])):
                 best = (group, n, stride)
     group, n, stride = best
-    return Layout(row_bytes=row_bytes, row_stride=stride, rows_per_group=n, group_bytes=group, page_size=page_size)
+    return Layout(row_bytes=payload, row_stride=stride, rows_per_group=n, group_bytes=group, page_size=page_size,
+                  crc_bytes=crc_bytes)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -166,7 +179,7 @@ HEADER_FIELDS = [   # (offset, struct code, name)
     (56, "I", "page_size"),
     (60, "I", "block_groups"),
     (64, "I", "num_blocks"),
-    (68, "I", "reserved0"),
+    (68, "I", "flags"),
     (72, "Q", "data_offset"),
     (80, "Q", "data_bytes"),
     (88, "Q", "checksum_offset"),
@@ -202,7 +215,7 @@ class PleHeader:
     page_size: int
     block_groups: int
     num_blocks: int
-    reserved0: int
+    flags: int
     data_offset: int
     data_bytes: int
     checksum_offset: int
@@ -231,8 +244,18 @@ class PleHeader:
         return StoredDtype(self.dtype)
 
     @property
+    def row_crc(self) -> bool:
+        """Whether each row is followed by the CRC-32 of its payload (flags bit 0, minor version 1)."""
+        return bool(self.flags & FLAG_ROW_CRC)
+
+    @property
+    def record_bytes(self) -> int:
+        return self.row_bytes + (ROW_CRC_BYTES if self.row_crc else 0)
+
+    @property
     def layout(self) -> Layout:
-        return Layout(self.row_bytes, self.row_stride, self.rows_per_group, self.group_bytes, self.page_size)
+        return Layout(self.row_bytes, self.row_stride, self.rows_per_group, self.group_bytes, self.page_size,
+                      ROW_CRC_BYTES if self.row_crc else 0)
 
     @property
     def num_groups(self) -> int:

@@ -23,13 +23,16 @@ def describe(path, verify: bool = True) -> str:
                 v = v.hex()
             elif f.name == "header_crc32":
                 v = f"{v:#010x}"
+            elif f.name == "flags":
+                v = f"{v:#x} ({'ROW_CRC: a CRC-32 after every row' if h.row_crc else 'no row CRCs'})"
             lines.append(f"  {f.name:<17} {v}")
         payload = h.vocab_size * h.row_bytes
         lines += [
             "layout:",
             f"  rows/group        {lay.rows_per_group} rows in {lay.group_bytes // lay.page_size} pages "
             f"({lay.group_bytes} B), stride {lay.row_stride} B",
-            f"  per row           {lay.row_bytes} B payload, {lay.bytes_per_row:.1f} B of file, "
+            f"  per row           {lay.row_bytes} B payload"
+            f"{' + 4 B CRC-32' if h.row_crc else ''}, {lay.bytes_per_row:.1f} B of file, "
             f"{lay.worst_pages_per_row} pages at most (minimum {lay.pages_per_row})",
             f"  padding overhead  {100 * lay.padding_overhead:.2f} %",
             "sizes:",
@@ -47,5 +50,7 @@ def describe(path, verify: bool = True) -> str:
                 status = f"DAMAGED: {e}"
         else:
             status = "not checked (verify=False); header CRC ok"
-        lines += ["checksums:", f"  {status}"]
+        on_fetch = ("each row's CRC-32, on every fetch" if h.row_crc else
+                    "each touched block's CRC-32, on a fetch's first touch (minor-0 file: no row CRCs)")
+        lines += ["checksums:", f"  {status}", f"  fetch checks      {on_fetch}"]
         return "\n".join(lines)

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .format import (DATA_OFFSET, HEADER_BYTES, IDENTITY_PREFIX, MAGIC, PAGE_SIZE, VERSION_MAJOR, VERSION_MINOR,
-                     Layout, PleHeader, QuantScheme, StoredDtype, block_groups_for, choose_layout, file_bytes_for,
-                     row_payload_bytes)
+from .format import (DATA_OFFSET, FLAG_ROW_CRC, HEADER_BYTES, IDENTITY_PREFIX, MAGIC, PAGE_SIZE, VERSION_MAJOR,
+                     VERSION_MINOR, Layout, PleHeader, QuantScheme, StoredDtype, block_groups_for, choose_layout,
+                     file_bytes_for, row_payload_bytes)
 
 SLICE_BYTES = 16 << 20   # rows are converted and quantized ~16 MiB of fp32 at a time: bounded memory
 
@@ -131,12 +131,23 @@ def _as_float32(chunk, row_at: int, width: int) -> torch.Tensor:
 # Groups and checksum blocks
 # ---------------------------------------------------------------------------------------------------
 
+def with_row_crcs(payload: np.ndarray) -> np.ndarray:
+    """Row payloads [n, row_bytes] -> records [n, row_bytes + 4]: each payload, then its CRC-32 (u32 LE)."""
+    n, rb = payload.shape
+    records = np.empty((n, rb + 4), np.uint8)
+    records[:, :rb] = payload
+    crcs = records[:, rb:].view("<u4")                                  # [n, 1]
+    for k in range(n):
+        crcs[k, 0] = zlib.crc32(payload[k])
+    return records
+
+
 class _GroupSink:
-    """Places row payloads into zero-padded groups, writes them and keeps each block's running CRC-32."""
+    """Places row records into zero-padded groups, writes them and keeps each block's running CRC-32."""
 
     def __init__(self, fd: int, layout: Layout, block_groups: int):
         self.fd, self.layout, self.block_groups = fd, layout, block_groups
-        self.pending = np.empty((0, layout.row_bytes), np.uint8)   # < rows_per_group rows
+        self.pending = np.empty((0, layout.record_bytes), np.uint8)   # < rows_per_group rows
         self.groups_written = 0
         self.crcs: list[int] = []
         self.crc = 0
@@ -153,10 +164,10 @@ class _GroupSink:
             return
         buf = np.zeros((full, lay.group_bytes), np.uint8)            # [G, group_bytes]
         slots = np.lib.stride_tricks.as_strided(
-            buf, shape=(full, lay.rows_per_group, lay.row_bytes),
+            buf, shape=(full, lay.rows_per_group, lay.record_bytes),
             strides=(lay.group_bytes, lay.row_stride, 1))            # row j of group g at g·group + j·stride
         whole = take // lay.rows_per_group
-        slots[:whole] = rows[: whole * lay.rows_per_group].reshape(whole, lay.rows_per_group, lay.row_bytes)
+        slots[:whole] = rows[: whole * lay.rows_per_group].reshape(whole, lay.rows_per_group, lay.record_bytes)
         if whole < full:   # the short last group
             slots[whole, : take - whole * lay.rows_per_group] = rows[whole * lay.rows_per_group: take]
         self._write(buf)
@@ -177,7 +188,7 @@ class _GroupSink:
                 self.crc = 0
 
     def finish(self) -> list[int]:
-        self.add(np.empty((0, self.layout.row_bytes), np.uint8), final=True)
+        self.add(np.empty((0, self.layout.record_bytes), np.uint8), final=True)
         if self.groups_written % self.block_groups:
             self.crcs.append(self.crc)   # the last, short block
         return self.crcs
@@ -188,11 +199,13 @@ class _GroupSink:
 # ---------------------------------------------------------------------------------------------------
 
 def write(path, source: Iterable, *, vocab_size: int, num_layers: int, ple_dim: int, dtype: str,
-          embed_scale: float, model_hash: bytes = b"\0" * 32, progress: bool = True) -> WriteReport:
+          embed_scale: float, model_hash: bytes = b"\0" * 32, progress: bool = True,
+          row_crc: bool = True) -> WriteReport:
     """Stream `source` (chunks [n, L·P] of rows in order) into a `.ple` file at `path`, atomically.
 
     Writes to a temporary name in the same directory, header last; fsync, then rename. On any error the
-    temporary file is removed and `path` is left as it was.
+    temporary file is removed and `path` is left as it was. `row_crc=False` writes a minor-version-0 file
+    (no CRC after each row), for tests and benchmarks of what readers do with files written before it.
     """
     t0 = time.perf_counter()
     path = os.fspath(path)
@@ -203,7 +216,7 @@ def write(path, source: Iterable, *, vocab_size: int, num_layers: int, ple_dim: 
     if len(model_hash) != 32:
         raise ValueError(f"model_hash: expected 32 bytes, found {len(model_hash)}")
     width = num_layers * ple_dim
-    layout = choose_layout(row_payload_bytes(stored, num_layers, ple_dim))
+    layout = choose_layout(row_payload_bytes(stored, num_layers, ple_dim), row_crc=row_crc)
     num_groups = layout.num_groups(vocab_size)
     block_groups = block_groups_for(layout.group_bytes)
     num_blocks = -(-num_groups // block_groups)
@@ -226,7 +239,8 @@ def write(path, source: Iterable, *, vocab_size: int, num_layers: int, ple_dim: 
                                      f"({rows + t.shape[0]} after this chunk)")
                 for lo in range(0, t.shape[0], slice_rows):
                     x = t[lo: lo + slice_rows].to(torch.float32).contiguous()   # [n, L·P]
-                    sink.add(encode_rows(x, stored, num_layers, ple_dim, errors, first_row=rows + lo))
+                    payload = encode_rows(x, stored, num_layers, ple_dim, errors, first_row=rows + lo)
+                    sink.add(with_row_crcs(payload) if row_crc else payload)
                 rows += t.shape[0]
                 bar.update(t.shape[0])
         if rows != vocab_size:
@@ -243,7 +257,7 @@ def write(path, source: Iterable, *, vocab_size: int, num_layers: int, ple_dim: 
         header = PleHeader(                                  # FORMAT.md's table, field by field
             magic=MAGIC,                                     # 0   b"GEMMAPLE"
             version_major=VERSION_MAJOR,                     # 8   readers refuse another major
-            version_minor=VERSION_MINOR,                     # 10  additions in reserved space only
+            version_minor=VERSION_MINOR if row_crc else 0,   # 10  additions in reserved space only
             header_bytes=HEADER_BYTES,                       # 12  4096: one page
             vocab_size=vocab_size,                           # 16  V rows
             num_layers=num_layers,                           # 20  L
@@ -258,7 +272,7 @@ def write(path, source: Iterable, *, vocab_size: int, num_layers: int, ple_dim: 
             page_size=PAGE_SIZE,                             # 56  4096
             block_groups=block_groups,                       # 60  groups per CRC block (~1 MiB)
             num_blocks=num_blocks,                           # 64  entries of the CRC table
-            reserved0=0,                                     # 68
+            flags=FLAG_ROW_CRC if row_crc else 0,            # 68  bit 0: a CRC-32 after every row
             data_offset=DATA_OFFSET,                         # 72  4096, right after the header
             data_bytes=data_bytes,                           # 80  num_groups × group_bytes
             checksum_offset=checksum_offset,                 # 88  data_offset + data_bytes

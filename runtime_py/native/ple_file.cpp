@@ -1,6 +1,7 @@
 #include "ple_file.h"
 
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -8,7 +9,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <memory>
 #include <sstream>
 #include <unordered_set>
 
@@ -18,6 +21,7 @@ namespace {
 constexpr char kMagic[8] = {'G', 'E', 'M', 'M', 'A', 'P', 'L', 'E'};
 constexpr uint16_t kVersionMajor = 1;
 constexpr uint32_t kHeaderBytes = 4096, kPageSize = 4096, kCrcCovered = 176, kIdentityOffset = 144;
+constexpr uint32_t kFlagRowCrc = 1, kRowCrcBytes = 4;  // flags bit 0: a CRC-32 after every row (minor 1)
 enum Dtype : uint32_t { FP32 = 0, BF16 = 1, INT8 = 2, INT4 = 3 };
 
 template <typename T>
@@ -45,6 +49,34 @@ std::string hex(const uint8_t* p, size_t n) {
   return s;
 }
 
+std::string hex32(uint32_t v) {
+  char b[11];
+  std::snprintf(b, sizeof b, "0x%08x", v);
+  return b;
+}
+
+const char* file_kind(mode_t m) {
+  if (S_ISDIR(m)) return "a directory";
+  if (S_ISFIFO(m)) return "a FIFO (named pipe)";
+  if (S_ISSOCK(m)) return "a socket";
+  if (S_ISCHR(m)) return "a character device";
+  if (S_ISBLK(m)) return "a block device";
+  return "not a regular file";
+}
+
+// pread until `n` bytes or end of file / error; the bytes read.
+size_t pread_full(int fd, uint8_t* dst, size_t n, uint64_t off, int64_t* calls) {
+  size_t done = 0;
+  while (done < n) {
+    ssize_t got = pread(fd, dst + done, n - done, off_t(off + done));
+    if (calls) ++*calls;
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) break;
+    done += size_t(got);
+  }
+  return done;
+}
+
 }  // namespace
 
 PleFile::PleFile(const std::string& path, const std::string& identity_hex) : path_(path) {
@@ -52,11 +84,15 @@ PleFile::PleFile(const std::string& path, const std::string& identity_hex) : pat
     throw PleFormatError(path_ + ": " + what + ": expected " + expected + ", found " + found);
   };
   auto str = [](auto v) { std::ostringstream o; o << v; return o.str(); };
-  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO for reading would wait for a writer forever; O_NOCTTY: a terminal given as the
+  // path must not become ours. Neither changes anything for a regular file.
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
   if (fd_ < 0) throw PleFormatError(path_ + ": cannot open: " + std::strerror(errno));
   try {
     struct stat st{};
-    fstat(fd_, &st);
+    if (fstat(fd_, &st) != 0) throw PleFormatError(path_ + ": cannot stat: " + std::strerror(errno));
+    if (!S_ISREG(st.st_mode)) fail("file type", "a regular file", file_kind(st.st_mode));  // what we opened
+    fcntl(fd_, F_SETFL, fcntl(fd_, F_GETFL) & ~O_NONBLOCK);
     uint64_t size = uint64_t(st.st_size);
     if (size < kHeaderBytes) fail("file size (truncated header)", "at least 4096 bytes", str(size) + " bytes");
     uint8_t h[kHeaderBytes];
@@ -79,6 +115,8 @@ PleFile::PleFile(const std::string& path, const std::string& identity_hex) : pat
     rows_per_group_ = field<uint32_t>(h, 48);
     group_bytes_ = field<uint32_t>(h, 52);
     uint32_t block_groups = field<uint32_t>(h, 60), num_blocks = field<uint32_t>(h, 64);
+    block_groups_ = block_groups;
+    row_crc_ = (field<uint32_t>(h, 68) & kFlagRowCrc) != 0;  // other flag bits: a reader ignores what it does not know
     data_offset_ = kHeaderBytes;
     embed_scale_ = field<float>(h, 104);
     for (auto [name, v] : {std::pair<const char*, uint32_t>{"vocab_size", vocab_size_}, {"num_layers", num_layers_},
@@ -96,8 +134,10 @@ PleFile::PleFile(const std::string& path, const std::string& identity_hex) : pat
       want_row = values_bytes(dtype_, values);
     }
     if (row_bytes_ != want_row) fail("row_bytes", str(want_row), str(row_bytes_));
-    if (row_stride_ % 16 || row_stride_ < row_bytes_) fail("row_stride", "a multiple of 16 ≥ row_bytes " + str(row_bytes_), str(row_stride_));
-    uint64_t last_row_end = uint64_t(rows_per_group_ - 1) * row_stride_ + row_bytes_;
+    record_bytes_ = row_bytes_ + (row_crc_ ? kRowCrcBytes : 0);
+    const std::string record = "row_bytes " + str(row_bytes_) + (row_crc_ ? " + 4 (flags ROW_CRC)" : "");
+    if (row_stride_ % 16 || row_stride_ < record_bytes_) fail("row_stride", "a multiple of 16 ≥ " + record, str(row_stride_));
+    uint64_t last_row_end = uint64_t(rows_per_group_ - 1) * row_stride_ + record_bytes_;
     if (group_bytes_ % kPageSize || group_bytes_ < last_row_end)
       fail("group_bytes", "a multiple of 4096 ≥ " + str(last_row_end), str(group_bytes_));
     uint64_t groups = ceil_div(vocab_size_, rows_per_group_);
@@ -109,6 +149,23 @@ PleFile::PleFile(const std::string& path, const std::string& identity_hex) : pat
     if (field<uint64_t>(h, 96) != file_bytes) fail("file_bytes", str(file_bytes), str(field<uint64_t>(h, 96)));
     if (size != file_bytes) fail("file size (truncated or trailing bytes)", str(file_bytes) + " bytes", str(size) + " bytes");
     if (!std::isfinite(embed_scale_)) fail("embed_scale", "a finite float", str(embed_scale_));
+    checksum_offset_ = checksum_offset;
+    // The identity, recomputed: SHA-256 of header[0, 144) and the checksum table, which then vouches for
+    // every block CRC. Only after this is the header's identity worth comparing with the manifest's.
+    std::vector<uint8_t> table(4ull * num_blocks);
+    if (pread_full(fd_, table.data(), table.size(), checksum_offset, nullptr) != table.size())
+      fail("checksum table", str(table.size()) + " bytes at offset " + str(checksum_offset), "a short read (the file shrank)");
+    uint8_t digest[32];
+    unsigned int digest_len = 0;
+    std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> md(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+    if (!md || EVP_DigestInit_ex(md.get(), EVP_sha256(), nullptr) != 1 || EVP_DigestUpdate(md.get(), h, kIdentityOffset) != 1 ||
+        EVP_DigestUpdate(md.get(), table.data(), table.size()) != 1 || EVP_DigestFinal_ex(md.get(), digest, &digest_len) != 1)
+      throw PleFormatError(path_ + ": identity: SHA-256 (OpenSSL EVP) failed");
+    if (std::memcmp(digest, h + kIdentityOffset, 32) != 0)
+      fail("identity", hex(h + kIdentityOffset, 32) + " (header)", hex(digest, 32) + " (sha256 of header[0:144] + checksum table)");
+    block_crcs_.resize(num_blocks);
+    std::memcpy(block_crcs_.data(), table.data(), table.size());  // little-endian u32s, like every field
+    if (!row_crc_) block_ok_.assign(num_blocks, false);
     if (!identity_hex.empty() && hex(h + kIdentityOffset, 32) != identity_hex)
       fail("identity (the manifest's)", identity_hex, hex(h + kIdentityOffset, 32));
     posix_fadvise(fd_, 0, 0, POSIX_FADV_RANDOM);  // a read brings its pages only, no readahead
@@ -156,6 +213,31 @@ void PleFile::decode_row(const uint8_t* stored, float* out) const {
   for (size_t i = 0; i < n; ++i) out[i] *= es;  // (q · s) · embed_scale, as the Python reader rounds it
 }
 
+void PleFile::check_block(uint32_t b) {
+  if (block_ok_[b]) return;
+  const uint64_t block_bytes = uint64_t(block_groups_) * group_bytes_;
+  const uint64_t start = data_offset_ + b * block_bytes, length = std::min(block_bytes, checksum_offset_ - start);
+  std::vector<uint8_t> buf(std::min<uint64_t>(length, 8u << 20));
+  uLong crc = crc32(0L, Z_NULL, 0);
+  for (uint64_t done = 0; done < length;) {
+    size_t want = size_t(std::min<uint64_t>(buf.size(), length - done));
+    if (pread_full(fd_, buf.data(), want, start + done, nullptr) != want)
+      throw PleFormatError(path_ + ": data block " + std::to_string(b) + ": expected " + std::to_string(want) +
+                           " bytes at offset " + std::to_string(start + done) + ", found a short read (the file shrank)");
+    crc = crc32(crc, buf.data(), uInt(want));
+    done += want;
+  }
+  posix_fadvise(fd_, off_t(start), off_t(length), POSIX_FADV_DONTNEED);  // a check must not fill the page cache
+  if (uint32_t(crc) != block_crcs_[b]) {
+    const uint64_t r0 = uint64_t(b) * block_groups_ * rows_per_group_;
+    const uint64_t r1 = std::min<uint64_t>(vocab_size_, r0 + uint64_t(block_groups_) * rows_per_group_);
+    throw PleFormatError(path_ + ": data block " + std::to_string(b) + " (bytes [" + std::to_string(start) + ", " +
+                         std::to_string(start + length) + "), rows [" + std::to_string(r0) + ", " + std::to_string(r1) +
+                         ")): CRC-32 expected " + hex32(block_crcs_[b]) + " (checksum table), found " + hex32(uint32_t(crc)));
+  }
+  block_ok_[b] = true;
+}
+
 FetchStats PleFile::fetch(const int64_t* ids, size_t n, float* out) {
   auto t0 = std::chrono::steady_clock::now();
   FetchStats st;
@@ -169,28 +251,34 @@ FetchStats PleFile::fetch(const int64_t* ids, size_t n, float* out) {
   uniq.erase(std::unique(uniq.begin(), uniq.end()), uniq.end());
   st.unique_rows = int64_t(uniq.size());
   st.bytes_requested = st.unique_rows * row_bytes_;
+  if (!row_crc_)  // a minor-0 file: each touched block against the table, before any of its rows is used
+    for (int64_t t : uniq) check_block(uint32_t(uint64_t(t) / rows_per_group_ / block_groups_));
   std::unordered_set<uint64_t> pages;
   for (int64_t t : uniq) {  // announce every read first: the kernel queues them all before the first wait
-    uint64_t a = row_offset(t), b = a + row_bytes_;
-    posix_fadvise(fd_, off_t(a), off_t(row_bytes_), POSIX_FADV_WILLNEED);
+    uint64_t a = row_offset(t), b = a + record_bytes_;
+    posix_fadvise(fd_, off_t(a), off_t(record_bytes_), POSIX_FADV_WILLNEED);
     for (uint64_t p = a / kPageSize; p <= (b - 1) / kPageSize; ++p) pages.insert(p);
   }
   st.pages_touched = int64_t(pages.size());
-  stored_.resize(uniq.size() * size_t(row_bytes_));
+  stored_.resize(uniq.size() * size_t(record_bytes_));
   for (size_t u = 0; u < uniq.size(); ++u) {
-    uint8_t* dst = stored_.data() + u * row_bytes_;
-    size_t done = 0;
-    while (done < row_bytes_) {
-      ssize_t got = pread(fd_, dst + done, row_bytes_ - done, off_t(row_offset(uniq[u]) + done));
-      st.read_calls++;
-      if (got <= 0) throw PleFormatError(path_ + ": row " + std::to_string(uniq[u]) + ": read failed");
-      done += size_t(got);
+    uint8_t* dst = stored_.data() + u * record_bytes_;
+    const uint64_t off = row_offset(uniq[u]);
+    if (pread_full(fd_, dst, record_bytes_, off, &st.read_calls) != record_bytes_)
+      throw PleFormatError(path_ + ": row " + std::to_string(uniq[u]) + ": expected " + std::to_string(record_bytes_) +
+                           " bytes at offset " + std::to_string(off) + ", found a short read (the file shrank)");
+    if (row_crc_) {  // the payload against the CRC-32 stored after it, over the very bytes about to be decoded
+      const uint32_t want = field<uint32_t>(dst, row_bytes_), found = uint32_t(crc32(0L, dst, row_bytes_));
+      if (found != want)
+        throw PleFormatError(path_ + ": row " + std::to_string(uniq[u]) + " (bytes [" + std::to_string(off) + ", " +
+                             std::to_string(off + row_bytes_) + ")): CRC-32 expected " + hex32(want) +
+                             " (stored after the row), found " + hex32(found));
     }
   }
   const size_t rv = row_values();
   for (size_t i = 0; i < n; ++i) {
     size_t u = size_t(std::lower_bound(uniq.begin(), uniq.end(), ids[i]) - uniq.begin());
-    decode_row(stored_.data() + u * row_bytes_, out + i * rv);
+    decode_row(stored_.data() + u * record_bytes_, out + i * rv);
   }
   st.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return st;

@@ -156,12 +156,14 @@ def make_ple(out: str) -> str:
             [v // 2],
             sorted(set(rng.integers(0, v, 25).tolist())),
         ]
-        for dtype in ("fp32", "bf16", "int8", "int4"):
-            name = f"{shape}_{dtype}"
+        # every dtype with row CRCs (minor 1), and int4 / fp32 without them (minor 0: the block-check fallback)
+        for dtype, row_crc in (("fp32", True), ("bf16", True), ("int8", True), ("int4", True), ("int4", False),
+                               ("fp32", False)):
+            name = f"{shape}_{dtype}" + ("" if row_crc else "_minor0")
             path = os.path.join(d, name + ".ple")
             ple_store.write(path, (x[i: i + 97] for i in range(0, v, 97)), vocab_size=v, num_layers=L, ple_dim=P,
                             dtype=dtype, embed_scale=float(np.sqrt(np.float32(P))),
-                            model_hash=hashlib.sha256(name.encode()).digest(), progress=False)
+                            model_hash=hashlib.sha256(name.encode()).digest(), progress=False, row_crc=row_crc)
             r = ple_store.open(path)
             r.verify()
             fetches = []
@@ -180,22 +182,26 @@ def make_ple(out: str) -> str:
                     "pages_touched": st.pages_touched,
                 })
             h = r.header
-            files.append({"name": name, "path": path, "dtype": dtype, "vocab_size": v, "num_layers": L,
+            files.append({"name": name, "path": path, "dtype": dtype, "row_crc": h.row_crc, "vocab_size": v,
+                          "num_layers": L,
                           "ple_dim": P, "embed_scale": h.embed_scale, "identity": h.identity.hex(),
                           "model_hash": h.model_hash.hex(), "row_bytes": h.row_bytes, "row_stride": h.row_stride,
                           "rows_per_group": h.rows_per_group, "group_bytes": h.group_bytes,
                           "num_blocks": h.num_blocks, "file_bytes": h.file_bytes, "fetches": fetches})
             r.close()
-    corrupt = make_corrupt(d, os.path.join(d, "a_int8.ple"), os.path.join(d, "a_fp32.ple"))
+    corrupt = make_corrupt(d, os.path.join(d, "a_int8.ple"), os.path.join(d, "a_fp32.ple"),
+                           os.path.join(d, "a_fp32_minor0.ple"))
     with open(os.path.join(d, "golden.json"), "w") as f:
         json.dump({"files": files, "corrupt": corrupt}, f)
     return os.path.join(d, "a_int4.ple")
 
 
-def make_corrupt(d: str, src: str, src_multiblock: str) -> list:
-    """Damaged copies of a good file, each with the stage ("open" or "verify") and error Python gave."""
+def make_corrupt(d: str, src: str, src_multiblock: str, src_minor0: str) -> list:
+    """Damaged copies of a good file, each with the stage ("open", "fetch" of its fetch_ids, or "verify") and
+    the error Python gave."""
     good = open(src, "rb").read()
     multi = open(src_multiblock, "rb").read()
+    minor0 = open(src_minor0, "rb").read()
 
     def with_crc(buf: bytearray) -> bytearray:
         struct.pack_into("<I", buf, CRC_COVERED, zlib.crc32(bytes(buf[:CRC_COVERED])))
@@ -213,6 +219,11 @@ def make_corrupt(d: str, src: str, src_multiblock: str) -> list:
 
     hdr = ple_store.PleHeader.unpack(good)
     hm = ple_store.PleHeader.unpack(multi)
+    h0 = ple_store.PleHeader.unpack(minor0)
+    assert hdr.row_crc and not h0.row_crc and h0.num_blocks >= 2
+
+    def row_at(h, t: int) -> int:
+        return h.layout.row_offset(t)
     cases = {
         "bad_magic": patch(good, 0, "8s", b"GEMMAPLX"),
         "wrong_major": patch(good, 8, "<H", 2),
@@ -233,9 +244,16 @@ def make_corrupt(d: str, src: str, src_multiblock: str) -> list:
         "flipped_data_byte": flip(good, hdr.data_offset + 5),
         "flipped_last_block": flip(multi, hm.data_offset + hm.data_bytes - 3),
         "damaged_checksum_table": flip(good, hdr.checksum_offset + 1),
+        "row_crc_flag_without_room": patch(minor0, 68, "<I", 1),   # ROW_CRC, but strides hold no CRC
+    }
+    # fetches: a damaged row is refused by the fetch that returns it (row CRC, or a minor-0 file's block CRC)
+    fetch_cases = {
+        "flipped_row_payload": (flip(good, row_at(hdr, 5) + 7), [1, 5, 9]),
+        "flipped_row_crc": (flip(good, row_at(hdr, 5) + hdr.row_bytes + 1), [5]),
+        "minor0_flipped_block": (flip(minor0, row_at(h0, h0.vocab_size - 1) + 2), [0, h0.vocab_size - 1]),
     }
     out = []
-    for name, data in cases.items():
+    for name, (data, fetch_ids) in [*((n, (c, None)) for n, c in cases.items()), *fetch_cases.items()]:
         path = os.path.join(d, f"corrupt_{name}.ple")
         with open(path, "wb") as f:
             f.write(data)
@@ -246,14 +264,20 @@ def make_corrupt(d: str, src: str, src_multiblock: str) -> list:
             stage, error, message = "open", type(e).__name__, str(e)
         else:
             try:
+                if fetch_ids is not None:
+                    stage = "fetch"
+                    r.fetch(fetch_ids)
+                stage = "verify"
                 r.verify()
+                stage = "none"
             except Exception as e:                              # noqa: BLE001
-                stage, error, message = "verify", type(e).__name__, str(e)
+                error, message = type(e).__name__, str(e)
             r.close()
-        if stage == "none":
-            raise SystemExit(f"{path}: expected Python to refuse corrupt case {name}, it accepted the file")
+        if stage == "none" or (fetch_ids is not None and stage != "fetch"):
+            raise SystemExit(f"{path}: expected Python to refuse corrupt case {name} at "
+                             f"{'fetch' if fetch_ids else 'open or verify'}, it got to {stage}")
         out.append({"name": name, "path": path, "stage": stage, "error": error, "message": message,
-                    "field": field_of(message, path)})
+                    "field": field_of(message, path), "fetch_ids": fetch_ids})
     return out
 
 

@@ -10,19 +10,29 @@ import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.MappedByteBuffer;
 import java.nio.channels.FileChannel;
+import java.nio.file.Files;
+import java.nio.file.NoSuchFileException;
+import java.nio.file.Path;
+import java.nio.file.Paths;
+import java.nio.file.attribute.BasicFileAttributes;
 import java.security.MessageDigest;
 import java.security.NoSuchAlgorithmException;
+import java.util.ArrayDeque;
 import java.util.ArrayList;
 import java.util.Arrays;
-import java.util.Collections;
 import java.util.List;
+import java.util.concurrent.locks.ReentrantReadWriteLock;
 import java.util.zip.CRC32;
 
 /**
- * The Java twin of Python's {@code gemma_edge.ple_store} reader. {@link #open} validates every header
- * field FORMAT.md defines and maps the file read-only; {@link #fetch} reads each distinct token's row
- * once (one batched fetch per prompt) and returns rows in prompt order, dequantized × embed_scale.
- * Accounting ({@link FetchStats}) follows FORMAT.md's "I/O accounting" section exactly.
+ * The Java twin of Python's {@code gemma_edge.ple_store} reader. {@link #open} refuses anything but a
+ * regular file, validates every header field FORMAT.md defines, recomputes the identity (SHA-256 of
+ * header[0:144] + checksum table) and maps the file read-only; {@link #fetch} reads each distinct token's
+ * row once (one batched fetch per prompt), checks it (the CRC-32 stored after it, or in a minor-0 file its
+ * block's CRC the first time a fetch touches the block) and returns rows in prompt order, dequantized ×
+ * embed_scale. Accounting ({@link FetchStats}) follows FORMAT.md's "I/O accounting" section exactly.
+ * Fetches may run from several threads; {@link #close} waits for running ones, later calls throw
+ * IllegalStateException.
  */
 public final class PleFile implements PleRows, Closeable {
 
@@ -36,12 +46,15 @@ public final class PleFile implements PleRows, Closeable {
     public static final int QUANT_NONE = 0, QUANT_SYM_ABSMAX = 1;
     static final int IDENTITY_PREFIX = 144;   // identity = sha256(header[0:144] + checksum table)
     static final int CRC_COVERED = 176;       // header_crc32 covers header[0:176)
+    public static final int FLAG_ROW_CRC = 1;  // flags bit 0 (minor 1): a CRC-32 after every row
+    static final int ROW_CRC_BYTES = 4;
+    static final int FETCH_LOG_MAX = 1024;    // fetchLog keeps this many recent fetches; the totals count all
 
     /** The parsed header; field names are FORMAT.md's. */
     public static final class Header {
         public int versionMajor, versionMinor, headerBytes;
         public int vocabSize, numLayers, pleDim, dtype, quantScheme, quantGroupSize;
-        public int rowBytes, rowStride, rowsPerGroup, groupBytes, pageSize, blockGroups, numBlocks;
+        public int rowBytes, rowStride, rowsPerGroup, groupBytes, pageSize, blockGroups, numBlocks, flags;
         public long dataOffset, dataBytes, checksumOffset, fileBytes;
         public float embedScale;
         public byte[] modelHash = new byte[32];
@@ -51,6 +64,10 @@ public final class PleFile implements PleRows, Closeable {
         public long numGroups() { return ((long) vocabSize + rowsPerGroup - 1) / rowsPerGroup; }
         public String dtypeName() { return DTYPE_NAMES[dtype]; }
         public int rowFloats() { return numLayers * pleDim; }
+        /** Whether each row is followed by the CRC-32 of its payload (flags bit 0). */
+        public boolean rowCrc() { return (flags & FLAG_ROW_CRC) != 0; }
+        /** What a fetch reads for one row: the payload and, with ROW_CRC, its CRC. */
+        public int recordBytes() { return rowBytes + (rowCrc() ? ROW_CRC_BYTES : 0); }
         public String identityHex() { return hex(identity); }
         public String modelHashHex() { return hex(modelHash); }
 
@@ -78,8 +95,11 @@ public final class PleFile implements PleRows, Closeable {
     private final long windowBytes;
     private final byte[] head;
     private final byte[] checksumTable;
-    private final List<FetchStats> fetchLog = Collections.synchronizedList(new ArrayList<>());
+    private final boolean[] blockOk;   // minor-0 files: blocks a fetch has checked (guarded by this)
+    private final ArrayDeque<FetchStats> fetchLog = new ArrayDeque<>();   // the last FETCH_LOG_MAX (guarded by this)
     private long totalBytesRequested, totalPagesTouched;
+    private final ReentrantReadWriteLock lifecycle = new ReentrantReadWriteLock();  // fetches read, close writes
+    private boolean closed;   // guarded by lifecycle
 
     private PleFile(String path, Header h, RandomAccessFile raf, MappedByteBuffer[] maps, long windowBytes, byte[] head, byte[] table) {
         this.head = head;
@@ -89,6 +109,7 @@ public final class PleFile implements PleRows, Closeable {
         this.maps = maps;
         this.windowBytes = windowBytes;
         this.checksumTable = table;
+        this.blockOk = h.rowCrc() ? null : new boolean[h.numBlocks];
     }
 
     // ------------------------------------------------------------------ open + validation
@@ -96,7 +117,9 @@ public final class PleFile implements PleRows, Closeable {
     /** Opens and validates {@code path}; throws {@link PleFormatException} naming the failing field. */
     public static PleFile open(String path) throws IOException {
         File f = new File(path);
-        if (!f.isFile()) throw new PleFormatException(path, "file", "an existing regular file", "no such file");
+        requireRegularFile(path);
+        // Java cannot open without blocking (O_NONBLOCK) nor stat what it opened: the type is checked just
+        // before, which leaves a race with whoever replaces the file in between (Python and C++ have none).
         RandomAccessFile raf = new RandomAccessFile(f, "r");
         try {
             long size = raf.length();
@@ -105,6 +128,10 @@ public final class PleFile implements PleRows, Closeable {
             byte[] head = new byte[HEADER_BYTES];
             raf.readFully(head);
             Header h = parseHeader(path, head, size);
+            byte[] table = new byte[4 * h.numBlocks];
+            raf.seek(h.checksumOffset);
+            raf.readFully(table);
+            checkIdentity(path, h, head, table);
             FileChannel ch = raf.getChannel();
             // Map the data in windows of whole groups (a MappedByteBuffer holds < 2 GiB).
             long groupsPerWindow = Math.max(1, (1L << 30) / h.groupBytes);
@@ -116,14 +143,37 @@ public final class PleFile implements PleRows, Closeable {
                 long len = Math.min(windowBytes, h.dataBytes - w * windowBytes);
                 maps[w] = ch.map(FileChannel.MapMode.READ_ONLY, start, len);
             }
-            byte[] table = new byte[4 * h.numBlocks];
-            raf.seek(h.checksumOffset);
-            raf.readFully(table);
             return new PleFile(path, h, raf, maps, windowBytes, head, table);
         } catch (IOException | RuntimeException e) {
             raf.close();
             throw e;
         }
+    }
+
+    /** A FIFO would block the open forever, a directory or device is no .ple: refuse them by type, by name. */
+    static void requireRegularFile(String path) throws PleFormatException {
+        Path p = Paths.get(path);
+        BasicFileAttributes a;
+        try {
+            a = Files.readAttributes(p, BasicFileAttributes.class);   // follows symlinks, as opening does
+        } catch (NoSuchFileException e) {
+            throw new PleFormatException(path, "file", "an existing regular file", "no such file");
+        } catch (IOException e) {
+            throw new PleFormatException(path, "file", "a readable regular file", "cannot stat (" + e.getMessage() + ")");
+        }
+        if (a.isRegularFile()) return;
+        String kind = a.isDirectory() ? "a directory" : a.isSymbolicLink() ? "a dangling symbolic link" : "a FIFO, socket or device";
+        try {   // the precise kind where the platform tells it (Linux, Android: the "unix" view)
+            int mode = (Integer) Files.getAttribute(p, "unix:mode");
+            int type = mode & 0170000;
+            if (type == 0010000) kind = "a FIFO (named pipe)";
+            else if (type == 0140000) kind = "a socket";
+            else if (type == 0020000) kind = "a character device";
+            else if (type == 0060000) kind = "a block device";
+        } catch (IOException | RuntimeException e) {
+            // no "unix" view here: the generic kind above stands
+        }
+        throw new PleFormatException(path, "file type", "a regular file", kind);
     }
 
     static Header parseHeader(String path, byte[] head, long fileSize) throws PleFormatException {
@@ -157,6 +207,7 @@ public final class PleFile implements PleRows, Closeable {
         h.pageSize = i32(b, 56);
         h.blockGroups = i32(b, 60);
         h.numBlocks = i32(b, 64);
+        h.flags = b.getInt(68);   // bit 0 ROW_CRC; a reader ignores bits it does not know
         h.dataOffset = b.getLong(72);
         h.dataBytes = b.getLong(80);
         h.checksumOffset = b.getLong(88);
@@ -189,9 +240,10 @@ public final class PleFile implements PleRows, Closeable {
         }
         long rowBytes = expectedRowBytes(h.dtype, lp, h.quantGroupSize);
         if (h.rowBytes != rowBytes) bad(path, "row_bytes", rowBytes + " for " + DTYPE_NAMES[h.dtype] + " L=" + h.numLayers + " P=" + h.pleDim, u32(b, 40));
-        if (h.rowStride < h.rowBytes || h.rowStride % 16 != 0)
-            bad(path, "row_stride", "a multiple of 16 >= row_bytes " + h.rowBytes, u32(b, 44));
-        long lastRowEnd = (long) (h.rowsPerGroup - 1) * h.rowStride + h.rowBytes;
+        String record = "row_bytes " + h.rowBytes + (h.rowCrc() ? " + 4 (flags ROW_CRC)" : "");
+        if (h.rowStride < h.recordBytes() || h.rowStride % 16 != 0)
+            bad(path, "row_stride", "a multiple of 16 ≥ " + record, u32(b, 44));
+        long lastRowEnd = (long) (h.rowsPerGroup - 1) * h.rowStride + h.recordBytes();
         if (h.groupBytes < 0 || h.groupBytes % PAGE_SIZE != 0 || h.groupBytes < lastRowEnd)
             bad(path, "group_bytes", "a multiple of " + PAGE_SIZE + " >= " + lastRowEnd + " (rows_per_group·stride)", u32(b, 52));
         long numGroups = h.numGroups();
@@ -267,17 +319,20 @@ public final class PleFile implements PleRows, Closeable {
     public String identityHex() { return h.identityHex(); }
     @Override public int rowFloats() { return h.rowFloats(); }
 
-    /** Every fetch so far, oldest first (Python's {@code fetch_log}). */
-    public List<FetchStats> fetchLog() { synchronized (fetchLog) { return new ArrayList<>(fetchLog); } }
+    /** The most recent fetches (at most FETCH_LOG_MAX), oldest first (Python's {@code fetch_log}). */
+    public synchronized List<FetchStats> fetchLog() { return new ArrayList<>(fetchLog); }
 
-    public FetchStats lastFetch() { synchronized (fetchLog) { return fetchLog.isEmpty() ? null : fetchLog.get(fetchLog.size() - 1); } }
+    public synchronized FetchStats lastFetch() { return fetchLog.peekLast(); }
 
-    /** Sum of bytes_requested over all fetches: the PLE bytes read from flash. */
+    /** Sum of bytes_requested over all fetches (also those fetchLog no longer keeps): the PLE bytes read from flash. */
     public synchronized long totalBytesRequested() { return totalBytesRequested; }
 
     public synchronized long totalPagesTouched() { return totalPagesTouched; }
 
-    /** Refuses this file unless its identity equals {@code expectedHex} (the manifest's files.ple.identity). */
+    /**
+     * Refuses this file unless its identity equals {@code expectedHex} (the manifest's files.ple.identity);
+     * {@link #open} has already recomputed the header's identity from the header and the checksum table.
+     */
     public void checkIdentity(String expectedHex, String expectedFrom) throws PleFormatException {
         if (!h.identityHex().equalsIgnoreCase(expectedHex))
             throw new PleFormatException(path, "identity", expectedHex + " (" + expectedFrom + ")", h.identityHex() + " (this file's header)");
@@ -299,13 +354,20 @@ public final class PleFile implements PleRows, Closeable {
         return Arrays.copyOf(u, n);
     }
 
-    /** Reads each unique row once (its stored bytes), records the accounting, returns [unique][row_bytes]. */
-    private byte[][] readUnique(int[] uniq, int numIds, long t0) {
+    /**
+     * Reads each unique row once (its stored bytes), checks it, records the accounting, returns
+     * [unique][row_bytes]. The caller holds the lifecycle's read lock.
+     */
+    private byte[][] readUnique(int[] uniq, int numIds, long t0) throws PleChecksumException {
+        if (!h.rowCrc()) checkBlocksOf(uniq);
+        int rec = h.recordBytes();
         byte[][] raw = new byte[uniq.length][h.rowBytes];
+        byte[] crcBytes = new byte[ROW_CRC_BYTES];
+        CRC32 crc = new CRC32();
         long pages = 0, lastPage = -1;
         for (int k = 0; k < uniq.length; k++) {
             long off = h.rowOffset(uniq[k]);
-            long first = off / PAGE_SIZE, last = (off + h.rowBytes - 1) / PAGE_SIZE;
+            long first = off / PAGE_SIZE, last = (off + rec - 1) / PAGE_SIZE;
             if (last > lastPage) {
                 pages += last - Math.max(first, lastPage + 1) + 1;
                 lastPage = last;
@@ -314,44 +376,83 @@ public final class PleFile implements PleRows, Closeable {
             ByteBuffer w = maps[(int) (rel / windowBytes)].duplicate();
             ((Buffer) w).position((int) (rel % windowBytes));   // Buffer.position: the covariant override is not on every Android
             w.get(raw[k]);
+            if (h.rowCrc()) {   // the payload against the CRC-32 stored after it, over the bytes returned
+                w.get(crcBytes);
+                long want = ByteBuffer.wrap(crcBytes).order(ByteOrder.LITTLE_ENDIAN).getInt() & 0xFFFFFFFFL;
+                crc.reset();
+                crc.update(raw[k], 0, h.rowBytes);
+                if (crc.getValue() != want)
+                    throw new PleChecksumException(path, "row " + uniq[k] + " (bytes [" + off + ", " + (off + h.rowBytes) + "))",
+                            String.format("CRC-32 0x%08x (stored after the row)", want), String.format("0x%08x", crc.getValue()));
+            }
         }
         long bytes = (long) uniq.length * h.rowBytes;
         FetchStats st = new FetchStats(numIds, uniq.length, bytes, pages, uniq.length, (System.nanoTime() - t0) / 1e9);
-        fetchLog.add(st);
         synchronized (this) {
+            if (fetchLog.size() == FETCH_LOG_MAX) fetchLog.removeFirst();
+            fetchLog.addLast(st);
             totalBytesRequested += bytes;
             totalPagesTouched += pages;
         }
         return raw;
     }
 
+    /** A minor-0 file (no row CRCs): each block holding one of these rows against the table, once per reader. */
+    private void checkBlocksOf(int[] uniq) throws PleChecksumException {
+        long rowsPerBlock = (long) h.rowsPerGroup * h.blockGroups;
+        for (int k = 0; k < uniq.length; k++) {
+            int blk = (int) (uniq[k] / rowsPerBlock);
+            synchronized (this) { if (blockOk[blk]) continue; }
+            verifyBlock(blk);
+            synchronized (this) { blockOk[blk] = true; }
+        }
+    }
+
+    /** Runs {@code body} while this reader is open; close() waits for it. */
+    private <T> T whileOpen(IoBody<T> body) throws IOException {
+        ReentrantReadWriteLock.ReadLock lock = lifecycle.readLock();
+        lock.lock();
+        try {
+            if (closed) throw new IllegalStateException(path + ": reader is closed");
+            return body.run();
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    private interface IoBody<T> { T run() throws IOException; }
+
     /** Rows of {@code ids} in prompt order, dequantized × embed_scale: float[T * L * P]. One batched read. */
     @Override
-    public float[] fetch(int[] ids) {
-        long t0 = System.nanoTime();
-        int[] uniq = unique(ids);
-        byte[][] raw = readUnique(uniq, ids.length, t0);
-        int lp = h.rowFloats();
-        float[][] rows = new float[uniq.length][lp];
-        for (int k = 0; k < uniq.length; k++) dequantize(raw[k], rows[k], 0);
-        float[] out = new float[ids.length * lp];
-        for (int t = 0; t < ids.length; t++) System.arraycopy(rows[Arrays.binarySearch(uniq, ids[t])], 0, out, t * lp, lp);
-        return out;
+    public float[] fetch(int[] ids) throws IOException {
+        return whileOpen(() -> {
+            long t0 = System.nanoTime();
+            int[] uniq = unique(ids);
+            byte[][] raw = readUnique(uniq, ids.length, t0);
+            int lp = h.rowFloats();
+            float[][] rows = new float[uniq.length][lp];
+            for (int k = 0; k < uniq.length; k++) dequantize(raw[k], rows[k], 0);
+            float[] out = new float[ids.length * lp];
+            for (int t = 0; t < ids.length; t++) System.arraycopy(rows[Arrays.binarySearch(uniq, ids[t])], 0, out, t * lp, lp);
+            return out;
+        });
     }
 
     /** Stored bytes (scales + values, no padding) of {@code ids} in prompt order: byte[T * row_bytes]. One batched read. */
-    public byte[] fetchStored(int[] ids) {
-        long t0 = System.nanoTime();
-        int[] uniq = unique(ids);
-        byte[][] raw = readUnique(uniq, ids.length, t0);
-        byte[] out = new byte[ids.length * h.rowBytes];
-        for (int t = 0; t < ids.length; t++) System.arraycopy(raw[Arrays.binarySearch(uniq, ids[t])], 0, out, t * h.rowBytes, h.rowBytes);
-        return out;
+    public byte[] fetchStored(int[] ids) throws IOException {
+        return whileOpen(() -> {
+            long t0 = System.nanoTime();
+            int[] uniq = unique(ids);
+            byte[][] raw = readUnique(uniq, ids.length, t0);
+            byte[] out = new byte[ids.length * h.rowBytes];
+            for (int t = 0; t < ids.length; t++) System.arraycopy(raw[Arrays.binarySearch(uniq, ids[t])], 0, out, t * h.rowBytes, h.rowBytes);
+            return out;
+        });
     }
 
     /** One decode step's row: float[L * P]. */
     @Override
-    public float[] fetchOne(int id) {
+    public float[] fetchOne(int id) throws IOException {
         return fetch(new int[] {id});
     }
 
@@ -396,14 +497,21 @@ public final class PleFile implements PleRows, Closeable {
      * Checks the identity (sha256 of header[0:144] + checksum table), then every block's CRC-32;
      * throws {@link PleChecksumException} at the first mismatch (as Python's {@code verify}).
      */
-    public void verify() throws PleChecksumException {
-        verifyIdentity();
-        for (int blk = 0; blk < h.numBlocks; blk++) verifyBlock(blk);
+    public void verify() throws IOException {
+        whileOpen(() -> {
+            verifyIdentity();
+            for (int blk = 0; blk < h.numBlocks; blk++) verifyBlock(blk);
+            return null;
+        });
     }
 
     /** Recomputes the identity from the header and the checksum table and compares it with the header's. */
     public void verifyIdentity() throws PleChecksumException {
-        byte[] identity = computeIdentity(head, checksumTable);
+        checkIdentity(path, h, head, checksumTable);
+    }
+
+    private static void checkIdentity(String path, Header h, byte[] head, byte[] table) throws PleChecksumException {
+        byte[] identity = computeIdentity(head, table);
         if (!Arrays.equals(identity, h.identity))
             throw new PleChecksumException(path, "identity", h.identityHex() + " (header)",
                     hex(identity) + " (sha256 of header[0:144] + checksum table)");
@@ -411,6 +519,8 @@ public final class PleFile implements PleRows, Closeable {
 
     /** Checks block {@code blk} (groups [blk·block_groups, ...)) against checksum table entry {@code blk}. */
     public void verifyBlock(int blk) throws PleChecksumException {
+        if (blk < 0 || blk >= h.numBlocks)
+            throw new IllegalArgumentException(path + ": block: expected 0 <= block < num_blocks " + h.numBlocks + ", found " + blk);
         long numGroups = h.numGroups();
         long g0 = (long) blk * h.blockGroups, g1 = Math.min(g0 + h.blockGroups, numGroups);
         CRC32 crc = new CRC32();
@@ -433,8 +543,22 @@ public final class PleFile implements PleRows, Closeable {
         }
     }
 
+    /** Waits for running fetches, then closes; any later fetch or verify throws IllegalStateException. */
     @Override
     public void close() throws IOException {
-        raf.close();
+        ReentrantReadWriteLock.WriteLock lock = lifecycle.writeLock();
+        lock.lock();
+        try {
+            if (closed) return;
+            closed = true;
+            raf.close();   // the mappings stay valid until collected: `closed` is what stops their use
+        } finally {
+            lock.unlock();
+        }
+    }
+
+    public boolean isClosed() {
+        lifecycle.readLock().lock();
+        try { return closed; } finally { lifecycle.readLock().unlock(); }
     }
 }

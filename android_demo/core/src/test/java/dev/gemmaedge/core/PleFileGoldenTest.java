@@ -28,6 +28,7 @@ public class PleFileGoldenTest {
                 assertEquals(name, ((Number) f.get("row_bytes")).intValue(), h.rowBytes);
                 assertEquals(name, ((Number) f.get("rows_per_group")).intValue(), h.rowsPerGroup);
                 assertEquals(name, ((Number) f.get("num_blocks")).intValue(), h.numBlocks);
+                assertEquals(name + " row_crc (flags bit 0)", f.get("row_crc"), h.rowCrc());
                 assertEquals(name, (float) Json.asDouble(f.get("embed_scale"), "embed_scale"), h.embedScale, 0f);
                 p.verify();
                 int lp = h.rowFloats();
@@ -66,13 +67,22 @@ public class PleFileGoldenTest {
             assertEquals(name + ": Python's error class", "PleFormatError", c.get("error"));
             String field = (String) c.get("field");
             PleFile p = null;
+            String reached = "open";
             try {
                 p = PleFile.open(path);
                 if (stage.equals("open")) fail(name + ": Python refused it at open (" + c.get("message") + "), Java opened it");
+                if (c.get("fetch_ids") != null) {
+                    reached = "fetch";
+                    p.fetch(Golden.ints(c.get("fetch_ids")));
+                    fail(name + ": Python's fetch refused it (" + c.get("message") + "), Java's fetch returned rows");
+                }
+                reached = "verify";
                 p.verify();
                 fail(name + ": Python's verify refused it (" + c.get("message") + "), Java's verify passed");
             } catch (PleFormatException e) {
-                assertEquals(name + ": stage (Java: " + e.getMessage() + ")", stage, p == null ? "open" : "verify");
+                assertEquals(name + ": stage (Java: " + e.getMessage() + ")", stage, reached);
+                if (!reached.equals("open"))
+                    assertTrue(name + ": a damaged row or block is a PleChecksumException", e instanceof PleChecksumException);
                 assertEquals(name + ": field (Java: " + e.getMessage() + ")", field, e.field());
                 assertEquals(name, path, e.file());
                 assertTrue(name + ": message names the file: " + e.getMessage(), e.getMessage().startsWith(path + ": "));

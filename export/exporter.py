@@ -267,6 +267,14 @@ def reusable_program(bundle_dir: str | Path, mhash: bytes, settings: ExportSetti
     made without quantizing and lowering again."""
     bundle_dir = Path(bundle_dir)
     m = bf.read_manifest(bundle_dir)
+    try:
+        return _reusable_program(bundle_dir, m, mhash, settings)
+    except (KeyError, TypeError, AttributeError) as e:  # a manifest field missing or of the wrong type
+        raise ExportError(f"--reuse-program {bundle_dir / bf.MANIFEST_FILE}: cannot read field {e} "
+                          f"({type(e).__name__})") from e
+
+
+def _reusable_program(bundle_dir: Path, m: dict, mhash: bytes, settings: ExportSettings) -> Path:
     q = m["quantization"]
     want = {"model_hash": mhash.hex(), "linear": settings.quant, "group_size": settings.group_size,
             "embedding": settings.embedding_quant, "max_context": settings.max_context,
@@ -277,13 +285,13 @@ def reusable_program(bundle_dir: str | Path, mhash: bytes, settings: ExportSetti
              "methods": bf.role_methods(m), "program_revision": m["export"].get("program_revision", 1)}
     diff = [f"{k}: this export {want[k]!r}, that bundle {found[k]!r}" for k in want if want[k] != found[k]]
     if diff:
-        raise ValueError(f"--reuse-program {bundle_dir}: not the program this export would build — " + "; ".join(diff))
+        raise ExportError(f"--reuse-program {bundle_dir}: not the program this export would build — " + "; ".join(diff))
     entry = m["files"].get("program")
     path = bundle_dir / bf.PROGRAM_FILE
     if entry is None or not path.exists():
-        raise ValueError(f"--reuse-program {bundle_dir}: no {bf.PROGRAM_FILE} in that bundle")
+        raise ExportError(f"--reuse-program {bundle_dir}: no {bf.PROGRAM_FILE} in that bundle")
     if bf.sha256_file(path) != entry["sha256"]:
-        raise ValueError(f"--reuse-program {path}: sha256 does not match its manifest (file changed?)")
+        raise ExportError(f"--reuse-program {path}: sha256 does not match its manifest (file changed?)")
     return path
 
 
@@ -510,7 +518,8 @@ def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, settings: Exp
     model). `overwrite` replaces only a gemma-edge bundle. `reuse_program`: an earlier bundle of the same
     checkpoint and program settings whose `model.pte` is copied instead of quantizing and lowering again
     (see `reusable_program`); pte format only."""
-    checkpoint, out_dir = Path(checkpoint_dir), Path(out_dir)
+    # Absolute and without "." / "..": the partial goes beside the folder named (`--out .` included).
+    checkpoint, out_dir = Path(checkpoint_dir), Path(os.path.abspath(out_dir))
     remove_stale_partials(out_dir)  # first: it may put back the bundle a dead export had moved aside
     check_output(checkpoint, out_dir, overwrite)
     cfg = open_checkpoint(checkpoint).config

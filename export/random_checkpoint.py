@@ -51,7 +51,7 @@ def write_random_checkpoint(out_dir: str | Path, cfg: TextConfig, *, dtype: torc
                             tokenizer: bool = True, progress: bool = True) -> Path:
     """Write config.json + sharded safetensors + index (+ a test tokenizer.json of the same vocabulary)
     for `cfg` into `out_dir` (which must not exist); its parents are created."""
-    out_dir = Path(out_dir)
+    out_dir = Path(os.path.abspath(out_dir))  # the temporary folder goes beside the one named, even for "."
     if out_dir.exists() or out_dir.is_symlink():
         raise FileExistsError(f"{out_dir}: already exists; refusing to overwrite a checkpoint")
     above = next((p for p in out_dir.parents if p.exists()), None)

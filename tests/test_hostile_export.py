@@ -155,6 +155,21 @@ def test_a_failed_overwrite_keeps_the_old_bundle(ckpt, bundle, tiny_bundle, monk
     assert tree(bundle) == before and siblings(bundle) == ["ckpt", "out"]
 
 
+@pytest.mark.parametrize("damage", ["no-quantization-linear", "quantization-list", "export-string"])
+def test_reuse_program_with_a_damaged_manifest(damage, ckpt, bundle, tmp_path, capsys):
+    m = json.loads((bundle / "manifest.json").read_text())
+    if damage == "no-quantization-linear":
+        del m["quantization"]["linear"]
+    elif damage == "quantization-list":
+        m["quantization"] = []
+    else:
+        m["export"] = "x"
+    (bundle / "manifest.json").write_text(json.dumps(m))
+    rc, err = cli(capsys, "export", ckpt, "--out", tmp_path / "b", *reuse_args(bundle))
+    assert rc == 2 and str(bundle / "manifest.json") in err  # one line (cli() checks) naming the manifest
+    assert siblings(bundle) == ["ckpt", "out"]
+
+
 # ---------------------------------------------------------------- item 12: another architecture's config
 @pytest.mark.parametrize("change,message", [
     (lambda d: d.update(model_type="llama"), "model_type: expected 'gemma4_text' or 'gemma4' \\(Gemma 4\\), found 'llama'"),
@@ -306,6 +321,11 @@ def test_disk_full_while_writing_the_bundle(ckpt, tiny_bundle, tmp_path):
 
 
 # ---------------------------------------------------------------- item 13: partials of killed exports
+# A process that holds an exclusive flock on a folder (argv[1]) until killed, as a running export holds its partial's.
+LOCK_AND_WAIT = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
+                 "print('locked', flush=True); time.sleep(600)")
+
+
 def _dead_pid() -> int:
     p = subprocess.Popen(["true"])
     p.wait()
@@ -336,16 +356,12 @@ def test_killed_export_partial_is_removed_by_the_next(ckpt, tiny_bundle, tmp_pat
     mine.mkdir()
     locked = tmp_path / f"bundle.partial-{_dead_pid()}-locked"  # pid gone, but a process holds its lock
     locked.mkdir()
-    holder = subprocess.Popen(["flock", str(locked), "sleep", "600"])
+    holder = subprocess.Popen([PYTHON, "-c", LOCK_AND_WAIT, str(locked)], stdout=subprocess.PIPE, text=True)
     legacy = tmp_path / "bundle.partial-abc123"  # an older gemma-edge's name: no pid, no lock
     legacy.mkdir()
     (legacy / "model.ple").write_bytes(b"x" * 1000)
     try:
-        for _ in range(100):  # until flock holds the lock
-            r = subprocess.run(["flock", "-n", str(locked), "true"])
-            if r.returncode:
-                break
-            time.sleep(0.05)
+        assert holder.stdout.readline().strip() == "locked"
         caplog.set_level("WARNING", logger="gemma_edge.export")
         settings = ExportSettings(**{**TINY_EXPORT, "ple_dtype": "int4"})
         export_bundle(ckpt, out, settings, progress=False, reuse_program=tiny_bundle)

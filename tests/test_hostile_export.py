@@ -140,6 +140,15 @@ def test_overwrite_swaps_a_bundle_in_and_deletes_the_old(exchange, ckpt, bundle,
     assert siblings(bundle) == ["ckpt", "out"]
 
 
+def test_overwrite_of_the_current_folder(ckpt, bundle, tiny_bundle, monkeypatch):
+    """`--out .` from inside a bundle: the partial goes beside the folder, not into it."""
+    monkeypatch.chdir(bundle)
+    export_bundle(ckpt, ".", ExportSettings(**{**TINY_EXPORT, "ple_dtype": "int4"}), progress=False,
+                  overwrite=True, reuse_program=tiny_bundle)
+    assert read_manifest(bundle)["quantization"]["ple_dtype"] == "int4" and verify_bundle(bundle) == []
+    assert siblings(bundle) == ["ckpt", "out"] and not list(bundle.glob("*.partial-*"))
+
+
 def test_a_failed_overwrite_keeps_the_old_bundle(ckpt, bundle, tiny_bundle, monkeypatch):
     import gemma_edge.export.exporter as exporter
 

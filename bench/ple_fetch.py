@@ -1,6 +1,9 @@
 """Cold-cache benchmark of the batched PLE fetch on full-size E2B `.ple` files vs naive reads and the disk's limits.
 
 Run: python bench/ple_fetch.py [--workdir DIR] [--repeats 3]. Writes bench/results/ple_fetch.json.
+     python bench/ple_fetch.py --row-crc-cost [--repeats 7] [--delete-after]: what checking the rows costs the
+     cold batched fetch (FORMAT.md "Checksums"): row CRCs on, off, and a minor-0 file's block check on first
+     touch, side by side on one int4 E2B file. Writes bench/results/ple_row_crc.json.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ V, L, P = 262144, 35, 256            # Gemma 4 E2B's PLE table
 PAGE = 4096
 QD = 32                              # queue depth of the O_DIRECT random-read limit
 RESULTS = Path(__file__).parent / "results" / "ple_fetch.json"
+ROW_CRC_RESULTS = Path(__file__).parent / "results" / "ple_row_crc.json"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -239,6 +243,103 @@ def print_table(rows, writes):
               f"max rel err {w['quant_error']['max_rel']:.3g}")
 
 
+# ---------------------------------------------------------------------------------------------------
+# --row-crc-cost: the fetch's own check, on and off
+# ---------------------------------------------------------------------------------------------------
+
+class UncheckedReader(ple_store.PleReader):
+    """The same reads as the real reader (records: row and CRC), with the row-CRC comparison skipped."""
+
+    def _check_row_crcs(self, uniq, records):
+        pass
+
+
+class BlockCheckReader(ple_store.PleReader):
+    """What a minor-0 file costs: each touched block's CRC checked on first touch (no row CRCs compared);
+    `forget()` empties the per-reader cache so every cold run pays the first touch."""
+
+    def forget(self):
+        self._block_ok = np.zeros(self.header.num_blocks, bool)
+
+    def _check_row_crcs(self, uniq, records):
+        if self._block_ok is None:
+            self.forget()
+        self._check_blocks_of(uniq)   # before the rows are used; here after the reads, same I/O
+
+
+def cpu_isa() -> dict:
+    flags = set()
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                 platform.processor())
+    import zlib
+    return {"model": model, "isa": "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other",
+            "flags": sorted(flags & {"sse4_2", "pclmulqdq", "vpclmulqdq", "avx2", "avx512f", "avx512bw"}),
+            "zlib": zlib.ZLIB_RUNTIME_VERSION}
+
+
+def row_crc_cost(args) -> int:
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    write = ensure_file(workdir, "int4", args.rewrite)
+    path = str(workdir / "e2b_int4.ple")
+    rng = np.random.default_rng(args.seed)
+    perm = rng.permutation(V)
+    prompts = {int(T): zipf_prompt(rng, perm, int(T)) for T in args.tokens.split(",")}
+    rows = []
+    with ple_store.open(path) as checked, UncheckedReader(path) as unchecked, BlockCheckReader(path) as blocks:
+        assert checked.header.row_crc, f"{path}: expected a minor-1 file with row CRCs (--rewrite)"
+        for T, ids in prompts.items():
+            want = checked.fetch(ids)
+            assert np.array_equal(unchecked.fetch(ids), want) and np.array_equal(blocks.fetch(ids), want)
+
+            def cold_blocks(ids=ids):
+                blocks.forget()
+                return ours(blocks, ids, None, None)
+
+            times = {name: [] for name in ("row_crc_s", "unchecked_s", "block_first_touch_s")}
+            for _ in range(args.repeats):   # interleaved: a slow spell of the machine hits all three alike
+                for name, fn in (("row_crc_s", lambda: ours(checked, ids, None, None)),
+                                 ("unchecked_s", lambda: ours(unchecked, ids, None, None)),
+                                 ("block_first_touch_s", cold_blocks)):
+                    for reader in (checked, unchecked, blocks):   # fadvise skips pages any mapping holds
+                        reader.evict()
+                    times[name].append(fn())
+            med = {k: statistics.median(v) for k, v in times.items()}
+            h = checked.header
+            uniq = int(len(np.unique(ids)))
+            touched = int(len(np.unique(np.unique(ids) // h.rows_per_group // h.block_groups)))
+            r = {"tokens": T, "unique_rows": uniq, "blocks_touched": touched, **med,
+                 "row_crc_overhead": med["row_crc_s"] / med["unchecked_s"] - 1,
+                 "block_first_touch_overhead": med["block_first_touch_s"] / med["unchecked_s"] - 1,
+                 "all_s": times}
+            rows.append(r)
+            print(f"  T={T}: {uniq} rows, checked {1e3 * med['row_crc_s']:.2f} ms, unchecked "
+                  f"{1e3 * med['unchecked_s']:.2f} ms ({100 * r['row_crc_overhead']:+.1f} %), block check "
+                  f"{1e3 * med['block_first_touch_s']:.1f} ms", flush=True)
+    print("\ncold page cache, median of interleaved repeats, default fetch (float32 rows), ms")
+    print(f"{'T':>5} {'uniq':>5} {'blocks':>6} {'unchecked':>9} {'row CRC':>9} {'cost':>7} {'block 1st touch':>15} "
+          f"{'cost':>8}")
+    for r in rows:
+        print(f"{r['tokens']:5} {r['unique_rows']:5} {r['blocks_touched']:6} {1e3 * r['unchecked_s']:9.2f} "
+              f"{1e3 * r['row_crc_s']:9.2f} {100 * r['row_crc_overhead']:+6.1f}% {1e3 * r['block_first_touch_s']:15.1f} "
+              f"{100 * r['block_first_touch_overhead']:+7.0f}%")
+    out = {"machine": {"cpus": os.cpu_count(), "kernel": platform.release(), **cpu_isa()},
+           "note": "provisional: measured on a machine shared with other jobs",
+           "shape": {"vocab_size": V, "num_layers": L, "ple_dim": P, "dtype": "int4"}, "repeats": args.repeats,
+           "seed": args.seed, "strategy": ple_store.reader.DEFAULT_STRATEGY, "write": write, "fetch": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(f"\nwrote {args.out}")
+    if args.delete_after:
+        for f in (Path(path), workdir / "e2b_int4.write.json"):
+            f.unlink(missing_ok=True)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default="/work/main/work_dirs/ple_bench")
@@ -247,12 +348,18 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rewrite", action="store_true", help="write the files even if present")
-    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--out", default=None, help=f"default {RESULTS} ({ROW_CRC_RESULTS} with --row-crc-cost)")
+    ap.add_argument("--row-crc-cost", action="store_true", help="compare the fetch with and without its row check")
+    ap.add_argument("--delete-after", action="store_true", help="delete the .ple written for --row-crc-cost")
     ap.add_argument("--write-one", nargs=2, metavar=("DTYPE", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.write_one:
         write_one(*args.write_one)
         return 0
+    if args.row_crc_cost:
+        args.out = args.out or str(ROW_CRC_RESULTS)
+        return row_crc_cost(args)
+    args.out = args.out or str(RESULTS)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)

@@ -362,3 +362,28 @@ def test_native_refuses_a_fifo_and_a_directory_without_blocking(exe, tmp_path):
         f"gemma-edge-run: {fifo}: file type: expected a regular file, found a FIFO (named pipe)"
     assert refused(host_fetch(exe, tmp_path, [0], tmp_path / "r.bin")) == \
         f"gemma-edge-run: {tmp_path}: file type: expected a regular file, found a directory"
+
+
+def test_header_fuzz_runs_clean_on_the_python_reader(tmp_path):
+    """bench/fuzz_ple_header.py itself, briefly, on the Python reader: it runs and finds nothing."""
+    import json
+    p = subprocess.run([sys.executable, str(Path(__file__).parent.parent / "bench" / "fuzz_ple_header.py"),
+                        "--seconds", "3", "--readers", "python", "--out", str(tmp_path / "f.json")],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    out = json.loads((tmp_path / "f.json").read_text())
+    s = out["summary"]["python"]
+    assert s["cases"] > 0 and s["refused"] > 0 and s["accepted_correct_rows"] > 0
+    assert s["crashes"] == s["hangs"] == s["silent_wrong"] == s["undocumented"] == 0
+
+
+def test_native_names_a_bad_magic_on_one_printable_line(exe, tmp_path):
+    path = write(tmp_path / "m.ple")
+    with open(path, "r+b") as f:
+        f.write(b"GEMMA\n\xff\x00")                   # a newline and non-UTF-8 bytes where the magic was
+    p = subprocess.run([str(exe), "--ple", str(path), "--ids", "0", "--rows-out", str(tmp_path / "r.bin")],
+                       capture_output=True, timeout=HANG_GUARD_S)
+    assert p.returncode == 2
+    err = p.stderr.decode("utf-8")                    # valid UTF-8 ...
+    assert err.count("\n") == 1                       # ... on one line
+    assert err == f"gemma-edge-run: {path}: magic: expected GEMMAPLE, found 'GEMMA\\x0a\\xff\\x00' (not a .ple file)\n"

@@ -55,6 +55,21 @@ std::string hex32(uint32_t v) {
   return b;
 }
 
+// Bytes as text for a message: printable ASCII as is, anything else as \xNN (one line, valid UTF-8).
+std::string printable(const uint8_t* p, size_t n) {
+  std::string s = "'";
+  for (size_t i = 0; i < n; ++i) {
+    if (p[i] >= 0x20 && p[i] < 0x7f && p[i] != '\'' && p[i] != '\\') {
+      s += char(p[i]);
+    } else {
+      char b[5];
+      std::snprintf(b, sizeof b, "\\x%02x", p[i]);
+      s += b;
+    }
+  }
+  return s + "'";
+}
+
 const char* file_kind(mode_t m) {
   if (S_ISDIR(m)) return "a directory";
   if (S_ISFIFO(m)) return "a FIFO (named pipe)";
@@ -97,7 +112,7 @@ PleFile::PleFile(const std::string& path, const std::string& identity_hex) : pat
     if (size < kHeaderBytes) fail("file size (truncated header)", "at least 4096 bytes", str(size) + " bytes");
     uint8_t h[kHeaderBytes];
     if (pread(fd_, h, kHeaderBytes, 0) != ssize_t(kHeaderBytes)) fail("header", "4096 readable bytes", "a short read");
-    if (std::memcmp(h, kMagic, 8) != 0) fail("magic", "GEMMAPLE", "'" + std::string(reinterpret_cast<char*>(h), 8) + "'");
+    if (std::memcmp(h, kMagic, 8) != 0) fail("magic", "GEMMAPLE", printable(h, 8) + " (not a .ple file)");
     if (field<uint16_t>(h, 8) != kVersionMajor) fail("version_major", "1", str(field<uint16_t>(h, 8)));
     uint32_t crc = uint32_t(crc32(0L, h, kCrcCovered));
     if (crc != field<uint32_t>(h, 176)) fail("header_crc32", "the CRC-32 of header bytes [0, 176)", "a mismatch");

@@ -558,8 +558,12 @@ def open(path) -> PleReader:   # noqa: A001 - the package's public name, as in g
 
 def evict(path) -> None:
     """Drop a file's pages from the page cache (pages mapped by a live reader: use reader.evict())."""
-    fd = os.open(os.fspath(path), os.O_RDONLY)
+    path = os.fspath(path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)   # a FIFO must not block us
     try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise PleFormatError(f"{path}: file type: expected a regular file, found {_file_kind(mode)}")
         os.fdatasync(fd)   # dirty pages cannot be dropped
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:

@@ -170,9 +170,12 @@ def test_row_crc_flag_needs_room_in_the_stride(legacy):
 # ---------------------------------------------------------------------------------------------------
 
 def open_in_child(path, what="open") -> subprocess.CompletedProcess:
-    """ple_store.open / describe in a child process, so a reader that blocks fails the test instead of hanging it."""
+    """ple_store.open / describe / evict in a child process, so a reader that blocks fails the test instead of
+    hanging it."""
+    calls = {"open": "ple_store.open(sys.argv[1]).close()", "inspect": "describe(sys.argv[1])",
+             "evict": "ple_store.evict(sys.argv[1])"}
     code = ("import sys\nfrom gemma_edge import ple_store\nfrom gemma_edge.ple_store.inspect import describe\n"
-            f"try:\n    {'ple_store.open(sys.argv[1]).close()' if what == 'open' else 'describe(sys.argv[1])'}\n"
+            f"try:\n    {calls[what]}\n"
             "except ple_store.PleFormatError as e:\n    print(e); sys.exit(3)\n")
     try:
         return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
@@ -181,7 +184,7 @@ def open_in_child(path, what="open") -> subprocess.CompletedProcess:
         pytest.fail(f"{what} of {path} blocked (still waiting after {HANG_GUARD_S} s)")
 
 
-@pytest.mark.parametrize("what", ["open", "inspect"])
+@pytest.mark.parametrize("what", ["open", "inspect", "evict"])
 def test_fifo_is_refused_without_blocking(tmp_path, what):
     fifo = tmp_path / "model.ple"
     os.mkfifo(fifo)

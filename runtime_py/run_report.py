@@ -78,7 +78,8 @@ def run_bundle(bundle: str | Path, *, prompt: str | None = None, ids: str | None
                prompt_file: str | Path | None = None,
                max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                seed: int = 0, device: str = "pixel-8", backend: str = "pte", validate: bool = False,
-               checkpoint: str | Path | None = None, out=sys.stdout) -> RunResult:
+               checkpoint: str | Path | None = None, out=None) -> RunResult:
+    out = sys.stdout if out is None else out   # looked up now: a default bound at import goes stale
     devices = load_devices()
     if device not in devices:
         raise ValueError(f"--device: expected one of {sorted(devices)}, found {device!r}")

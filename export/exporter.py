@@ -381,6 +381,13 @@ def _tree_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
+def _only_bundle_files(folder: Path) -> bool:
+    """Whether every entry of `folder` is a regular file a bundle holds (an older export's partial), so that
+    deleting it can lose no file of a user's."""
+    return all(not p.is_symlink() and p.is_file() and (p.name in BUNDLE_FILES or p.name.endswith(WEIGHT_CACHE_SUFFIX))
+               for p in folder.iterdir())
+
+
 def remove_stale_partials(out_dir: Path) -> list[str]:
     """Delete the `<out>.partial-<pid>-*` folders of exports that died (killed, or the machine went down)
     and the old bundles a dead export had moved aside (`<out>.replaced-*`; put back when `<out>` is gone).
@@ -397,6 +404,8 @@ def remove_stale_partials(out_dir: Path) -> list[str]:
         if pid and _pid_alive(int(pid.group(1))):
             continue
         owner = f"export pid {pid.group(1)}" if pid else "an earlier export"
+        if not pid and not _only_bundle_files(path):
+            continue  # a pid-less name may be a user's own folder: removed only if it holds bundle files alone
         try:
             with _locked(path, wait=False) as free:
                 if not free:

@@ -369,6 +369,9 @@ def test_killed_export_partial_is_removed_by_the_next(ckpt, tiny_bundle, tmp_pat
     legacy = tmp_path / "bundle.partial-abc123"  # an older gemma-edge's name: no pid, no lock
     legacy.mkdir()
     (legacy / "model.ple").write_bytes(b"x" * 1000)
+    users = tmp_path / "bundle.partial-notes"  # a user's folder that only looks like a partial: kept
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
     try:
         assert holder.stdout.readline().strip() == "locked"
         caplog.set_level("WARNING", logger="gemma_edge.export")
@@ -378,7 +381,8 @@ def test_killed_export_partial_is_removed_by_the_next(ckpt, tiny_bundle, tmp_pat
         holder.kill()
         holder.wait()
     assert verify_bundle(out) == []
-    assert sorted(p.name for p in tmp_path.glob("bundle.*")) == sorted([mine.name, locked.name])
+    assert sorted(p.name for p in tmp_path.glob("bundle.*")) == sorted([mine.name, locked.name, users.name])
+    assert (users / "notes.txt").read_text() == "mine"
     said = "\n".join(r.getMessage() for r in caplog.records)
     assert f"removed {partials[0]}" in said and f"export pid {child.pid}, no longer running" in said
     assert f"removed {legacy}" in said

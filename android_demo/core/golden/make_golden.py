@@ -609,6 +609,15 @@ def make_bundle(out: str, ple_path: str, tokenizer_path: str) -> None:
         json.dump(manifest, f, indent=1)
 
 
+def make_contract(out: str) -> None:
+    """The manifest contract's key lists as the Python reader holds them, for Java's copies to be checked against."""
+    from gemma_edge.export import bundle_format as bf
+
+    with open(os.path.join(out, "contract.json"), "w") as f:
+        json.dump({"required_keys": list(bf.REQUIRED_KEYS), "config_required_keys": list(bf.CONFIG_REQUIRED_KEYS),
+                   "input_names": list(bf.INPUT_NAMES)}, f)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: make_golden.py OUTDIR", file=sys.stderr)
@@ -621,6 +630,7 @@ def main(argv: list[str]) -> int:
     tok_path = make_tokenizers(out)
     make_generation(out, ple_path)
     make_bundle(out, ple_path, tok_path)
+    make_contract(out)
     print(f"golden files written to {out}")
     return 0
 

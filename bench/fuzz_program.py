@@ -36,7 +36,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from gemma_edge.export import bundle_format as bf
+from gemma_edge.contract import bundle_format as bf
 from gemma_edge.runtime import native
 
 RESULTS = Path(__file__).parent / "results" / "fuzz_program.json"
@@ -64,8 +64,8 @@ def tiny_bundle(work: Path) -> Path:
     """The tests' tiny random checkpoint and its bundle (tests/conftest.py's settings)."""
     from gemma_edge.export.exporter import ExportSettings, export_bundle
     from gemma_edge.export.parity import random_hf_model
-    from gemma_edge.export.presets import preset
-    from gemma_edge.runtime.tokenizer import write_test_tokenizer
+    from gemma_edge.contract.presets import preset
+    from gemma_edge.export.random_tokenizer import write_test_tokenizer
 
     cfg = preset("tiny")
     ckpt = work / "checkpoint"

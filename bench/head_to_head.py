@@ -265,7 +265,7 @@ def main() -> None:
         if not b.get("killed_at_rss_bytes") and "decode_bytes_per_token" not in b:
             b["decode_bytes_per_token"] = decode_bytes_per_token(system, b)
 
-    from gemma_edge.export.config import TextConfig
+    from gemma_edge.contract.config import TextConfig
 
     vocab = TextConfig.from_json(ckpt / "config.json").vocab_size
     import numpy as np

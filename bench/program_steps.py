@@ -43,7 +43,7 @@ def load(bundle: Path, prompt: int, threads: int, etdump: bool = False) -> Progr
     from executorch.extension.pybindings import portable_lib
 
     from gemma_edge import ple_store
-    from gemma_edge.export import bundle_format as bf
+    from gemma_edge.contract import bundle_format as bf
 
     manifest = bf.read_manifest(bundle)
     method = bf.role_methods(manifest)

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from gemma_edge.runtime.phone import proc_status
+from gemma_edge.procfs import proc_status
 
 RESULTS = Path(__file__).parent / "results" / "runtime.json"
 SYSTEMS = ("pte", "eager", "transformers")
@@ -32,7 +32,7 @@ def mem_row(st: dict) -> dict:
 
 
 def run_session(system: str, bundle: str, checkpoint: str, n_prompt: int, n_new: int) -> dict:
-    from gemma_edge.export import bundle_format as bf
+    from gemma_edge.contract import bundle_format as bf
     from gemma_edge.runtime import Session
     from gemma_edge.runtime.backends import preload
 
@@ -86,7 +86,7 @@ def worker(args) -> None:
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.worker == "transformers":
-        from gemma_edge.export.config import TextConfig
+        from gemma_edge.contract.config import TextConfig
 
         vocab = TextConfig.from_json(Path(args.checkpoint) / "config.json").vocab_size
         row = run_transformers(args.checkpoint, args.prompt_tokens, args.new_tokens, vocab)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import bundle_format as bf
+from gemma_edge.contract import bundle_format as bf
 
 # ExecuTorch ScalarType codes as TensorInfo.dtype() returns them
 _SCALAR_TYPES = {0: "uint8", 1: "int8", 3: "int32", 4: "int64", 5: "float16", 6: "float32", 11: "bool", 15: "bfloat16"}

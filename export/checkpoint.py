@@ -6,10 +6,8 @@ be skipped (`load_ple_table=False`) and read on its own, row range by row range 
 """
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
-import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,8 @@ from typing import Iterator
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .config import TextConfig
+from gemma_edge import procfs
+from gemma_edge.contract.config import TextConfig
 from .model import Gemma4CausalLM, build_model
 
 TEXT_PREFIXES = ("model.language_model.", "model.")  # multimodal first: "model." is a prefix of it
@@ -204,54 +203,15 @@ def _materialise_buffer(model: Gemma4CausalLM, name: str) -> torch.Tensor:
     return rope_inv_freq(spec)
 
 
-_MADV_DONTNEED = 4
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-
-
-def _file_mapping(address: int) -> tuple[int, int, str] | None:
-    """The /proc/self/maps entry (start, end, path) holding `address`, if it maps a regular file."""
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split(maxsplit=5)
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            if start <= address < end:
-                path = fields[5].strip() if len(fields) == 6 else ""
-                return (start, end, path) if path.startswith("/") else None
-    return None
-
-
-def _all_pages_clean_file_copies(start: int, end: int) -> bool:
-    """True when no resident page in [start, end) is anonymous (/proc/self/pagemap bit 61: file page).
-    A private file mapping's page that was written has become an anonymous copy: dropping it would
-    bring back the file's bytes in place of the written ones."""
-    first, count = start // mmap.PAGESIZE, (end - start) // mmap.PAGESIZE
-    with open("/proc/self/pagemap", "rb") as f:
-        f.seek(first * 8)
-        entries = memoryview(f.read(count * 8)).cast("Q")
-    present, file_page = 1 << 63, 1 << 61
-    return all(not (e & present) or (e & file_page) for e in entries)
-
-
 def release_file_pages(tensor: torch.Tensor) -> int:
     """Drop the resident pages under `tensor` when it lives in a file mapping (a shard mmap'd by
     safetensors): they are clean copies of the file, counted in RSS while mapped, and come back from the
     file on the next touch. Anonymous memory, and file pages written since they were mapped, are left
     alone (MADV_DONTNEED would lose their contents). Returns the bytes of address range released (0 when
     nothing was)."""
-    address, nbytes = tensor.data_ptr(), tensor.numel() * tensor.element_size()
     if not tensor.is_contiguous():
         return 0
-    mapping = _file_mapping(address) if nbytes else None
-    if mapping is None:
-        return 0
-    start = max(mapping[0], address - address % mmap.PAGESIZE)
-    end = min(mapping[1], -(-(address + nbytes) // mmap.PAGESIZE) * mmap.PAGESIZE)
-    if not _all_pages_clean_file_copies(start, end):
-        return 0
-    if _libc.madvise(start, end - start, _MADV_DONTNEED) != 0:
-        return 0  # best effort: memory stays as it was
-    return end - start
+    return procfs.release_clean_file_pages(tensor.data_ptr(), tensor.numel() * tensor.element_size())
 
 
 def _tensor_location(shard: Path, name: str) -> tuple[str, list[int], int]:

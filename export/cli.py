@@ -10,7 +10,7 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def _random_checkpoint(args) -> int:
-    from .presets import preset
+    from gemma_edge.contract.presets import preset
     from .random_checkpoint import write_random_checkpoint
 
     out = write_random_checkpoint(args.out, preset(args.preset), dtype=_DTYPES[args.dtype], seed=args.seed,
@@ -69,7 +69,7 @@ def _inspect(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .presets import PRESETS
+    from gemma_edge.contract.presets import PRESETS
 
     p = sub.add_parser("random-checkpoint", help="write a Hugging Face checkpoint with random weights")
     p.add_argument("out", help="folder to create")

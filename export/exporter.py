@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import bundle_format as bf
+from gemma_edge.contract import bundle_format as bf
 from . import rewrites
 from .checkpoint import load_checkpoint, model_hash, open_checkpoint, ple_row_chunks
-from .config import TextConfig
+from gemma_edge.contract.config import TextConfig
 
 log = logging.getLogger("gemma_edge.export")
 

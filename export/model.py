@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import FULL, SLIDING, LayerSpec, TextConfig
+from gemma_edge.contract.config import FULL, SLIDING, LayerSpec, TextConfig
 
 
 class RMSNorm(nn.Module):

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint
-from .config import TextConfig
+from gemma_edge.contract.config import TextConfig
 
 
 @dataclass
@@ -68,7 +68,7 @@ def ours_cached_logits(model, ids: torch.Tensor, prefill: int) -> torch.Tensor:
 
 def parity_report(preset_name: str = "tiny", seq_len: int = 24, seed: int = 0, multimodal: bool = False,
                   workdir: str | Path | None = None) -> ParityReport:
-    from .presets import preset
+    from gemma_edge.contract.presets import preset
 
     cfg = preset(preset_name)
     hf_model = random_hf_model(cfg, seed, multimodal)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError
-from .config import TextConfig
+from gemma_edge.contract.config import TextConfig
 from .model import build_model
 
 _DTYPE_NAMES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
@@ -118,7 +118,7 @@ def _write(out_dir: Path, cfg: TextConfig, dtype: torch.dtype, seed: int, shard_
             config = {**text, "architectures": ["Gemma4ForCausalLM"]}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         if tokenizer:
-            from gemma_edge.runtime.tokenizer import write_test_tokenizer
+            from gemma_edge.export.random_tokenizer import write_test_tokenizer
 
             write_test_tokenizer(tmp, cfg.vocab_size)
         os.rename(tmp, out_dir)

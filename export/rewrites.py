@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bundle_format import PER_CHANNEL
+from gemma_edge.contract.bundle_format import PER_CHANNEL
 from .checkpoint import release_file_pages
-from .config import FULL, SLIDING, LayerSpec, ring_slots
+from gemma_edge.contract.config import FULL, SLIDING, LayerSpec, ring_slots
 from .model import Gemma4CausalLM, attend
 
 log = logging.getLogger("gemma_edge.export")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gemma_edge.export import bundle_format as bf
+from gemma_edge.contract import bundle_format as bf
 from gemma_edge.ple_store import FetchStats
 
 
@@ -153,7 +153,7 @@ class PteBackend:
         # Revision >= 5 programs take attend_len, whose length (last position + 1) bounds the attended slots.
         self._attend_len = set(arity.values()) == {4}
         self._read_bounds(metas[prefill_method], metas[decode_method])
-        from .phone import release_file_mapping
+        from gemma_edge.procfs import release_file_mapping
 
         self.released = release_file_mapping(path)  # delegates hold packed copies now; see its docstring
 

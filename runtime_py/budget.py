@@ -29,40 +29,14 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from gemma_edge.export.config import FULL, SLIDING, TextConfig, ring_slots
+from gemma_edge.contract.config import TextConfig, ring_slots
+from gemma_edge.contract.presets import BIG_MODELS, model_config  # noqa: F401 (budget.model_config: the API)
 
 DEVICES_FILE = Path(__file__).with_name("devices.json")
 RUNTIME_OVERHEAD = 60 << 20     # native ExecuTorch runtime + XNNPACK threadpool + allocator slack on a phone
 
-_PATTERN = lambda n, p: [FULL if (i + 1) % p == 0 else SLIDING for i in range(n)]   # noqa: E731
-BIG_MODELS = {
-    "26b-a4b": dict(config=dict(vocab_size=262_144, hidden_size=2816, intermediate_size=2112, num_hidden_layers=30,
-                                num_attention_heads=16, num_key_value_heads=8, num_global_key_value_heads=2,
-                                head_dim=256, global_head_dim=512, attention_k_eq_v=True, sliding_window=1024,
-                                layer_types=_PATTERN(30, 6), hidden_size_per_layer_input=0,
-                                final_logit_softcapping=30.0, eos_token_id=[1, 106]),
-                    moe=dict(num_experts=128, top_k_experts=8, moe_intermediate_size=704)),
-    "31b": dict(config=dict(vocab_size=262_144, hidden_size=5376, intermediate_size=21504, num_hidden_layers=60,
-                            num_attention_heads=32, num_key_value_heads=16, num_global_key_value_heads=4,
-                            head_dim=256, global_head_dim=512, attention_k_eq_v=True, sliding_window=1024,
-                            layer_types=_PATTERN(60, 6), hidden_size_per_layer_input=0,
-                            final_logit_softcapping=30.0, eos_token_id=[1, 106]),
-                moe=None),
-}
-
-
 def load_devices() -> dict[str, dict]:
     return json.loads(DEVICES_FILE.read_text())["devices"]
-
-
-def model_config(name: str) -> tuple[TextConfig, dict | None]:
-    """A preset ('e2b', 'e4b', 'e2b-10l', 'tiny', ...) or a big model ('26b-a4b', '31b') -> (config, moe)."""
-    if name in BIG_MODELS:
-        spec = BIG_MODELS[name]
-        return TextConfig(**spec["config"]), spec["moe"]
-    from gemma_edge.export.presets import preset
-
-    return preset(name), None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -249,7 +223,7 @@ def estimate(model: str | TextConfig, *, quant: str = "8da4w", group_size: int =
 def estimate_bundle(bundle_dir: str | Path, context: int | None = None, runtime_bytes: int = RUNTIME_OVERHEAD,
                     packed_copies: int | None = None) -> Budget:
     """The budget of an exported bundle, from its manifest (config, quantization, max_context, methods)."""
-    from gemma_edge.export import bundle_format as bf
+    from gemma_edge.contract import bundle_format as bf
 
     m = bf.read_manifest(bundle_dir)
     if packed_copies is None:
@@ -265,7 +239,7 @@ def estimate_bundle(bundle_dir: str | Path, context: int | None = None, runtime_
 
 def format_budget(b: Budget, devices: dict[str, dict]) -> str:
     gib = lambda n: f"{n / 2**30:7.3f} GiB"   # noqa: E731
-    from gemma_edge.export.bundle_format import granularity_name
+    from gemma_edge.contract.bundle_format import granularity_name
 
     lines = [f"memory budget: {b.model}  linear {b.quant} ({granularity_name(b.group_size)}), embedding {b.embedding_quant}, "
              f"PLE {b.ple_dtype}, context {b.context}, prefill chunk {b.prefill_chunk}",

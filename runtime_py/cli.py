@@ -45,7 +45,7 @@ def _run(args) -> int:
 
 
 def _budget(args) -> int:
-    from gemma_edge.export.bundle_format import method_names_for
+    from gemma_edge.contract.bundle_format import method_names_for
 
     from .budget import estimate, estimate_bundle, format_budget, load_devices, plot_budget
 
@@ -80,7 +80,7 @@ def _budget(args) -> int:
 def _run_native(args) -> int:
     from pathlib import Path
 
-    from gemma_edge.export import bundle_format as bf
+    from gemma_edge.contract import bundle_format as bf
 
     from . import native
     from .run_report import parse_ids

@@ -14,10 +14,10 @@ DEMO_SETTINGS = dict(quant="8da8w", embedding_quant="int8", ple_dtype="int4", ma
 
 
 def demo_checkpoint(work: Path) -> Path:
-    from gemma_edge.export.presets import preset
+    from gemma_edge.contract.presets import preset
     from gemma_edge.export.random_checkpoint import write_random_checkpoint
 
-    from .tokenizer import write_test_tokenizer
+    from gemma_edge.export.random_tokenizer import write_test_tokenizer
 
     ckpt = work / "checkpoint"
     if not (ckpt / "config.json").exists():
@@ -29,7 +29,7 @@ def demo_checkpoint(work: Path) -> Path:
 
 
 def demo_bundle(work: Path, ckpt: Path) -> Path:
-    from gemma_edge.export import bundle_format as bf
+    from gemma_edge.contract import bundle_format as bf
     from gemma_edge.export.exporter import ExportSettings, export_bundle
 
     bundle = work / "bundle"
@@ -63,7 +63,7 @@ def run_demo(work_dir: str | Path, prompt: str = "The quick brown fox", max_new_
 def run_native(bundle: Path, r, max_new_tokens: int) -> bool:
     """[4/4] The same prompt through the native host (C++, no Python in its process): same greedy tokens
     as the Python runtime, and the memory a phone app would hold."""
-    from gemma_edge.export import bundle_format as bf
+    from gemma_edge.contract import bundle_format as bf
 
     from . import native
 

@@ -102,7 +102,7 @@ def weight_cache_path(bundle: Path, manifest: dict | None = None) -> Path:
     `manifest`: the bundle's, when the caller has read it already. The host names the file itself, from the
     digest it checks the program against: it runs no program whose SHA-256 is not the manifest's, so this
     name (from the manifest) is the one it uses. Its checksum sits beside it, in `<name>.sha256`."""
-    from gemma_edge.export import bundle_format as bf
+    from gemma_edge.contract import bundle_format as bf
 
     program = (manifest or bf.read_manifest(bundle))["files"]["program"]
     return Path(bundle) / f"{Path(program['path']).name}.{program['sha256'][:16]}.xnnpack_cache"
@@ -119,7 +119,7 @@ def command(exe: Path, bundle: Path, ids, new_tokens: int, *, ids_file: Path, th
             weight_cache: bool = True) -> list[str]:
     """The argv that runs `bundle` (its manifest read and checked here) on prompt `ids`, which are written to
     `ids_file` (the caller's to remove); weight_cache: pack into / map from `weight_cache_path(bundle)`."""
-    from gemma_edge.export import bundle_format as bf
+    from gemma_edge.contract import bundle_format as bf
 
     bundle = Path(bundle)
     manifest = bf.read_manifest(bundle)

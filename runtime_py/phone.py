@@ -9,7 +9,6 @@ Prefill is compute-bound and is not simulated.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 PAGE = 4096
@@ -99,80 +98,3 @@ def check_run(report: PhoneReport, stats, reader, fetched_ids, ram_measured: int
         need <= report.ram_usable, f"{need / 2**30:.3f} GiB ({'measured' if ram_measured else 'predicted'}) ≤ "
                                    f"{report.ram_usable / 2**30:.2f} GiB usable")
     return report
-
-
-# ---------------------------------------------------------------------------------------------------
-# Measured memory of this process
-# ---------------------------------------------------------------------------------------------------
-
-def proc_status(pid: int | str = "self") -> dict[str, int]:
-    """VmHWM (peak RSS), VmRSS and its RssAnon / RssFile / RssShmem split, in bytes (Linux /proc)."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem"):
-                out[key] = int(rest.split()[0]) * 1024
-    return out
-
-
-def reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux ≥ 4.0: write 5 to /proc/self/clear_refs); False if refused."""
-    try:
-        with open(f"/proc/{os.getpid()}/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def release_file_mapping(path: str | os.PathLike) -> dict[str, int]:
-    """Unlock and drop this process's resident pages of every read-only mapping of `path`, and mark those
-    mappings random-access (no readahead).
-
-    Why: ExecuTorch's loader mmaps the .pte and, run as root, mlocks its constant segment — the in-program
-    token embedding included — which an Android app cannot do (64 KiB memlock limit). Once the methods are
-    loaded, XNNPACK has packed its own copy of every delegated weight, so what stays mapped is read only by
-    the embedding gather, one row per token: faulted back in on use, without dragging neighbouring rows in
-    by readahead. Pages of read-only file mappings are clean copies of the file, so dropping them never
-    loses data. Returns the bytes of mapping touched and the resident bytes before and after."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    target = os.path.realpath(path)
-    spans = []
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split(maxsplit=5)
-            if len(fields) == 6 and fields[5].strip() == target and "w" not in fields[1]:
-                spans.append(tuple(int(x, 16) for x in fields[0].split("-")))
-    before = mapping_resident_bytes(target)
-    madv_random, madv_dontneed = 1, 4
-    for start, end in spans:
-        addr, size = ctypes.c_void_p(start), ctypes.c_size_t(end - start)
-        libc.munlock(addr, size)
-        libc.madvise(addr, size, madv_random)
-        libc.madvise(addr, size, madv_dontneed)
-    # The page cache holds the file in large folios after the load's sequential read, and a fault maps a
-    # whole folio (up to 2 MiB here) into RSS per row gathered; evicting it makes each later fault read
-    # one page. (Clean pages: only I/O is lost, never data.)
-    fd = os.open(target, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-    return {"mapped": sum(e - s for s, e in spans), "resident_before": before,
-            "resident_after": mapping_resident_bytes(target)}
-
-
-def mapping_resident_bytes(path: str | os.PathLike) -> int:
-    """Resident bytes (smaps `Rss`) of this process's mappings of `path`."""
-    target, total, inside = os.path.realpath(path), 0, False
-    with open("/proc/self/smaps") as smaps:
-        for line in smaps:
-            head = line.split(maxsplit=5)
-            if head and not head[0].endswith(":"):      # a mapping's header line
-                inside = len(head) == 6 and head[5].strip() == target
-            elif inside and head[0] == "Rss:":
-                total += int(head[1]) * 1024
-    return total

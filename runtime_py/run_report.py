@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from gemma_edge.procfs import proc_status, reset_peak_rss
+
 from .budget import estimate_bundle, load_devices
-from .phone import check_run, kv_bytes_per_token, proc_status, reset_peak_rss, simulate
+from .phone import check_run, kv_bytes_per_token, simulate
 from .session import Session
 
 
@@ -130,7 +132,7 @@ def run_bundle(bundle: str | Path, *, prompt: str | None = None, ids: str | None
 
 def validate_against_eager(bundle: str | Path, token_ids: list[int], checkpoint, backend: str) -> dict:
     """Logits of the bundle (decode method token by token) vs the eager model on the checkpoint."""
-    from gemma_edge.export import bundle_format as bf
+    from gemma_edge.contract import bundle_format as bf
 
     m = bf.read_manifest(bundle)
     ckpt = checkpoint or (m.get("export") or {}).get("source_checkpoint") or m.get("source_checkpoint")

@@ -14,8 +14,8 @@ from typing import Iterator
 
 import numpy as np
 
-from gemma_edge.export import bundle_format as bf
-from gemma_edge.export.config import TextConfig
+from gemma_edge.contract import bundle_format as bf
+from gemma_edge.contract.config import TextConfig
 from gemma_edge.ple_store import FetchStats
 
 from .backends import EagerBackend, OnnxBackend, PteBackend, TablePle
@@ -39,10 +39,10 @@ def check_program_bounds(runner: PteBackend, m: dict, bundle_dir: Path) -> None:
     past what the program was built for (ExecuTorch's kernels abort on some of those)."""
     where = f"{bundle_dir / bf.MANIFEST_FILE}"
     rows = [m["num_layers"], max(m["ple_dim"], 1)]
-    for field, want, found in (("vocab_size", runner.vocab_size, m["vocab_size"]),
+    for name, want, found in (("vocab_size", runner.vocab_size, m["vocab_size"]),
                                ("num_layers, ple_dim", runner.ple_rows_shape, rows)):
         if want != found:
-            raise bf.BundleError(f"{where}: {field}: expected {want} (the program's {runner.path.name} "
+            raise bf.BundleError(f"{where}: {name}: expected {want} (the program's {runner.path.name} "
                                  f"metadata), found {found}")
     if m["prefill_chunk"] > runner.max_tokens:
         raise bf.BundleError(f"{where}: prefill_chunk: expected ≤ {runner.max_tokens} (the program's tokens "

@@ -29,8 +29,8 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     """transformers' Gemma4ForCausalLM, tiny preset, random weights large enough to give decisive logits,
     saved with save_pretrained, plus a test tokenizer.json of the same vocabulary."""
     from gemma_edge.export.parity import random_hf_model
-    from gemma_edge.export.presets import preset
-    from gemma_edge.runtime.tokenizer import write_test_tokenizer
+    from gemma_edge.contract.presets import preset
+    from gemma_edge.export.random_tokenizer import write_test_tokenizer
 
     if REUSE_CHECKPOINT:
         return Path(REUSE_CHECKPOINT)

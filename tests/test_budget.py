@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from gemma_edge.export.model import count_params
-from gemma_edge.export.presets import preset
+from gemma_edge.contract.presets import preset
 from gemma_edge.runtime.budget import (estimate, estimate_bundle, kv_cache_bytes, linear_bytes, load_devices,
                                        model_config, plot_budget)
 from gemma_edge.runtime.phone import fetch_seconds, simulate

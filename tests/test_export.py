@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from gemma_edge.export import rewrites
-from gemma_edge.export.bundle_format import PROGRAM_REVISION, read_manifest, sha256_file, verify_bundle
+from gemma_edge.contract.bundle_format import PROGRAM_REVISION, read_manifest, sha256_file, verify_bundle
 from gemma_edge.export.checkpoint import load_checkpoint
 from gemma_edge.export.exporter import ExportSettings, StageLog, export_bundle, prepare_model
 from gemma_edge.export.model import RMSNorm, attend, build_model
 from gemma_edge.export.parity import hf_logits, random_hf_model
-from gemma_edge.export.presets import preset
+from gemma_edge.contract.presets import preset
 from gemma_edge.ple_store import open as open_ple
 
 PTE_TOL = 1e-3  # unquantized .pte vs eager / transformers (issue 4)
@@ -27,7 +27,7 @@ def load_methods(bundle):
     import executorch.kernels.quantized  # noqa: F401
     from executorch.runtime import Runtime
 
-    from gemma_edge.export.bundle_format import role_methods
+    from gemma_edge.contract.bundle_format import role_methods
 
     roles = role_methods(read_manifest(bundle))
     program = Runtime.get().load_program(bundle / "model.pte")
@@ -480,7 +480,7 @@ def test_row_block_embedding_quantization_equals_whole(scheme):
 
 
 def test_manifest_roles_map_to_program_methods():
-    from gemma_edge.export.bundle_format import BundleError, method_names_for, role_methods
+    from gemma_edge.contract.bundle_format import BundleError, method_names_for, role_methods
 
     assert method_names_for("one") == {"prefill": "forward", "decode": "forward"}
     assert method_names_for("two") == {"prefill": "prefill", "decode": "decode"}

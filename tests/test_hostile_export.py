@@ -18,9 +18,9 @@ import torch
 
 from conftest import TINY_EXPORT
 from gemma_edge.cli import main
-from gemma_edge.export.bundle_format import read_manifest, verify_bundle
+from gemma_edge.contract.bundle_format import read_manifest, verify_bundle
 from gemma_edge.export.checkpoint import CheckpointError, open_checkpoint
-from gemma_edge.export.config import ConfigError, TextConfig
+from gemma_edge.contract.config import ConfigError, TextConfig
 from gemma_edge.export.exporter import ExportSettings, export_bundle
 
 PYTHON = sys.executable
@@ -211,7 +211,7 @@ def test_gemma4_configs_as_transformers_writes_them_still_load(tmp_path):
     """The multimodal wrapper Google ships (model_type gemma4, text_config gemma4_text) and the text-only
     config, both as transformers' save_pretrained writes them (which drops keys equal to its defaults)."""
     from gemma_edge.export.parity import random_hf_model
-    from gemma_edge.export.presets import preset
+    from gemma_edge.contract.presets import preset
 
     cfg = preset("tiny-e4b")
     for multimodal in (False, True):
@@ -223,7 +223,7 @@ def test_gemma4_configs_as_transformers_writes_them_still_load(tmp_path):
 
 # ---------------------------------------------------------------- item 9: damaged checkpoints, a full disk
 def sharded(tmp_path) -> Path:
-    from gemma_edge.export.presets import preset
+    from gemma_edge.contract.presets import preset
     from gemma_edge.export.random_checkpoint import write_random_checkpoint
 
     return write_random_checkpoint(tmp_path / "sharded", preset("tiny"), dtype=torch.float32, shard_bytes=200_000,

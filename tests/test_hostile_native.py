@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gemma_edge import ple_store
-from gemma_edge.export import bundle_format as bf
+from gemma_edge.contract import bundle_format as bf
 from gemma_edge.runtime import native
 
 PROMPT = [2, 100, 200, 300, 400, 100, 17, 18, 19, 20, 21, 22, 23]

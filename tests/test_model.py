@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from gemma_edge.export.checkpoint import CheckpointError, load_checkpoint, ple_row_chunks
-from gemma_edge.export.config import FULL, SLIDING, ConfigError, TextConfig
+from gemma_edge.contract.config import FULL, SLIDING, ConfigError, TextConfig
 from gemma_edge.export.model import build_model, count_params
 from gemma_edge.export.parity import hf_logits, ours_cached_logits, random_hf_model
-from gemma_edge.export.presets import preset
+from gemma_edge.contract.presets import preset
 from gemma_edge.export.random_checkpoint import write_random_checkpoint
 
 TOL = 1e-4  # fp32 logits, ours vs transformers (issue 2)
@@ -187,7 +186,7 @@ def test_release_file_pages_drops_mmapped_rows_and_keeps_values(tmp_path):
     from safetensors.torch import save_file
 
     from gemma_edge.export.checkpoint import release_file_pages
-    from gemma_edge.runtime.phone import proc_status
+    from gemma_edge.procfs import proc_status
 
     big = torch.randn(4096, 1024)  # 16 MiB
     save_file({"w": big}, tmp_path / "x.safetensors")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gemma_edge import ple_store
-from gemma_edge.export import bundle_format as bf
+from gemma_edge.contract import bundle_format as bf
 from gemma_edge.runtime import native
 
 from conftest import json_at_end

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from gemma_edge.export import bundle_format as bf
+from gemma_edge.contract import bundle_format as bf
 from gemma_edge.runtime import Session
 from gemma_edge.runtime.sampling import Sampler, SplitMix64
-from gemma_edge.runtime.tokenizer import TURN_CLOSE, TURN_OPEN, build_test_tokenizer, render_gemma4_chat
+from gemma_edge.contract.chat import TURN_CLOSE, TURN_OPEN, render_gemma4_chat
+from gemma_edge.export.random_tokenizer import build_test_tokenizer
 
 PROMPT = [2, 17, 300, 45, 45, 9, 120, 7, 88, 300, 5, 511, 64, 3, 17, 200, 42, 42, 42, 99]   # 20 ids: 3 chunks of 8
 SAMPLER_JAVA = Path(__file__).resolve().parents[1] / "android_demo/core/src/main/java/dev/gemmaedge/core/Sampler.java"
@@ -117,7 +118,7 @@ def test_ple_residency_within_fetched_rows(pte, eager):
 def test_program_pages_released_after_load(tiny_bundle):
     """After loading, no page of the .pte stays mapped-resident or locked (ExecuTorch mlocks its constants
     when run as root): the delegates hold packed copies, the embedding rows fault back in on use."""
-    from gemma_edge.runtime.phone import mapping_resident_bytes
+    from gemma_edge.procfs import mapping_resident_bytes
 
     session = Session(tiny_bundle)
     pte = tiny_bundle / bf.PROGRAM_FILE

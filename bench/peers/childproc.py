@@ -3,12 +3,26 @@ watch its process tree's RSS (kill it past a limit rather than take the machine 
 Android app's limits, and collect the one JSON result line it prints."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
 import subprocess
 import time
 from pathlib import Path
+
+
+def _load_procfs():
+    """The project's /proc tools (gemma_edge/procfs.py, standard library only), loaded by path: a child runs
+    in the peer's venv, where gemma_edge is not installed, and must not put the repo's folders on sys.path."""
+    path = Path(__file__).resolve().parents[2] / "gemma_edge" / "procfs.py"
+    spec = importlib.util.spec_from_file_location("gemma_edge_procfs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+procfs = _load_procfs()
 
 
 def clean_env(**extra: str) -> dict:
@@ -20,7 +34,7 @@ def clean_env(**extra: str) -> dict:
 
 
 def tree_rss(pid: int) -> int:
-    """VmRSS of `pid` and all its descendants, in bytes (0 once it is gone)."""
+    """VmRSS of `pid` and all its descendants, in bytes (0 once it is gone)."""  # threads too: not procfs's job
     total, stack = 0, [pid]
     while stack:
         p = stack.pop()

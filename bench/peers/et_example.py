@@ -365,31 +365,6 @@ def _child_export(spec: dict) -> dict:
 # Child: run
 # ----------------------------------------------------------------------------------------------------
 
-def _proc_status() -> dict:
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmHWM", "VmRSS", "VmLck", "RssAnon", "RssFile", "RssShmem"):
-            out[key] = int(rest.split()[0]) * 1024
-    return out
-
-
-def _file_vmas(path: str) -> list[dict]:
-    """This process's mappings of `path`: start, end, file offset, Rss (from /proc/self/smaps)."""
-    vmas, cur = [], None
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split()
-        if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
-            cur = None
-            if len(head) >= 6 and head[5] == path:
-                lo, hi = (int(x, 16) for x in head[0].split("-"))
-                cur = {"start": lo, "end": hi, "offset": int(head[2], 16), "rss": 0}
-                vmas.append(cur)
-        elif cur is not None and head[0] == "Rss:":
-            cur["rss"] = int(head[1]) * 1024
-    return vmas
-
-
 def _resident_in_range(vmas: list[dict], start: int, nbytes: int) -> int:
     """Bytes of file range [start, start + nbytes) mapped resident in this process (pagemap present bit),
     counting each file page once even when several mappings cover it."""
@@ -440,7 +415,7 @@ def _page_cache_in_range(path: str, start: int, nbytes: int) -> int:
 
 
 def _residency(pte: str, ple: dict | None) -> dict:
-    vmas = _file_vmas(pte)
+    vmas = childproc.procfs.file_vmas(pte)
     out = {"pte_mappings": len(vmas), "pte_mapping_rss_bytes": sum(v["rss"] for v in vmas),
            "ple_resident_bytes": None, "ple_page_cache_bytes": None}
     if ple:
@@ -465,7 +440,7 @@ def _child_run(spec: dict) -> dict:
     portable_lib._unsafe_reset_threadpool(spec["threads"])
     torch.set_num_threads(spec["threads"])
     rt = Runtime.get()
-    imported = _proc_status()            # the Python host (torch, executorch bindings) before any program
+    imported = childproc.procfs.proc_status()   # the Python host (torch, executorch bindings) before any program
     at_start = _residency(pte, spec["ple"])
     t0 = time.perf_counter()
     program = rt.load_program(pte)
@@ -512,7 +487,7 @@ def _child_run(spec: dict) -> dict:
     warm = generate(first=True)
     runs = [generate(first=False) for _ in range(spec["repeats"])]
     residency["at_end"] = _residency(pte, spec["ple"])
-    st = _proc_status()
+    st = childproc.procfs.proc_status()
     return {"load_s": load_s, "threads": {"xnnpack_threadpool": portable_lib._threadpool_get_thread_count(),
                                           "torch": torch.get_num_threads()},
             "memory": {"peak_rss_bytes": st["VmHWM"], "rss_bytes": st["VmRSS"], "rss_anon_bytes": st["RssAnon"],

@@ -600,49 +600,9 @@ def _child_ple(spec: dict) -> dict:
 # Child: run
 # ----------------------------------------------------------------------------------------------------
 
-def _proc_status() -> dict:
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem"):
-            out[key] = int(rest.split()[0]) * 1024
-    return out
-
-
-def _file_vmas(path: str) -> list[dict]:
-    """This process's mappings of `path`: start, end, file offset, Rss (from /proc/self/smaps)."""
-    vmas, cur = [], None
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split()
-        if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
-            cur = None
-            if len(head) >= 6 and head[5] == path:
-                lo, hi = (int(x, 16) for x in head[0].split("-"))
-                cur = {"start": lo, "end": hi, "offset": int(head[2], 16), "rss": 0}
-                vmas.append(cur)
-        elif cur is not None and head[0] == "Rss:":
-            cur["rss"] = int(head[1]) * 1024
-    return vmas
-
-
-def _resident_pages(vmas: list[dict]) -> set[int]:
-    """File page numbers mapped resident in this process (pagemap present bit), over all `vmas`."""
-    present = set()
-    with open("/proc/self/pagemap", "rb") as pm:
-        for v in vmas:
-            n = (v["end"] - v["start"]) // _PAGE
-            pm.seek(v["start"] // _PAGE * 8)
-            raw = pm.read(n * 8)
-            page0 = v["offset"] // _PAGE
-            for i in range(n):
-                if raw[i * 8 + 7] & 0x80:   # bit 63: page present
-                    present.add(page0 + i)
-    return present
-
-
 def _residency(model: str, sections: list[dict]) -> dict:
-    vmas = _file_vmas(model)
-    pages = _resident_pages(vmas)
+    vmas = childproc.procfs.file_vmas(model)
+    pages = childproc.procfs.resident_file_pages(vmas)
     per_section = {}
     for s in sections:
         name = s["model_type"] or s["data_type"]
@@ -673,7 +633,7 @@ def _child_run(spec: dict) -> dict:
 
     litert_lm.set_min_log_severity(litert_lm.LogSeverity.ERROR)
     residency = {"before_load": _residency(str(model), sections)}
-    host = _proc_status()   # the Python host with the runtime imported, before the model is loaded
+    host = childproc.procfs.proc_status()   # the Python host with the runtime imported, before the model is loaded
     t0 = time.perf_counter()
     engine = litert_lm.Engine(str(model), backend=litert_lm.Backend.CPU(thread_count=spec["threads"]),
                               cache_dir=str(model.parent), enable_benchmark=True, **spec["engine_options"])
@@ -720,9 +680,9 @@ def _child_run(spec: dict) -> dict:
     warm = generate(first=True)
     runs = [generate(first=False) for _ in range(spec["repeats"])]
     residency["at_end"] = _residency(str(model), sections)
-    st = _proc_status()
+    st = childproc.procfs.proc_status()
     cache_after = caches()
-    cache_vmas = [v for c in cache_after for v in _file_vmas(str(c))]
+    cache_vmas = [v for c in cache_after for v in childproc.procfs.file_vmas(str(c))]
     out = {"load_s": load_s,
            "memory": {"peak_rss_bytes": st["VmHWM"], "rss_bytes": st["VmRSS"], "rss_anon_bytes": st["RssAnon"],
                       "rss_file_bytes": st["RssFile"], "host_rss_before_load_bytes": host["VmRSS"],

@@ -39,7 +39,7 @@ def ensure_venv(root: Path) -> Path:
 
 def _stale(bundle: Path) -> int:
     """The program revision of a bundle an older gemma-edge exported (0 when it is current)."""
-    from gemma_edge.export.bundle_format import PROGRAM_REVISION
+    from gemma_edge.contract.bundle_format import PROGRAM_REVISION
 
     rev = json.loads((bundle / "manifest.json").read_text())["export"].get("program_revision", 1)
     return 0 if rev == PROGRAM_REVISION else rev
@@ -158,10 +158,10 @@ def _run_native(bundle: Path, prompt_ids: list[int], n_new: int, threads: int, r
 def _child_run(spec: dict) -> dict:
     from executorch.extension.pybindings import portable_lib
 
-    from gemma_edge.export import bundle_format as bf
+    from gemma_edge.contract import bundle_format as bf
     from gemma_edge.runtime import Session
     from gemma_edge.runtime.backends import preload
-    from gemma_edge.runtime.phone import mapping_resident_bytes, proc_status
+    from gemma_edge.procfs import mapping_resident_bytes, proc_status
 
     portable_lib._unsafe_reset_threadpool(spec["threads"])
     preload("pte")

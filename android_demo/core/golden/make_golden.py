@@ -341,7 +341,7 @@ def test_strings(rng: random.Random) -> list[str]:
 
 
 def make_tokenizers(out: str) -> str:
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
     d = os.path.join(out, "tokenizer")
     os.makedirs(d, exist_ok=True)
@@ -448,7 +448,7 @@ def runtime_recorded_case(v: int) -> dict:
 
     import torch
 
-    from gemma_edge.export.presets import preset
+    from gemma_edge.contract.presets import preset
     from gemma_edge.export.random_checkpoint import write_random_checkpoint
     from gemma_edge.runtime import Session
 
@@ -584,10 +584,10 @@ def make_bundle(out: str, ple_path: str, tokenizer_path: str) -> None:
                 "sha256": hashlib.sha256(open(p, "rb").read()).hexdigest(), **extra}
 
     L, P, V = h.num_layers, h.ple_dim, h.vocab_size
-    from gemma_edge.export.bundle_format import method_signature   # the exporter's own (attend_len included)
+    from gemma_edge.contract.bundle_format import method_signature   # the exporter's own (attend_len included)
 
     io = lambda t: method_signature(t, L, P)  # noqa: E731
-    from gemma_edge.export.presets import preset
+    from gemma_edge.contract.presets import preset
 
     # A whole TextConfig (every key an export writes) of the table's shape, plus a key no reader knows.
     cfg = preset("tiny", vocab_size=V, vocab_size_per_layer_input=V, num_hidden_layers=L, hidden_size_per_layer_input=P,
@@ -611,7 +611,7 @@ def make_bundle(out: str, ple_path: str, tokenizer_path: str) -> None:
 
 def make_contract(out: str) -> None:
     """The manifest contract's key lists as the Python reader holds them, for Java's copies to be checked against."""
-    from gemma_edge.export import bundle_format as bf
+    from gemma_edge.contract import bundle_format as bf
 
     with open(os.path.join(out, "contract.json"), "w") as f:
         json.dump({"required_keys": list(bf.REQUIRED_KEYS), "config_required_keys": list(bf.CONFIG_REQUIRED_KEYS),

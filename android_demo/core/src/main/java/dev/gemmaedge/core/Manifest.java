@@ -27,10 +27,10 @@ import java.util.Map;
 public final class Manifest {
     public static final String FORMAT = "gemma-edge-bundle";
     public static final int FORMAT_VERSION = 1;
-    /** The keys every manifest has (export/bundle_format.py REQUIRED_KEYS). */
+    /** The keys every manifest has (gemma_edge/contract/bundle_format.py REQUIRED_KEYS). */
     public static final List<String> REQUIRED_KEYS = Arrays.asList("model_hash", "config", "max_context", "prefill_chunk",
             "bos_token_id", "eos_token_ids", "vocab_size", "num_layers", "ple_dim", "quantization", "files", "methods");
-    /** The config keys every export writes (export/bundle_format.py CONFIG_REQUIRED_KEYS). */
+    /** The config keys every export writes (gemma_edge/contract/bundle_format.py CONFIG_REQUIRED_KEYS). */
     public static final List<String> CONFIG_REQUIRED_KEYS = Arrays.asList(
             "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
             "num_key_value_heads", "head_dim", "global_head_dim", "num_global_key_value_heads", "hidden_activation",
@@ -39,7 +39,7 @@ public final class Manifest {
             "final_logit_softcapping", "use_bidirectional_attention", "vocab_size_per_layer_input",
             "hidden_size_per_layer_input", "attention_k_eq_v", "num_kv_shared_layers", "enable_moe_block",
             "use_double_wide_mlp");
-    /** The step's inputs in order (export/bundle_format.py INPUT_NAMES); attend_len only from program revision 5. */
+    /** The step's inputs in order (gemma_edge/contract/bundle_format.py INPUT_NAMES); attend_len only from program revision 5. */
     static final List<String> INPUT_NAMES = Arrays.asList("tokens", "input_pos", "ple_rows", "attend_len");
 
     /** One entry of "files". */

@@ -1,4 +1,4 @@
-// The Java manifest reader's key lists equal the Python contract's (export/bundle_format.py, via the golden files).
+// The Java manifest reader's key lists equal the Python contract's (gemma_edge/contract/bundle_format.py, via the golden files).
 package dev.gemmaedge.core;
 
 import static org.junit.Assert.assertEquals;

@@ -1,4 +1,5 @@
-"""Named architectures: the real E2B / E4B, and tiny ones that exercise every switch in tests."""
+"""Named architectures: the real E2B / E4B, tiny ones that exercise every switch in tests, and the shapes of
+the big Gemma 4 models that memory budgets compare against (their MoE part beside the decoder's config)."""
 from __future__ import annotations
 
 from .config import FULL, SLIDING, TextConfig
@@ -64,3 +65,28 @@ def preset(name: str, **overrides) -> TextConfig:
     if name not in PRESETS:
         raise KeyError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}")
     return TextConfig(**{**PRESETS[name], **overrides})
+
+
+# Shapes only (budgets): the big Gemma 4 models, which gemma-edge does not export. MoE: 26B-A4B's experts.
+BIG_MODELS = {
+    "26b-a4b": dict(config=dict(vocab_size=262_144, hidden_size=2816, intermediate_size=2112, num_hidden_layers=30,
+                                num_attention_heads=16, num_key_value_heads=8, num_global_key_value_heads=2,
+                                head_dim=256, global_head_dim=512, attention_k_eq_v=True, sliding_window=1024,
+                                layer_types=_pattern(30, 6), hidden_size_per_layer_input=0,
+                                final_logit_softcapping=30.0, eos_token_id=[1, 106]),
+                    moe=dict(num_experts=128, top_k_experts=8, moe_intermediate_size=704)),
+    "31b": dict(config=dict(vocab_size=262_144, hidden_size=5376, intermediate_size=21504, num_hidden_layers=60,
+                            num_attention_heads=32, num_key_value_heads=16, num_global_key_value_heads=4,
+                            head_dim=256, global_head_dim=512, attention_k_eq_v=True, sliding_window=1024,
+                            layer_types=_pattern(60, 6), hidden_size_per_layer_input=0,
+                            final_logit_softcapping=30.0, eos_token_id=[1, 106]),
+                moe=None),
+}
+
+
+def model_config(name: str) -> tuple[TextConfig, dict | None]:
+    """A preset ('e2b', 'e4b', 'e2b-10l', 'tiny', ...) or a big model ('26b-a4b', '31b') -> (config, moe)."""
+    if name in BIG_MODELS:
+        spec = BIG_MODELS[name]
+        return TextConfig(**spec["config"]), spec["moe"]
+    return preset(name), None

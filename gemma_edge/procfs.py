@@ -66,7 +66,7 @@ def mapping_resident_bytes(path: str | os.PathLike) -> int:
 def resident_file_pages(vmas: list[dict]) -> set[int]:
     """File page numbers mapped resident in this process (pagemap present bit), over all `vmas`: a page
     mapped by several of them counts once."""
-    present = set()
+    present: set[int] = set()
     with open("/proc/self/pagemap", "rb") as pm:
         for v in vmas:
             n = (v["end"] - v["start"]) // PAGE

@@ -23,8 +23,8 @@ from .format import (CRC_COVERED, DATA_OFFSET, HEADER_BYTES, IDENTITY_PREFIX, MA
                      VERSION_MAJOR, PleHeader, QuantScheme, StoredDtype, file_bytes_for, values_bytes)
 
 STRATEGIES = ("willneed", "preadv")
-# Cold E2B fetches, interleaved medians (bench/ple_fetch.py): willneed ~1.5-2x faster at 128-512 tokens, a tie
-# at 2048, and it needs no thread pool. Both already run at this disk's random-read bandwidth (~350 MB/s).
+# willneed is the default: on cold E2B fetches it was faster than preadv at short prompts and tied at long ones
+# (`python bench/ple_fetch.py`; bench/RESULTS.md, "Figures behind design choices"), and it needs no thread pool.
 DEFAULT_STRATEGY = "willneed"
 QUEUE_DEPTH = 32                # preadv strategy: reads in flight at once
 VERIFY_CHUNK = 8 << 20          # verify reads this many bytes a call

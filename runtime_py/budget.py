@@ -3,7 +3,8 @@
 Program bytes = the weights as the exported .pte stores them (8da4w: int4 values + one bf16 scale per
 group; 8da8w: int8 + one fp32 scale per output channel; none: fp32), the tied matrix counted TWICE — the
 exporter unties it (`rewrites.untie_head`): the head is a linear (quantized like the linears), the
-embedding a separate gather table (embedding_quant). This matches the .pte size to 0.1 % (E2B-10l 8da4w).
+embedding a separate gather table (embedding_quant). How close this comes to a real .pte: bench/RESULTS.md,
+"Figures behind design choices".
 
 RAM = how ExecuTorch 1.5.1 + XNNPACK hold that program, as measured here (/proc smaps, E2B-10l 8da4w):
 the embedding stays in the mmap'd file (file-backed, paged in as read); every linear is an XNNPACK

@@ -38,7 +38,8 @@ def _run(args) -> int:
     r = run_bundle(args.bundle, prompt=args.prompt, ids=args.ids, prompt_file=args.prompt_file, chat=args.chat,
                    max_new_tokens=args.max_new_tokens,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                   device=args.device, backend=args.backend, validate=args.validate, checkpoint=args.checkpoint)
+                   device=args.device, backend=args.backend, validate=args.validate, checkpoint=args.checkpoint,
+                   fit_check=not args.no_fit_check)
     if args.json:
         print(result_json(r))
     return 0 if r.phone is None or r.phone.ok else 1
@@ -155,7 +156,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=_at_least(0), default=0)
     p.add_argument("--top-p", type=_finite, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="pixel-8", help="phone profile of runtime_py/devices.json")
+    p.add_argument("--device", default="pixel-8", help="phone profile of runtime_py/devices.json; a bundle "
+                                                       "predicted not to fit it is refused before loading")
+    p.add_argument("--no-fit-check", action="store_true", help="run even when the bundle is predicted not to fit "
+                                                                "--device")
     p.add_argument("--backend", default="pte", choices=("pte", "onnx"))
     p.add_argument("--validate", action="store_true", help="compare logits with the eager model on a checkpoint")
     p.add_argument("--checkpoint", help="checkpoint for --validate (default: the manifest's source checkpoint)")

@@ -76,15 +76,27 @@ def prompt_ids(session: Session, prompt: str | None, ids: str | None, chat: bool
     return session.encode(prompt, chat=chat)
 
 
+def check_fit(bundle: str | Path, device: dict) -> None:
+    """Refuse, before anything is loaded, a bundle whose predicted RAM exceeds what one app may hold on
+    `device` (the budget `gemma-edge budget` prints): on the phone the low-memory killer would end it."""
+    need = estimate_bundle(bundle).ram_bytes
+    usable = int(device["ram_bytes"] * device["app_ram_fraction"])
+    if need > usable:
+        raise ValueError(f"{bundle}: predicted RAM {need / 2**30:.2f} GiB, expected ≤ {usable / 2**30:.2f} GiB usable "
+                         f"by one app on {device['name']} (--device); --no-fit-check runs it anyway")
+
+
 def run_bundle(bundle: str | Path, *, prompt: str | None = None, ids: str | None = None, chat: bool = False,
                prompt_file: str | Path | None = None,
                max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                seed: int = 0, device: str = "pixel-8", backend: str = "pte", validate: bool = False,
-               checkpoint: str | Path | None = None, out=None) -> RunResult:
+               checkpoint: str | Path | None = None, out=None, fit_check: bool = True) -> RunResult:
     out = sys.stdout if out is None else out   # looked up now: a default bound at import goes stale
     devices = load_devices()
     if device not in devices:
         raise ValueError(f"--device: expected one of {sorted(devices)}, found {device!r}")
+    if fit_check:
+        check_fit(bundle, devices[device])
     from .backends import preload
 
     preload(backend)

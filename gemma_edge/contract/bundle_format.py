@@ -18,6 +18,7 @@ import os
 import re
 import stat
 from pathlib import Path, PurePosixPath
+from typing import TypeGuard
 
 FORMAT = "gemma-edge-bundle"
 FORMAT_VERSION = 1
@@ -140,7 +141,8 @@ def build_manifest(bundle_dir: Path, *, cfg, settings: dict, model_hash: bytes, 
         import dataclasses
 
         error = getattr(ple_report, "quant_error", None)
-        manifest["export"]["ple_quant_error"] = dataclasses.asdict(error) if dataclasses.is_dataclass(error) else error
+        record = error is not None and dataclasses.is_dataclass(error) and not isinstance(error, type)
+        manifest["export"]["ple_quant_error"] = dataclasses.asdict(error) if record else error  # type: ignore[arg-type]
     return manifest
 
 
@@ -161,21 +163,21 @@ CONFIG_REQUIRED_KEYS = (
     "hidden_size_per_layer_input", "attention_k_eq_v", "num_kv_shared_layers", "enable_moe_block",
     "use_double_wide_mlp")
 # (kind, minimum) of each config field this module checks; "?" admits null.
-_CONFIG_TYPES = {
+_CONFIG_TYPES: dict[str, tuple[str, int]] = {   # kind ("?": may be null), lower bound (numbers only)
     **{k: ("int", 1) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                 "num_attention_heads", "num_key_value_heads", "head_dim", "global_head_dim",
                                 "max_position_embeddings", "sliding_window", "vocab_size_per_layer_input")},
     "hidden_size_per_layer_input": ("int", 0), "num_kv_shared_layers": ("int", 0),
     "num_global_key_value_heads": ("int?", 1), "pad_token_id": ("int?", 0), "bos_token_id": ("int?", 0),
     "eos_token_id": ("ids?", 0), "rms_norm_eps": ("number", 0), "final_logit_softcapping": ("number?", 0),
-    **{k: ("bool", None) for k in ("tie_word_embeddings", "attention_bias", "attention_k_eq_v",
+    **{k: ("bool", 0) for k in ("tie_word_embeddings", "attention_bias", "attention_k_eq_v",
                                     "enable_moe_block", "use_double_wide_mlp")},
-    "hidden_activation": ("str", None), "use_bidirectional_attention": ("str?", None),
-    "rope_parameters": ("object?", None), "per_layer_config": ("object?", None), "layer_types": ("strs?", None),
+    "hidden_activation": ("str", 0), "use_bidirectional_attention": ("str?", 0),
+    "rope_parameters": ("object?", 0), "per_layer_config": ("object?", 0), "layer_types": ("strs?", 0),
 }
 
 
-def _is_int(v) -> bool:
+def _is_int(v) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -197,7 +199,8 @@ def _expect(ok: bool, where: str, field: str, expected: str, value) -> None:
 
 def _int(d: dict, key: str, where: str, field: str, lo: int = 0, hi: int = INT_MAX) -> int:
     v = d.get(key)
-    _expect(_is_int(v) and lo <= v <= hi, where, field, f"an integer in [{lo}, {hi}]", v)
+    if not (_is_int(v) and lo <= v <= hi):
+        raise BundleError(f"{where}: {field}: expected an integer in [{lo}, {hi}], found {_found(v)}")
     return v
 
 
@@ -252,7 +255,7 @@ def _check_config(cfg, where: str):
 def confined_path(bundle_dir: Path, name, where: str, field: str) -> Path:
     """`bundle_dir / name` for a manifest's file path: relative, no `..`, and still inside the bundle
     folder once symlinks are resolved (a manifest must never make a runtime read another folder's files)."""
-    _expect(isinstance(name, str) and name and "\x00" not in name, where, field, "a relative file name", name)
+    _expect(isinstance(name, str) and bool(name) and "\x00" not in name, where, field, "a relative file name", name)
     pure = PurePosixPath(name)
     if pure.is_absolute() or ".." in pure.parts:
         raise BundleError(f"{where}: {field}: expected a path inside the bundle folder (relative, no '..'), "

@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 SLIDING = "sliding_attention"
 FULL = "full_attention"
@@ -211,7 +211,7 @@ class TextConfig:
             if not isinstance(over, dict):
                 raise ConfigError(f"per_layer_config[{i}]: expected an object, found {over!r}")
             over = dict(over)
-        elif self.layer_types[i] == FULL:
+        elif self._types[i] == FULL:
             over = {"head_dim": self.global_head_dim}
             if self.attention_k_eq_v and self.num_global_key_value_heads is not None:
                 over["num_key_value_heads"] = self.num_global_key_value_heads
@@ -222,6 +222,11 @@ class TextConfig:
             raise ConfigError(f"per_layer_config[{i}]: unsupported override keys {unknown}")
         return over
 
+    @property
+    def _types(self) -> list[str]:
+        """layer_types, which __post_init__ always fills (the field is optional only as an input)."""
+        return cast(list, self.layer_types)
+
     def _kv_modes(self) -> list[str | None]:
         """Who owns, stores and reuses K/V — transformers' `kv_sharing_modes`."""
         n, shared = self.num_hidden_layers, self.num_kv_shared_layers
@@ -229,22 +234,22 @@ class TextConfig:
             return [None] * n
         first_shared = n - shared
         modes: list[str | None] = [None if i < first_shared else "reuse" for i in range(n)]
-        producers = self.layer_types[:first_shared]
-        for layer_type in set(self.layer_types):
+        producers = self._types[:first_shared]
+        for layer_type in set(self._types):
             if layer_type not in producers:
                 raise ConfigError(f"num_kv_shared_layers={shared}: no earlier {layer_type} layer owns K/V to share")
             modes[first_shared - 1 - producers[::-1].index(layer_type)] = "store"
         return modes
 
     def _layer_spec(self, i: int) -> LayerSpec:
-        layer_type = self.layer_types[i]
+        layer_type = self._types[i]
         over = self._overrides(i)
         modes = self._kv_modes()
         if modes[i] == "reuse":
-            source = max(j for j in range(i) if modes[j] == "store" and self.layer_types[j] == layer_type)
+            source = max(j for j in range(i) if modes[j] == "store" and self._types[j] == layer_type)
         else:
             source = i
-        rope = self.rope_parameters.get(layer_type) or {}
+        rope = cast(dict, self.rope_parameters).get(layer_type) or {}
         double = self.use_double_wide_mlp and modes[i] == "reuse"
         if not isinstance(rope, dict):
             raise ConfigError(f"rope_parameters.{layer_type}: expected an object, found {rope!r}")

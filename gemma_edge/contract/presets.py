@@ -68,7 +68,7 @@ def preset(name: str, **overrides) -> TextConfig:
 
 
 # Shapes only (budgets): the big Gemma 4 models, which gemma-edge does not export. MoE: 26B-A4B's experts.
-BIG_MODELS = {
+BIG_MODELS: dict[str, dict] = {
     "26b-a4b": dict(config=dict(vocab_size=262_144, hidden_size=2816, intermediate_size=2112, num_hidden_layers=30,
                                 num_attention_heads=16, num_key_value_heads=8, num_global_key_value_heads=2,
                                 head_dim=256, global_head_dim=512, attention_k_eq_v=True, sliding_window=1024,

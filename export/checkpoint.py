@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 
 from gemma_edge import procfs
 from gemma_edge.contract.config import TextConfig
+
 from .model import Gemma4CausalLM, build_model
 
 TEXT_PREFIXES = ("model.language_model.", "model.")  # multimodal first: "model." is a prefix of it

@@ -11,6 +11,7 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 def _random_checkpoint(args) -> int:
     from gemma_edge.contract.presets import preset
+
     from .random_checkpoint import write_random_checkpoint
 
     out = write_random_checkpoint(args.out, preset(args.preset), dtype=_DTYPES[args.dtype], seed=args.seed,

@@ -29,9 +29,12 @@ import torch
 from torch import nn
 
 from gemma_edge.contract import bundle_format as bf
+from gemma_edge.contract.config import TextConfig
+
 from . import rewrites
 from .checkpoint import load_checkpoint, model_hash, open_checkpoint, ple_row_chunks
-from gemma_edge.contract.config import TextConfig
+from .onnx_export import export_onnx
+from .step import InPlaceKVStep, example_inputs
 
 log = logging.getLogger("gemma_edge.export")
 
@@ -80,7 +83,8 @@ class ExportSettings:
         if self.quant not in rewrites.LINEAR_QUANT:
             raise ValueError(f"quant: expected one of {rewrites.LINEAR_QUANT}, found {self.quant!r}")
         if self.embedding_quant not in rewrites.EMBEDDING_QUANT:
-            raise ValueError(f"embedding_quant: expected one of {rewrites.EMBEDDING_QUANT}, found {self.embedding_quant!r}")
+            raise ValueError(f"embedding_quant: expected one of {rewrites.EMBEDDING_QUANT}, "
+                             f"found {self.embedding_quant!r}")
         if self.group_size < 0:
             raise ValueError(f"group_size: expected 0 (one scale per output channel) or a group size ≥ 1, "
                              f"found {self.group_size}")
@@ -123,14 +127,6 @@ class StageLog:
         return out
 
 
-def example_inputs(cfg: TextConfig, t: int, start: int = 2) -> tuple[torch.Tensor, ...]:
-    """A step of `t` tokens at positions start..start+t-1 (start > 0 keeps `attend_len`'s length apart from
-    T's, so export does not fuse the two dimensions)."""
-    layers, p = cfg.num_hidden_layers, max(cfg.hidden_size_per_layer_input, 1)
-    return (torch.zeros(1, t, dtype=torch.long), torch.arange(start, start + t, dtype=torch.long),
-            torch.zeros(1, t, layers, p, dtype=torch.float32), torch.zeros(start + t, dtype=torch.long))
-
-
 def prepare_model(checkpoint: Path, settings: ExportSettings, stages: StageLog, progress: bool):
     """Load without the PLE table, untie and quantize the head/linears/embedding, set up the caches."""
     cfg, model = stages.run("load", load_checkpoint, checkpoint, dtype=None, load_ple_table=False,
@@ -149,7 +145,7 @@ def prepare_model(checkpoint: Path, settings: ExportSettings, stages: StageLog, 
 def export_programs(cfg: TextConfig, model: nn.Module, settings: ExportSettings):
     """torch.export the step over one shared model: one method of dynamic length 1..prefill_chunk that
     plays both roles (`methods="one"`), or a dynamic `prefill` and a T = 1 `decode` (`methods="two"`)."""
-    step = rewrites.InPlaceKVStep(model, settings.prefill_chunk).eval()
+    step = InPlaceKVStep(model, settings.prefill_chunk).eval()
     n = torch.export.Dim("N", min=1, max=settings.max_context)   # attend_len: slots attended
     one_token = {"tokens": {}, "input_pos": {}, "ple_rows": {}, "attend_len": {0: n}}
     shapes = dict(one_token)
@@ -576,10 +572,6 @@ def _export_into(tmp: Path, checkpoint: Path, cfg: TextConfig, settings: ExportS
             stages.run("save_pte", _fsync_write, tmp / bf.PROGRAM_FILE, et_program.write_to_file)
         del et_program
     if "onnx" in settings.formats:
-        from .onnx_export import export_onnx
-
-        if "pte" in settings.formats:
-            model.setup_cache(settings.max_context, dtype=torch.float32)  # the .pte's step took the caches
         with _writing(tmp / bf.ONNX_FILE):
             stages.run("export_onnx", export_onnx, cfg, model, settings, tmp / bf.ONNX_FILE)
     for name in TOKENIZER_FILES:

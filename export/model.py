@@ -7,11 +7,11 @@ load as they are. The Per-Layer Embedding (PLE) is split in two halves:
   mix     `(RMSNorm(x0 @ W.T / sqrt(H)) + tok) / sqrt(2)`   RAM compute, done inside the program
 
 Every forward accepts the looked-up rows (`ple_rows`, [B, T, L, P]) instead of the table, so the table
-can be dropped from the module (`drop_ple_table`). Two forwards share all layer code:
-`forward(input_ids)` is the whole-sequence reference; `forward_cached(input_ids, input_pos, ple_rows)`
-is the fixed-shape, index-based step over KV caches held as buffers (what `torch.export` needs).
-Sliding layers keep a ring of `sliding_window` slots, full layers `max_context` slots, KV-shared
-layers none.
+can be dropped from the module (`drop_ple_table`). Every forward is `forward_over(caches, ...)` over one
+cache per layer (`kv_cache.make_cache`, the one place a layer's kind of cache is chosen):
+`forward(input_ids)`, the whole-sequence reference, over caches that keep nothing; `forward_cached(input_ids,
+input_pos, ple_rows)`, the fixed-shape, index-based step, over the caches `setup_cache` holds as buffers; and
+the exported program's step (`step.InPlaceKVStep`) over caches written in place.
 """
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gemma_edge.contract.config import FULL, SLIDING, LayerSpec, TextConfig
+from gemma_edge.contract.config import LayerSpec, TextConfig
+
+from .kv_cache import LayerKV, StepPositions, make_cache
 
 
 class RMSNorm(nn.Module):
@@ -146,14 +148,14 @@ class DecoderLayer(nn.Module):
             self.post_per_layer_input_norm = RMSNorm(h, eps)
             self.act_fn = nn.GELU(approximate="tanh")
 
-    def forward(self, h, cos, sin, attn_step, ple: torch.Tensor | None, rows: str = "all") -> torch.Tensor:
-        """`attn_step(layer, q, k_new, v_new, last) -> [B, T', H, D]` attends over this step's keys (new, cached
-        or shared); q [B, T', H, D], k_new/v_new [B, T, KV, D] (None in a KV-shared layer); `last` says the
-        queries are the last position's alone (T' = 1).
+    def forward(self, h, cos, sin, cache: nn.Module, step: StepPositions, mask: torch.Tensor,
+                ple: torch.Tensor | None, rows: str = "all") -> torch.Tensor:
+        """Attends over what this layer's `cache` returns for the step's new keys (they are None in a
+        KV-shared layer) under the additive `mask` [G·T', S] of its queries.
 
         `rows`: "all" positions go through; "narrow" computes K/V (what the cache keeps) for every position
-        and the rest — query, MLP, PLE — for the last one only; "last": h and its inputs are the last
-        position's already.
+        and the rest — query, MLP, PLE — for the last one only (T' = 1); "last": h and its inputs are the
+        last position's already.
         """
         x = self.input_layernorm(h)
         k_new, v_new = self.self_attn.key_value(x, cos, sin) if self.spec.owns_kv else (None, None)
@@ -161,7 +163,7 @@ class DecoderLayer(nn.Module):
             h, x, cos, sin = h[:, -1:], x[:, -1:], cos[:, -1:], sin[:, -1:]
             ple = None if ple is None else ple[:, -1:]
         q = self.self_attn.query(x, cos, sin)
-        attn = attn_step(self.spec, q, k_new, v_new, rows != "all")
+        attn = attend(q, *cache.update_and_fetch(k_new, v_new, step), mask)
         h = h + self.post_attention_layernorm(self.self_attn.output(attn))
         h = h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
         if ple is not None:
@@ -223,16 +225,18 @@ class TextModel(nn.Module):
         70 % of a prefill's matrix work — runs for the last position alone."""
         return self.cfg.last_kv_owner
 
-    def run_layers(self, input_ids, positions, ple_rows, attn_step, last_only: bool = False) -> torch.Tensor:
+    def run_layers(self, input_ids, step: StepPositions, ple_rows, caches: list[LayerKV], masks: dict,
+                   last_masks: dict | None = None, last_only: bool = False) -> torch.Tensor:
         """Final-normed hidden states [B, T, H], or [B, 1, H] of the last position with `last_only` (the
-        caches are written for every position either way)."""
+        caches are written for every position either way); `masks` / `last_masks` per attention type for
+        every query / the last one alone."""
         h = self.embed(input_ids)
         ple = None
         if self.cfg.has_ple:
             if ple_rows is None:
                 ple_rows = self.lookup_ple(input_ids)
             ple = self.mix_ple(h, ple_rows)
-        rope = self.rope(positions, h.dtype)
+        rope = self.rope(step.positions, h.dtype)
         narrow_at = self.narrow_layer() if last_only else -1
         rows = "all"
         for i, layer in enumerate(self.layers):
@@ -244,7 +248,8 @@ class TextModel(nn.Module):
                 ple = None if ple is None else ple[:, -1:]
             cos, sin = rope[layer.spec.layer_type]
             layer_ple = None if ple is None else ple[:, :, i:i + 1, :].reshape(ple.shape[0], -1, ple.shape[-1])
-            h = layer(h, cos, sin, attn_step, layer_ple, rows)
+            mask = (masks if rows == "all" else last_masks)[layer.spec.layer_type]
+            h = layer(h, cos, sin, caches[i], step, mask, layer_ple, rows)
         return self.norm(h)
 
 
@@ -257,7 +262,8 @@ class Gemma4CausalLM(nn.Module):
         self.model = TextModel(cfg)
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.max_context = 0
+        self.caches: list[LayerKV] | None = None  # setup_cache's, for forward_cached
+        self.max_context = self.max_step = 0
 
     # ---- head
     def head(self, h: torch.Tensor) -> torch.Tensor:
@@ -287,98 +293,61 @@ class Gemma4CausalLM(nn.Module):
         `TextModel.narrow_layer` in a step that returns only the last logits)."""
         return self.masks(allowed), self.masks({kind: a[-1:] for kind, a in allowed.items()})
 
-    # ---- whole-sequence reference forward
+    # ---- the forwards, all over one cache per layer
+    def forward_over(self, caches: list[LayerKV], input_ids: torch.Tensor, step: StepPositions,
+                     ple_rows: torch.Tensor | None = None, all_logits: bool = False) -> torch.Tensor:
+        """Tokens [B, T] at `step`'s positions through `caches` (one per layer, from `make_cache`): logits
+        [B, T, V] with `all_logits`, else [B, V] of the last position, the layers past
+        `TextModel.narrow_layer` running that position alone."""
+        # Which keys each query sees, per attention type, asked of the type's first layer (an owner of K/V:
+        # a KV-shared layer comes after its source), once per step.
+        allowed = {}
+        for spec, cache in zip(self.cfg.layers, caches):
+            if spec.owns_kv and spec.layer_type not in allowed:
+                allowed[spec.layer_type] = cache.allowed(step)
+        masks = (self.masks(allowed), None) if all_logits else self.step_masks(allowed)
+        for cache in caches:
+            cache.prepare(step)
+        h = self.model.run_layers(input_ids, step, ple_rows, caches, *masks, last_only=not all_logits)
+        return self.head(h if all_logits else h[:, -1, :])
+
     def forward(self, input_ids: torch.Tensor, ple_rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [B, T, V] for a whole sequence starting at position 0; no cache involved."""
-        t = input_ids.shape[1]
-        pos = torch.arange(t, device=input_ids.device)
-        causal = pos[None, :] <= pos[:, None]  # [T, T]
-        window = pos[:, None] - pos[None, :] < self.cfg.sliding_window
-        masks = self.masks({FULL: causal, SLIDING: causal & window})
-        shared: dict[str, tuple] = {}
+        """Logits [B, T, V] for a whole sequence starting at position 0; no cache kept."""
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        return self.forward_over(make_cache(self.cfg), input_ids, StepPositions(positions), ple_rows,
+                                 all_logits=True)
 
-        def attn_step(spec: LayerSpec, q, k, v, last: bool):
-            if spec.owns_kv:
-                k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, KV, T, D]
-                if spec.kv_mode == "store":
-                    shared[spec.layer_type] = (k, v)
-            else:
-                k, v = shared[spec.layer_type]
-            return attend(q, k, v, masks[spec.layer_type])
-
-        return self.head(self.model.run_layers(input_ids, pos, ple_rows, attn_step))
-
-    # ---- cached, fixed-shape forward
-    def setup_cache(self, max_context: int, batch_size: int = 1, dtype: torch.dtype | None = None) -> None:
-        """KV caches as buffers: sliding layers a ring of `sliding_window` slots, full layers `max_context`."""
-        dtype = dtype or self.model.embed_tokens.weight.dtype
-        self.max_context = max_context
-        window = min(self.cfg.sliding_window, max_context)
-        for spec in self.cfg.layers:
-            if not spec.owns_kv:
-                continue
-            slots = window if spec.is_sliding else max_context
-            shape = (batch_size, spec.num_key_value_heads, slots, spec.head_dim)
-            self.register_buffer(f"k_cache_{spec.index}", torch.zeros(shape, dtype=dtype), persistent=False)
-            self.register_buffer(f"v_cache_{spec.index}", torch.zeros(shape, dtype=dtype), persistent=False)
-        # Position + 1 held in each ring slot (0 = empty), shared by all sliding layers: they write alike.
-        self.register_buffer("ring_pos", torch.zeros(window, dtype=torch.long), persistent=False)
+    def setup_cache(self, max_context: int, batch_size: int = 1, dtype: torch.dtype | None = None,
+                    max_step: int | None = None) -> None:
+        """KV caches as buffers (`kv_cache.make_cache`): full layers `max_context` slots, sliding layers a
+        ring of the window plus `max_step` slots (default `max_context`: any step length fits)."""
+        self.drop_cache()
+        self.caches = make_cache(self.cfg, max_context, owner=self, max_step=max_step, batch_size=batch_size,
+                                 dtype=dtype or self.model.embed_tokens.weight.dtype)
+        self.max_context, self.max_step = max_context, max_step or max_context
 
     def reset_cache(self) -> None:
-        for name, buf in self.named_buffers():
-            if name.startswith(("k_cache_", "v_cache_")) or name == "ring_pos":
-                buf.zero_()
+        for cache in self.caches:
+            cache.reset()
 
-    def sliding_mask(self, input_pos: torch.Tensor) -> torch.Tensor:
-        """Bool [T, W + T]: which ring slots (as they are before this step) and new keys each query sees."""
-        window = self.cfg.sliding_window
-        old = self.ring_pos - 1  # [W] positions held; -1 = empty
-        # A slot is valid only if it was written before this step's first position: a new sequence
-        # starting at 0 thus ignores whatever an earlier sequence left in the ring.
-        old_ok = (self.ring_pos > 0) & (old < input_pos[0])
-        keys = torch.cat([old, input_pos])  # [W + T]
-        ok = torch.cat([old_ok, torch.ones_like(input_pos, dtype=torch.bool)])
-        q = input_pos[:, None]
-        return ok[None, :] & (keys[None, :] <= q) & (q - keys[None, :] < window)
+    def drop_cache(self) -> None:
+        """Remove the `setup_cache` caches (their buffers included)."""
+        for cache in self.caches or ():
+            cache.release()
+        self.caches = None
 
     def forward_cached(self, input_ids: torch.Tensor, input_pos: torch.Tensor, ple_rows: torch.Tensor | None = None,
                        all_logits: bool = False) -> torch.Tensor:
-        """One step over the caches: tokens [B, T] at absolute positions [T] (consecutive).
+        """One step over the `setup_cache` caches: tokens [B, T] at absolute positions [T] (consecutive).
 
         Returns logits [B, V] of the last position, or [B, T, V] with `all_logits`.
         """
-        if self.max_context == 0:
+        if self.caches is None:
             raise RuntimeError("call setup_cache(max_context) before forward_cached")
-        t = input_ids.shape[1]
-        window = self.ring_pos.shape[0]
-        allowed = {FULL: torch.arange(self.max_context)[None, :] <= input_pos[:, None],  # [T, max_context]
-                   SLIDING: self.sliding_mask(input_pos)}
-        masks, last_masks = self.step_masks(allowed)
-        keep = min(t, window)  # ring slots this step writes (the last `window` tokens when t > window)
-        slots = input_pos[t - keep:] % window
-        shared: dict[str, tuple] = {}
-
-        def attn_step(spec: LayerSpec, q, k, v, last: bool):
-            mask = (last_masks if last else masks)[spec.layer_type]
-            if not spec.owns_kv:
-                return attend(q, *shared[spec.layer_type], mask)
-            k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, KV, T, D]
-            k_cache, v_cache = getattr(self, f"k_cache_{spec.index}"), getattr(self, f"v_cache_{spec.index}")
-            if spec.is_sliding:
-                kv = (torch.cat([k_cache, k], dim=2), torch.cat([v_cache, v], dim=2))
-                k_cache.index_copy_(2, slots, k[:, :, t - keep:])
-                v_cache.index_copy_(2, slots, v[:, :, t - keep:])
-            else:
-                k_cache.index_copy_(2, input_pos, k)
-                v_cache.index_copy_(2, input_pos, v)
-                kv = (k_cache, v_cache)
-            if spec.kv_mode == "store":
-                shared[spec.layer_type] = kv
-            return attend(q, *kv, mask)
-
-        h = self.model.run_layers(input_ids, input_pos, ple_rows, attn_step, last_only=not all_logits)
-        self.ring_pos.index_copy_(0, slots, input_pos[t - keep:] + 1)
-        return self.head(h if all_logits else h[:, -1, :])
+        if input_ids.shape[1] > self.max_step:
+            raise ValueError(f"input_ids: {input_ids.shape[1]} tokens in one step, but setup_cache(max_step="
+                             f"{self.max_step}) sized the sliding layers' rings for at most {self.max_step}")
+        return self.forward_over(self.caches, input_ids, StepPositions(input_pos), ple_rows, all_logits)
 
 
 def build_model(cfg: TextConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):

@@ -1,8 +1,10 @@
-"""The same step graph to ONNX: KV caches become explicit inputs and outputs, PLE rows stay an input.
+"""The same step to ONNX: KV caches become explicit inputs and outputs, PLE rows stay an input.
 
 One graph with a dynamic token count serves prefill (T ≤ prefill_chunk) and decode (T = 1). Inputs:
-`tokens [1,T] i64, input_pos [T] i64, ple_rows [1,T,L,P] f32, cache_in_<buffer>...`; outputs: `logits
-[1,V]`, `cache_out_<buffer>...` in the same order (the caller feeds them back next step).
+`tokens [1,T] i64, input_pos [T] i64, ple_rows [1,T,L,P] f32, cache_in_{k,v}_cache_<layer>...`; outputs:
+`logits [1,V]`, `cache_out_{k,v}_cache_<layer>...` in the same order (the caller feeds them back next step).
+The caches are the eager ones (`kv_cache.make_cache`, written with `index_copy_`, which the ONNX exporter
+makes functional): full layers `max_context` slots, sliding layers the program's ring of window + chunk.
 """
 from __future__ import annotations
 
@@ -11,9 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-
-def cache_names(model: nn.Module) -> list[str]:
-    return [n for n, _ in model.named_buffers() if n.startswith(("k_cache_", "v_cache_")) or n == "ring_pos"]
+from .step import example_inputs
 
 
 class OnnxStep(nn.Module):
@@ -22,32 +22,32 @@ class OnnxStep(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.names = cache_names(model)
+        self.names = [name for cache in model.caches for name in getattr(cache, "names", ())]  # k/v_cache_<layer>
 
     def forward(self, tokens, input_pos, ple_rows, caches: list[torch.Tensor]):
+        store = self.model._buffers
         state = {name: c.clone() for name, c in zip(self.names, caches)}
-        saved = {name: getattr(self.model, name) for name in self.names}
+        saved = {name: store[name] for name in self.names}
         try:
-            for name, tensor in state.items():
-                self.model._buffers[name] = tensor
+            store.update(state)
             logits = self.model.forward_cached(tokens, input_pos, ple_rows)
         finally:
-            for name, tensor in saved.items():
-                self.model._buffers[name] = tensor
+            store.update(saved)
         return (logits, *[state[name] for name in self.names])
 
 
 def export_onnx(cfg, model: nn.Module, settings, path: Path) -> Path:
+    """Write `path` (and its external data) from `model`, which gets fresh eager caches for it."""
     if settings.quant != "none" or settings.embedding_quant != "none":
         raise ValueError("ONNX export: only --quant none --embedding-quant none (torchao's quantized tensors "
                          "have no ONNX lowering here); export the ONNX graph from an unquantized bundle")
-    from .exporter import example_inputs
-
+    model.setup_cache(settings.max_context, dtype=torch.float32, max_step=settings.prefill_chunk)
     step = OnnxStep(model).eval()
-    caches = [getattr(model, n).clone() for n in step.names]
+    caches = [model.get_buffer(n).clone() for n in step.names]
     t = torch.export.Dim("T", min=1, max=settings.prefill_chunk)
     shapes = {"tokens": {1: t}, "input_pos": {0: t}, "ple_rows": {1: t}, "caches": [None for _ in caches]}
-    args = (*example_inputs(cfg, min(2, settings.prefill_chunk), start=0)[:3], caches)  # no attend_len: ONNX runs forward_cached
+    # No attend_len: the ONNX step reads every cache slot, the masks hiding the unwritten ones.
+    args = (*example_inputs(cfg, min(2, settings.prefill_chunk), start=0)[:3], caches)
     with torch.no_grad():
         program = torch.onnx.export(
             step, args, dynamo=True, dynamic_shapes=shapes, optimize=True,

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint
 from gemma_edge.contract.config import TextConfig
+
+from .checkpoint import load_checkpoint
 
 
 @dataclass

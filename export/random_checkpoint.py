@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError
 from gemma_edge.contract.config import TextConfig
+
+from .checkpoint import CheckpointError
 from .model import build_model
 
 _DTYPE_NAMES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}

@@ -1,7 +1,8 @@
 """Export-time rewrites of the eager decoder, each a separate function with its own allclose test.
 
 The eager model stays the readable reference; these only change how the same math is stored or
-computed for ExecuTorch / XNNPACK: an explicit head module, torchao-quantized linears and embedding.
+computed for ExecuTorch / XNNPACK: an explicit head module, XNNPACK-friendly norms and GELU,
+torchao-quantized linears and embedding. The program's step itself is `step.InPlaceKVStep`.
 """
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from gemma_edge.contract.bundle_format import PER_CHANNEL
+
 from .checkpoint import release_file_pages
-from gemma_edge.contract.config import FULL, SLIDING, LayerSpec, ring_slots
-from .model import Gemma4CausalLM, attend
+from .model import Gemma4CausalLM
 
 log = logging.getLogger("gemma_edge.export")
 
@@ -184,8 +185,9 @@ def quantize_linears(model: nn.Module, scheme: str, group_size: int = PER_CHANNE
         else:
             quantize_by_rows(module, config)
     if skipped:
+        listed = ", ".join(skipped[:4]) + (" ..." if len(skipped) > 4 else "")
         log.warning("%d linear(s) kept in fp32 (in_features not a multiple of %d): %s",
-                    len(skipped), group_size or XNNPACK_INT4_BLOCK_MULTIPLE, ", ".join(skipped[:4]) + (" ..." if len(skipped) > 4 else ""))
+                    len(skipped), group_size or XNNPACK_INT4_BLOCK_MULTIPLE, listed)
     model.quant_skipped = skipped
     return model
 
@@ -218,104 +220,3 @@ def to_float32(model: nn.Module) -> nn.Module:
             if b is not None and b.dtype in (torch.bfloat16, torch.float16):
                 module._buffers[name] = b.float()
     return model
-
-
-class InPlaceKVStep(nn.Module):
-    """The program's step over KV caches written in place.
-
-    `forward_cached` is the readable cached step. Its `index_copy_` writes export as a copy of every cache
-    per step (index_put into a new tensor, then copy_ back: 8 % of an E2B decode here), and its sliding
-    layers attend over a concatenation of ring and new keys, built every step. This step writes with the
-    cache ops ExecuTorch's wheel ships kernels for (`import executorch.extension.llm.custom_ops`):
-    `llama::update_cache` puts a full layer's new keys at their positions, `llama::update_cache_with_indices`
-    a sliding layer's into its ring slots, in place. Attention stays the grouped `bmm` over the whole
-    cache that XNNPACK runs: ExecuTorch's `llama::custom_sdpa` kernel took 21 ms a call for one E2B
-    decode step here (XNNPACK's bmm pair: 0.25 ms).
-
-    Caches are laid out [KV, S, 1, D], the KV heads as the ops' batch lines, so a cache is also the
-    [1, KV, S, D] view `attend` takes. A sliding layer's ring has `ring_slots` = window + prefill chunk
-    slots and is written before it is attended: a chunk then never overwrites a key one of its own earlier
-    queries still needs. Which position a ring slot holds follows from the last position alone
-    (`last - (last - slot) mod R`, < 0 for a slot this sequence has not written), so no positions buffer is
-    kept, and a new sequence restarting at position 0 ignores whatever an older one left in the caches.
-    The model's own index_copy caches are removed (this step owns its caches); call `model.setup_cache`
-    again to run `forward_cached`.
-
-    Attention reads only the cache slots the sequence has written: `attend_len`, an input whose *length*
-    N is the last position + 1 (its values are not read), bounds it. A full layer attends slots [0, N), a
-    sliding layer ring slots [0, min(N, R)) (the ring fills in order, so those are the written ones). The
-    length travels as a shape, not a value, because XNNPACK sizes a delegate's operators from its input
-    shapes: sliced by a value read inside the program, the grouped `bmm` fell out of the delegate to the
-    portable kernel, 5–9× slower in a one-layer test (E2B full-layer shapes, 100–1000 slots). A 128-token
-    prompt's first chunk thus attends 128 slots, not 1024 / 640, and a decode step at position p reads
-    p + 1 keys per full layer instead of `max_context`. The slice is ExecuTorch's `slice_copy`, outside the
-    delegates: a copy of the N attended rows, where the whole-cache view it replaces was free.
-    """
-
-    def __init__(self, model: Gemma4CausalLM, prefill_chunk: int):
-        super().__init__()
-        import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (registers llama:: ops)
-
-        if model.max_context == 0:
-            raise RuntimeError("call setup_cache(max_context) before InPlaceKVStep")
-        cfg = model.cfg
-        for name in [n for n in model._buffers if n.startswith(("k_cache_", "v_cache_")) or n == "ring_pos"]:
-            del model._buffers[name]
-        self.model, self.max_context = model, model.max_context
-        self.window = min(cfg.sliding_window, self.max_context)
-        self.ring = ring_slots(cfg.sliding_window, self.max_context, prefill_chunk)
-        for spec in cfg.layers:
-            if spec.owns_kv:
-                shape = (spec.num_key_value_heads, self.ring if spec.is_sliding else self.max_context, 1, spec.head_dim)
-                self.register_buffer(f"k_cache_{spec.index}", torch.zeros(shape), persistent=False)
-                self.register_buffer(f"v_cache_{spec.index}", torch.zeros(shape), persistent=False)
-
-    def allowed(self, input_pos: torch.Tensor, spans: dict[str, int]) -> dict[str, torch.Tensor]:
-        """Bool [T, span] per attention type: which of the attended cache slots (after this step's writes)
-        each query sees."""
-        last = input_pos[-1:]
-        slot = torch.arange(spans[SLIDING])
-        held = last - torch.remainder(last - slot, self.ring)  # position in each ring slot; < 0: not written yet
-        q = input_pos[:, None]
-        ring = (held >= 0)[None, :] & (held[None, :] <= q) & (q - held[None, :] < self.window)
-        return {SLIDING: ring, FULL: torch.arange(spans[FULL])[None, :] <= q}
-
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, ple_rows: torch.Tensor,
-                attend_len: torch.Tensor) -> torch.Tensor:
-        t = tokens.shape[1]
-        start = input_pos[0].item()
-        torch._check(start >= 0)
-        torch._check(start + t <= self.max_context)
-        n = attend_len.shape[0]
-        spans = {FULL: n, SLIDING: torch.sym_min(n, self.ring)}   # cache slots each attention type reads
-        masks, last_masks = self.model.step_masks(self.allowed(input_pos, spans))
-        slots = torch.remainder(input_pos, self.ring)[None, :]  # [1, T]
-        ring_index: dict[int, torch.Tensor] = {}  # [KV, T] per KV-head count, built once per step
-        shared: dict[str, tuple] = {}
-
-        def write(spec: LayerSpec, new: torch.Tensor, cache: torch.Tensor) -> None:
-            kv, d = new.shape[2], new.shape[3]
-            # [B=1, T, KV, D] -> [KV, T, 1, D]; a reshape when KV = 1 (E2B): XNNPACK copies for a transpose
-            lines = new.reshape(1, t, 1, d) if kv == 1 else new[0].transpose(0, 1).unsqueeze(2).contiguous()
-            if spec.is_sliding:
-                if kv not in ring_index:
-                    ring_index[kv] = slots.expand(kv, t).contiguous()
-                torch.ops.llama.update_cache_with_indices(lines, cache, 0, ring_index[kv])
-            else:
-                torch.ops.llama.update_cache(lines, cache, start)
-
-        def attn_step(spec: LayerSpec, q, k, v, last: bool):
-            if spec.owns_kv:
-                k_cache, v_cache = getattr(self, f"k_cache_{spec.index}"), getattr(self, f"v_cache_{spec.index}")
-                write(spec, k, k_cache)
-                write(spec, v, v_cache)
-                span = spans[spec.layer_type]
-                kv = tuple(c[:, :span].reshape(1, c.shape[0], span, c.shape[3]) for c in (k_cache, v_cache))  # [1, KV, span, D]
-                if spec.kv_mode == "store":
-                    shared[spec.layer_type] = kv
-            else:
-                kv = shared[spec.layer_type]
-            return attend(q, *kv, (last_masks if last else masks)[spec.layer_type])
-
-        h = self.model.model.run_layers(tokens, input_pos, ple_rows, attn_step, last_only=True)
-        return self.model.head(h[:, -1, :])

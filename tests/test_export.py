@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from gemma_edge.export import rewrites
 from gemma_edge.contract.bundle_format import PROGRAM_REVISION, read_manifest, sha256_file, verify_bundle
+from gemma_edge.contract.presets import preset
+from gemma_edge.export import rewrites
 from gemma_edge.export.checkpoint import load_checkpoint
 from gemma_edge.export.exporter import ExportSettings, StageLog, export_bundle, prepare_model
 from gemma_edge.export.model import RMSNorm, attend, build_model
 from gemma_edge.export.parity import hf_logits, random_hf_model
-from gemma_edge.contract.presets import preset
+from gemma_edge.export.step import InPlaceKVStep
 from gemma_edge.ple_store import open as open_ple
 
 PTE_TOL = 1e-3  # unquantized .pte vs eager / transformers (issue 4)
@@ -44,7 +45,8 @@ def run_pte(bundle, ids: torch.Tensor, chunk: int, prompt: int) -> tuple[torch.T
     out, positions = [], []
     for a in range(0, prompt, chunk):
         b = min(prompt, a + chunk)
-        out.append(prefill.execute([ids[:, a:b], torch.arange(a, b), rows[:, a:b].contiguous(), torch.empty(b, dtype=torch.long)])[0][0])
+        out.append(prefill.execute([ids[:, a:b], torch.arange(a, b), rows[:, a:b].contiguous(),
+                                    torch.empty(b, dtype=torch.long)])[0][0])
         positions.append(b - 1)
     for t in range(prompt, ids.shape[1]):
         out.append(decode.execute([ids[:, t:t + 1], torch.tensor([t]), rows[:, t:t + 1].contiguous(),
@@ -66,6 +68,7 @@ def gqa(tmp_path_factory):
     return cfg, hf, ckpt, bundle
 
 
+@pytest.mark.slow  # the gqa fixture lowers and ONNX-exports a model
 def test_pte_matches_transformers_and_eager_past_the_window(gqa):
     cfg, hf, ckpt, bundle = gqa
     ids = torch.randint(0, cfg.vocab_size, (1, 15 + 32), generator=torch.Generator().manual_seed(0))
@@ -79,6 +82,7 @@ def test_pte_matches_transformers_and_eager_past_the_window(gqa):
     assert (got - ours).abs().max().item() <= PTE_TOL
 
 
+@pytest.mark.slow  # the gqa fixture lowers and ONNX-exports a model
 def test_attention_reads_the_attended_slots_inside_xnnpack(gqa):
     """attend_len's length bounds the slots attention reads, and the grouped bmm / softmax stay in XNNPACK
     delegates (sized from input shapes); attending every slot instead gives the same logits."""
@@ -107,13 +111,14 @@ def test_attention_reads_the_attended_slots_inside_xnnpack(gqa):
     assert (tight.execute([*again, torch.empty(10, dtype=torch.long)])[0] - got).abs().max() > 1e-3
 
 
+@pytest.mark.slow  # the gqa fixture lowers and ONNX-exports a model
 def test_onnx_matches_eager(gqa):
     import onnxruntime as ort
 
     cfg, _, ckpt, bundle = gqa
     sess = ort.InferenceSession(str(bundle / "model.onnx"))
     names = [i.name for i in sess.get_inputs()]
-    caches = [np.zeros(i.shape, dtype=np.int64 if "ring_pos" in i.name else np.float32) for i in sess.get_inputs()[3:]]
+    caches = [np.zeros(i.shape, dtype=np.float32) for i in sess.get_inputs()[3:]]
     ids = torch.randint(0, cfg.vocab_size, (1, 20), generator=torch.Generator().manual_seed(1))
     _, eager = load_checkpoint(ckpt)
     rows = eager.model.lookup_ple(ids).detach()
@@ -127,6 +132,7 @@ def test_onnx_matches_eager(gqa):
     assert worst <= PTE_TOL
 
 
+@pytest.mark.slow  # the gqa fixture lowers and ONNX-exports a model
 def test_pte_does_not_hold_the_ple_table(gqa):
     cfg, _, ckpt, bundle = gqa
     pte = (bundle / "model.pte").read_bytes()
@@ -140,6 +146,7 @@ def test_pte_does_not_hold_the_ple_table(gqa):
         assert ple.fetch([57])[0].reshape(-1)[:16] == pytest.approx(table[57, :16] * cfg.ple_scale)
 
 
+@pytest.mark.slow  # the gqa fixture lowers and ONNX-exports a model
 def test_manifest_describes_the_bundle(gqa):
     cfg, _, _, bundle = gqa
     m = read_manifest(bundle)
@@ -154,6 +161,7 @@ def test_manifest_describes_the_bundle(gqa):
     assert verify_bundle(bundle) == []
 
 
+@pytest.mark.slow  # the gqa fixture lowers and ONNX-exports a model
 def test_manifest_rejects_a_ple_file_from_another_export(gqa, tmp_path):
     from gemma_edge.ple_store import write
 
@@ -171,6 +179,7 @@ def test_manifest_rejects_a_ple_file_from_another_export(gqa, tmp_path):
     assert len(problems) == 1 and "another export" in problems[0]
 
 
+@pytest.mark.slow  # exports and lowers an 8da4w model
 def test_quantized_program_is_faithful_to_eager_quantized(tmp_path):
     # Weights at transformers' init scale (std 0.02): `random_hf_model`'s larger weights make a network that
     # amplifies any per-op difference ~3x a layer, so it measures its own chaos, not the lowering.
@@ -435,6 +444,7 @@ def test_bad_settings_are_named(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
+@pytest.mark.slow  # the gqa fixture lowers and ONNX-exports a model
 def test_inspect_bundle_cli(gqa, capsys):
     from gemma_edge.cli import main
 
@@ -538,7 +548,7 @@ def test_in_place_kv_step_allclose(preset_name):
     model.setup_cache(ctx)
     with torch.no_grad():
         ref = [model.forward_cached(ids[:, a:b], torch.arange(a, b), rows[:, a:b]) for a, b in steps]
-        step = rewrites.InPlaceKVStep(model, chunk)
+        step = InPlaceKVStep(model, chunk)
         assert step.ring == cfg.sliding_window + chunk < 30  # the decodes wrap the ring
         got = [step(ids[:, a:b], torch.arange(a, b), rows[:, a:b], torch.empty(b, dtype=torch.long)) for a, b in steps]
     for (a, b), r, g in zip(steps, ref, got):

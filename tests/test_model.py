@@ -7,11 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gemma_edge.export.checkpoint import CheckpointError, load_checkpoint, ple_row_chunks
 from gemma_edge.contract.config import FULL, SLIDING, ConfigError, TextConfig
+from gemma_edge.contract.presets import preset
+from gemma_edge.export.checkpoint import CheckpointError, load_checkpoint, ple_row_chunks
 from gemma_edge.export.model import build_model, count_params
 from gemma_edge.export.parity import hf_logits, ours_cached_logits, random_hf_model
-from gemma_edge.contract.presets import preset
 from gemma_edge.export.random_checkpoint import write_random_checkpoint
 
 TOL = 1e-4  # fp32 logits, ours vs transformers (issue 2)
@@ -141,6 +141,46 @@ def test_cache_restarts_cleanly_and_last_logits(pair):
         for t in range(5, ids.shape[1]):
             last = ours.forward_cached(ids[:, t:t + 1], torch.tensor([t]))
     assert (last - hf_logits(hf, ids)[:, -1]).abs().max().item() <= TOL
+
+
+def test_small_ring_wraps_and_matches_transformers(pair):
+    """setup_cache(max_step=k): sliding layers keep a ring of window + k slots (the exported program's
+    ring), written before attended; prefill chunks and decodes that wrap it several times match
+    transformers, and a step longer than k is refused instead of overwriting keys it still needs."""
+    cfg, hf, ours, _ = pair
+    chunk = 3
+    ids = torch.randint(0, cfg.vocab_size, (1, 4 * cfg.sliding_window + 5), generator=torch.Generator().manual_seed(2))
+    ref = hf_logits(hf, ids)
+    ours.setup_cache(ids.shape[1], max_step=chunk)
+    rings = {c.slots for c, spec in zip(ours.caches, cfg.layers) if spec.owns_kv and spec.is_sliding}
+    assert rings == {cfg.sliding_window + chunk}
+    steps = [(0, 3), (3, 6), (6, 7)] + [(t, t + 1) for t in range(7, ids.shape[1])]
+    with torch.no_grad():
+        out = torch.stack([ours.forward_cached(ids[:, a:b], torch.arange(a, b))[0] for a, b in steps])
+        with pytest.raises(ValueError, match="max_step=3"):
+            ours.forward_cached(ids[:, :4], torch.arange(4))
+    assert (out - ref[0, [b - 1 for _, b in steps]]).abs().max().item() <= TOL
+
+
+def test_make_cache_picks_each_layers_cache():
+    """One cache per layer, chosen by make_cache alone: rings for sliding owners, full caches for full
+    owners, the source layer's K/V for KV-shared layers; nothing kept for the whole-sequence forward."""
+    from gemma_edge.export.kv_cache import FullKV, RingKV, SequenceKV, SharedKV, make_cache
+
+    cfg = preset("e2b")
+    owner = torch.nn.Module()
+    caches = make_cache(cfg, 16, owner=owner, max_step=4)
+    for spec, cache in zip(cfg.layers, caches):
+        if not spec.owns_kv:
+            assert type(cache) is SharedKV and cache.source_index == spec.kv_source
+        else:
+            assert type(cache) is (RingKV if spec.is_sliding else FullKV)
+            assert cache.slots == (16 if not spec.is_sliding else min(cfg.sliding_window + 4, 16))
+    assert sorted(n for n, _ in owner.named_buffers()) == sorted(
+        f"{kv}_cache_{s.index}" for s in cfg.layers if s.owns_kv for kv in "kv")
+    assert all(isinstance(c, (SequenceKV, SharedKV)) for c in make_cache(cfg))
+    with pytest.raises(ValueError, match="owner"):
+        make_cache(cfg, 16)
 
 
 def test_external_ple_rows_equal_in_module_lookup(pair):

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from gemma_edge.contract import bundle_format as bf
-from gemma_edge.runtime import Session
-from gemma_edge.runtime.sampling import Sampler, SplitMix64
 from gemma_edge.contract.chat import TURN_CLOSE, TURN_OPEN, render_gemma4_chat
 from gemma_edge.export.random_tokenizer import build_test_tokenizer
+from gemma_edge.runtime import Session
+from gemma_edge.runtime.sampling import Sampler, SplitMix64
 
 PROMPT = [2, 17, 300, 45, 45, 9, 120, 7, 88, 300, 5, 511, 64, 3, 17, 200, 42, 42, 42, 99]   # 20 ids: 3 chunks of 8
 SAMPLER_JAVA = Path(__file__).resolve().parents[1] / "android_demo/core/src/main/java/dev/gemmaedge/core/Sampler.java"
@@ -296,8 +296,30 @@ def test_cli_run_reports(tiny_bundle, capsys):
         assert needle in out, needle
 
 
-def test_onnx_backend_if_exported(tiny_bundle, pte):
-    if "onnx" not in bf.read_manifest(tiny_bundle)["files"]:
-        pytest.skip("the shared tiny bundle has no model.onnx")
-    with Session(tiny_bundle, backend="onnx") as s:
-        assert greedy(s, PROMPT, 8) == greedy(pte, PROMPT, 8)
+@pytest.fixture(scope="session")
+def onnx_bundle(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint exported to ONNX alone, with the shared bundle's settings (PLE int8 included)."""
+    from conftest import TINY_EXPORT
+
+    from gemma_edge.export.exporter import ExportSettings, export_bundle
+
+    out = tmp_path_factory.mktemp("onnx") / "tiny-onnx"
+    return export_bundle(tiny_checkpoint, out, ExportSettings(**TINY_EXPORT, formats=("onnx",)), progress=False)
+
+
+@pytest.mark.slow
+def test_onnx_session_matches_pte_and_eager(onnx_bundle, tiny_bundle, pte, eager):
+    """Session(backend="onnx") runs the bundle's model.onnx: the .pte's greedy tokens, and logits close to
+    eager's. Both sides compute in fp32 with the same ops over the same PLE rows; ONNX Runtime only sums in
+    another order and fuses some ops, a few ulps per op — 1e-4 of the logit scale leaves room for that
+    over six layers and nothing for a wrong mask, cache slot or position (those move logits by 1e-2 and more)."""
+    files = bf.read_manifest(onnx_bundle)["files"]
+    assert "onnx" in files and "program" not in files
+    assert files["ple"]["sha256"] == bf.read_manifest(tiny_bundle)["files"]["ple"]["sha256"]   # the same rows
+    with Session(onnx_bundle, backend="onnx") as s:
+        got = greedy(s, PROMPT, 16)    # a 20-token prompt in chunks of 8, then decodes past the 8-slot window
+        assert got == greedy(pte, PROMPT, 16)
+        assert len(set(got)) > 3, "degenerate model: the comparison would prove little"
+        a, b = s.logits(PROMPT), eager.logits(PROMPT)
+    assert a.shape == b.shape == (len(PROMPT), s.config.vocab_size)
+    assert np.abs(a - b).max() <= 1e-4 * max(1.0, np.abs(b).max())

@@ -3,16 +3,22 @@
     exe = build()                                        # cmake against the ExecuTorch wheel's runtime libraries
     res = run(bundle, ids=[2, 818, ...], new_tokens=64)  # one child process; its JSON (runs, memory)
 
+The C++ side is a runner library an app embeds (manifest reader, program load + verify + step, the
+generation loop against an abstract step, the sampler of sampling.py, the bundle's tokenizer through the HF
+tokenizer of pytorch/tokenizers) and a thin CLI over it; `tool(name)` is one of the test executables built
+beside it (gemma-edge-loop-golden, gemma-edge-tokenize).
+
 Why it exists: a phone app runs the program through ExecuTorch's C++ runtime, not through Python. The
 Python host that `Session` needs (torch and ExecuTorch's bindings imported) is 0.37 GB of resident
 memory before any model is loaded; this one is about 5 MB. Same program, same kernels (the wheel's
 libexecutorch, XNNPACK and kernel libraries, which the Python bindings load too), same PLE file: the logits
 are bit-identical to `PteBackend`'s at the same thread count (tests/test_native.py).
 
-What it takes from the manifest (read here, passed as flags): the program file with its size and SHA-256
-(the host refuses a program that is not the manifest's before ExecuTorch parses it), the PLE file and its
-identity, the method per role, prefill_chunk, max_context and the vocabulary. The prompt's ids go through a
-file (`--ids-file`), not argv, whose length the kernel limits.
+The host reads the bundle's manifest itself: the program file with its size and SHA-256 (it refuses a
+program that is not the manifest's before ExecuTorch parses it), the PLE file and its identity, the method
+per role, prefill_chunk, max_context, the vocabulary, bos and eos. The prompt goes in as text through a file
+or stdin (`--prompt-file`, tokenized by the host) or as ids (`--ids-file`), never on argv, whose length the
+kernel limits; `run` passes ids, so that both hosts run the very ids Python tokenized.
 
 XNNPACK's packed weights go to a cache file beside the program (`weight_cache_path`), as LiteRT-LM keeps
 its `.xnnpack_cache`: the first load packs into it, every later load maps it, and no source weights are
@@ -37,8 +43,14 @@ from pathlib import Path
 import numpy as np
 
 SOURCE_DIR = Path(__file__).resolve().parent / "native"
-SOURCES = ("CMakeLists.txt", "gemma_edge_run.cpp", "ple_file.cpp", "ple_file.h", "cache_ops.cpp")
 EXE_NAME = "gemma-edge-run"
+TOOLS = ("gemma-edge-loop-golden", "gemma-edge-tokenize")
+
+
+def sources() -> list[Path]:
+    """Every file the build reads (the vendored tokenizer included), in a stable order."""
+    return sorted(p for p in SOURCE_DIR.rglob("*") if p.is_file() and "build" not in p.relative_to(SOURCE_DIR).parts
+                  and (p.suffix in (".cpp", ".h") or p.name == "CMakeLists.txt"))
 
 
 class NativeBuildError(RuntimeError):
@@ -67,8 +79,8 @@ def executorch_cmake_dir() -> Path:
 def default_build_dir() -> Path:
     """One build per set of sources and ExecuTorch install (a changed wheel gets a fresh configure)."""
     h = hashlib.sha256(str(executorch_cmake_dir()).encode())
-    for name in SOURCES:
-        h.update((SOURCE_DIR / name).read_bytes())
+    for path in sources():
+        h.update(str(path.relative_to(SOURCE_DIR)).encode() + b"\0" + path.read_bytes())
     return SOURCE_DIR / "build" / h.hexdigest()[:12]
 
 
@@ -81,7 +93,8 @@ def build(build_dir: Path | None = None) -> Path:
     for tool in ("cmake", "c++"):
         if shutil.which(tool) is None:
             raise NativeBuildError(f"{tool}: not found on PATH; the native host needs CMake ≥ 3.19 and a C++17 "
-                                   "compiler (Debian: apt-get install cmake g++ zlib1g-dev)")
+                                   "compiler (Debian: apt-get install cmake g++ zlib1g-dev libssl-dev "
+                                   "nlohmann-json3-dev libre2-dev pkg-config)")
     build_dir = Path(build_dir) if build_dir else default_build_dir()
     exe = build_dir / EXE_NAME
     if not (build_dir / "CMakeCache.txt").exists():
@@ -95,6 +108,13 @@ def build(build_dir: Path | None = None) -> Path:
     if out.returncode or not exe.exists():
         raise NativeBuildError(f"cmake --build {build_dir} failed:\n{_tail(out.stdout + out.stderr)}")
     return exe
+
+
+def tool(name: str, build_dir: Path | None = None) -> Path:
+    """A test executable built beside gemma-edge-run (one of TOOLS), built first when needed."""
+    if name not in TOOLS:
+        raise ValueError(f"tool: expected one of {TOOLS}, found {name!r}")
+    return build(build_dir).parent / name
 
 
 def weight_cache_path(bundle: Path, manifest: dict | None = None) -> Path:
@@ -116,27 +136,22 @@ def write_ids(path: Path, ids) -> Path:
 
 def command(exe: Path, bundle: Path, ids, new_tokens: int, *, ids_file: Path, threads: int = 0, repeats: int = 1,
             warmup: int = 0, stop_on_eos: bool = False, logits_out: Path | None = None,
-            weight_cache: bool = True) -> list[str]:
-    """The argv that runs `bundle` (its manifest read and checked here) on prompt `ids`, which are written to
-    `ids_file` (the caller's to remove); weight_cache: pack into / map from `weight_cache_path(bundle)`."""
+            weight_cache: bool = True, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+            seed: int = 0) -> list[str]:
+    """The argv that runs `bundle` on prompt `ids`, which are written to `ids_file` (the caller's to remove);
+    weight_cache: pack into / map from `weight_cache_path(bundle)`. The host reads the manifest itself; it is
+    read here too, so that a bundle that is not one fails with Python's BundleError before a child starts."""
     from gemma_edge.contract import bundle_format as bf
 
     bundle = Path(bundle)
     manifest = bf.read_manifest(bundle)
-    methods = bf.role_methods(manifest)
-    files = manifest["files"]
-    if "ple" not in files:
-        raise ValueError(f"{bundle / bf.MANIFEST_FILE}: files.ple missing; the native host runs .pte + .ple bundles")
-    program = files["program"]
-    cmd = [str(exe), "--program", str(bundle / program["path"]), "--program-sha256", str(program["sha256"]),
-           "--program-bytes", str(program["bytes"]), "--ple", str(bundle / files["ple"]["path"]),
-           "--ple-identity", files["ple"]["identity"], "--prefill-method", methods[bf.PREFILL_ROLE],
-           "--decode-method", methods[bf.DECODE_ROLE], "--prefill-chunk", str(manifest["prefill_chunk"]),
-           "--max-context", str(manifest["max_context"]), "--vocab-size", str(manifest["vocab_size"]),
-           "--ids-file", str(write_ids(ids_file, ids)), "--new-tokens", str(new_tokens), "--repeats", str(repeats),
-           "--warmup", str(warmup), "--threads", str(threads)]
-    if stop_on_eos:
-        cmd += ["--eos", ",".join(str(int(e)) for e in manifest["eos_token_ids"])]
+    cmd = [str(exe), str(bundle), "--ids-file", str(write_ids(ids_file, ids)), "--new-tokens", str(new_tokens),
+           "--repeats", str(repeats), "--warmup", str(warmup), "--threads", str(threads), "--json"]
+    if (temperature, top_k, top_p) != (0.0, 0, 1.0):
+        cmd += ["--temperature", repr(float(temperature)), "--top-k", str(top_k), "--top-p", repr(float(top_p)),
+                "--seed", str(seed)]
+    if not stop_on_eos:
+        cmd += ["--ignore-eos"]
     if logits_out is not None:
         cmd += ["--logits-out", str(logits_out)]
     if weight_cache:
@@ -169,15 +184,16 @@ def parse_result(stdout: str, stderr: str, rc: int, cmd: list[str]) -> dict:
 
 def run(bundle: Path, ids, new_tokens: int, *, threads: int = 0, repeats: int = 1, warmup: int = 0,
         stop_on_eos: bool = False, with_logits: bool = False, exe: Path | None = None,
-        weight_cache: bool = True) -> dict:
+        weight_cache: bool = True, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+        seed: int = 0) -> dict:
     """Run `gemma-edge-run` once on `bundle` and return its JSON; with_logits adds "logits" [steps, V]
-    (the first timed run's, every step)."""
+    (the first timed run's, every step). Greedy unless temperature > 0 (sampling.Sampler's algorithm)."""
     exe = exe or build()
     with tempfile.TemporaryDirectory() as tmp:
         logits_path = Path(tmp) / "logits.bin" if with_logits else None
         cmd = command(exe, bundle, ids, new_tokens, ids_file=Path(tmp) / "ids.txt", threads=threads,
                       repeats=repeats, warmup=warmup, stop_on_eos=stop_on_eos, logits_out=logits_path,
-                      weight_cache=weight_cache)
+                      weight_cache=weight_cache, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         p = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
         res = parse_result(p.stdout, p.stderr, p.returncode, cmd)
         # what the host decided on its own, such as discarding a weight cache that failed its checksum

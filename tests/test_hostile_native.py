@@ -40,14 +40,26 @@ def clean_tokens(exe, tiny_bundle, tmp_path_factory) -> list[int]:
 
 
 def host_args(bundle: Path, ids_file: Path, *extra) -> list[str]:
-    """The host's flags for `bundle` as its manifest says, written out (as an app passes them)."""
-    m = bf.read_manifest(bundle)
-    program = m["files"]["program"]
+    """The host's arguments for `bundle` (it reads the manifest itself) and the prompt 2,100,200 in `ids_file`."""
     ids_file.write_text("2,100,200\n")
-    return ["--program", str(bundle / program["path"]), "--program-sha256", program["sha256"], "--program-bytes",
-            str(program["bytes"]), "--ple", str(bundle / m["files"]["ple"]["path"]), "--prefill-chunk",
-            str(m["prefill_chunk"]), "--max-context", str(m["max_context"]), "--ids-file", str(ids_file),
-            "--new-tokens", "4", "--threads", "1", *map(str, extra)]
+    return [str(bundle), "--ids-file", str(ids_file), "--new-tokens", "4", "--threads", "1", "--json",
+            *map(str, extra)]
+
+
+def edit_manifest(bundle: Path, **fields) -> None:
+    """Set manifest fields in place (dotted keys reach into objects: files__ple__path); None deletes. Read raw:
+    an earlier edit may have left a manifest Python's reader refuses."""
+    m = json.loads((bundle / bf.MANIFEST_FILE).read_text())
+    for key, value in fields.items():
+        *path, last = key.split("__")
+        d = m
+        for k in path:
+            d = d[k]
+        if value is None:
+            del d[last]
+        else:
+            d[last] = value
+    (bundle / bf.MANIFEST_FILE).write_text(json.dumps(m, indent=2))
 
 
 def last_line(p: subprocess.CompletedProcess) -> str:
@@ -133,13 +145,14 @@ def test_a_program_passing_a_cache_kernel_mistyped_arguments_fails_in_one_line(e
 
 
 def test_the_program_digest_is_required(exe, bundle, tmp_path):
+    # the host reads the digest from the manifest itself: a manifest without one (or a malformed one) is refused
     args = host_args(bundle, tmp_path / "ids")
-    i = args.index("--program-sha256")
-    p = subprocess.run([str(exe), *args[:i], *args[i + 2:]], capture_output=True, text=True)
-    assert p.returncode == 2 and last_line(p) == "gemma-edge-run: --program-sha256: required"
-    args[i + 1] = "Z" * 64
+    edit_manifest(bundle, files__program__sha256=None)
     p = subprocess.run([str(exe), *args], capture_output=True, text=True)
-    assert p.returncode == 2 and "--program-sha256: expected 64 lowercase hex digits" in last_line(p)
+    assert p.returncode == 2 and last_line(p).endswith("manifest.json: files.program.sha256: missing")
+    edit_manifest(bundle, files__program__sha256="Z" * 64)
+    p = subprocess.run([str(exe), *args], capture_output=True, text=True)
+    assert p.returncode == 2 and "files.program.sha256: expected 64 lowercase hex digits" in last_line(p)
 
 
 # ---- item 1: a host killed by a signal is reported as such ---------------------------------------------------
@@ -232,8 +245,12 @@ def test_ids_are_bounded_by_the_programs_own_vocabulary(exe, bundle, tmp_path):
     big = tmp_path / "big.ple"
     ple_store.write(big, [rows, rows], vocab_size=2 * V, num_layers=L, ple_dim=P, dtype="int8", embed_scale=1.0,
                     progress=False)
-    args = host_args(bundle, tmp_path / "ids", "--vocab-size", 2 * V)
-    args[args.index("--ple") + 1] = str(big)
+    big = big.rename(bundle / "big.ple")
+    with ple_store.open(big) as reader:
+        identity = reader.header.identity.hex()
+    edit_manifest(bundle, vocab_size=2 * V, files__ple__path="big.ple", files__ple__identity=identity,
+                  files__ple__bytes=big.stat().st_size, files__ple__sha256=bf.sha256_file(big))
+    args = host_args(bundle, tmp_path / "ids")
     (tmp_path / "ids").write_text(f"2,{V + 188},3\n")
     p = subprocess.run([str(exe), *args], capture_output=True, text=True)
     assert p.returncode == 2, p.stderr
@@ -241,9 +258,9 @@ def test_ids_are_bounded_by_the_programs_own_vocabulary(exe, bundle, tmp_path):
                             f"({(bundle / bf.PROGRAM_FILE).resolve()} logits [1, V])")
     # and the manifest's own vocabulary, when it is the smaller one
     (tmp_path / "ids").write_text("2,300\n")
-    args[args.index("--vocab-size") + 1] = "256"
+    edit_manifest(bundle, vocab_size=256)
     p = subprocess.run([str(exe), *args], capture_output=True, text=True)
-    assert p.returncode == 2 and "expected 0 ≤ id < vocab_size 256 (--vocab-size)" in last_line(p)
+    assert p.returncode == 2 and "expected 0 ≤ id < vocab_size 256 (the manifest's vocab_size)" in last_line(p)
 
 
 # ---- item 9: ids through a file, garbage ids, ExecuTorch errors as one line ----------------------------------
@@ -251,7 +268,8 @@ def test_ids_are_bounded_by_the_programs_own_vocabulary(exe, bundle, tmp_path):
 def test_a_prompt_longer_than_argv_allows_gets_the_hosts_own_error(exe, bundle):
     # 40,000 ids (160 KB as text, past argv's 128 KiB per argument): on argv this was OSError "Argument list
     # too long"; through the ids file the host reads them all and refuses the prompt for what it is.
-    with pytest.raises(ValueError, match=r"context: prompt 40000 \+ new tokens 1, expected ≤ --max-context 64"):
+    with pytest.raises(ValueError, match=r"context: prompt 40000 \+ max_new_tokens 1 = 40001 tokens, expected "
+                                         r"≤ max_context 64"):
         native.run(bundle, [500] * 40000, 1, exe=exe)
 
 
@@ -290,7 +308,7 @@ def test_ids_from_stdin_and_a_fifo_refused_without_blocking(exe, bundle, tmp_pat
 def test_an_executorch_execute_error_is_one_line_with_status_1(exe, bundle, tmp_path):
     # A prefill chunk past the method's upper bound on T (8): ExecuTorch refuses the input, the host says so.
     args = host_args(bundle, tmp_path / "ids")
-    args[args.index("--prefill-chunk") + 1] = "16"
+    edit_manifest(bundle, prefill_chunk=16)
     (tmp_path / "ids").write_text(",".join(map(str, PROMPT)))
     p = subprocess.run([str(exe), *args], capture_output=True, text=True)
     assert p.returncode == 1 and "method 'forward' failed with ExecuTorch error" in last_line(p), p.stderr

@@ -1,6 +1,6 @@
 """The native host gemma-edge-run (runtime_py/native/): built against the ExecuTorch wheel, checked against the
-Python runtime on the same bundle — logits bit for bit, PLE rows bit for bit, I/O accounting equal — and
-against bad input."""
+Python runtime on the same bundle — logits bit for bit, PLE rows bit for bit, I/O accounting equal, sampled
+tokens, tokenizer ids — against the shared golden loop suite, and against bad input."""
 import json
 import shutil
 import subprocess
@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import json_at_end
 
 from gemma_edge import ple_store
 from gemma_edge.contract import bundle_format as bf
 from gemma_edge.runtime import native
-
-from conftest import json_at_end
 
 PROMPT = [2, 100, 200, 300, 400, 100, 17, 18, 19, 20, 21, 22, 23]   # 13 tokens: two prefill chunks of 8
 
@@ -85,8 +84,8 @@ def three_input_bundle(tiny_checkpoint, tiny_bundle, tmp_path_factory) -> Path:
     import torch
     from conftest import TINY_EXPORT
 
-    from gemma_edge.export import rewrites
     from gemma_edge.export.exporter import ExportSettings, StageLog, lower_to_executorch, prepare_model
+    from gemma_edge.export.step import InPlaceKVStep
 
     settings = ExportSettings(**TINY_EXPORT)
     cfg, model = prepare_model(tiny_checkpoint, settings, StageLog(), progress=False)
@@ -94,7 +93,7 @@ def three_input_bundle(tiny_checkpoint, tiny_bundle, tmp_path_factory) -> Path:
     class ThreeInputStep(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.step = rewrites.InPlaceKVStep(model, settings.prefill_chunk)
+            self.step = InPlaceKVStep(model, settings.prefill_chunk)
 
         def forward(self, tokens, input_pos, ple_rows):
             return self.step(tokens, input_pos, ple_rows, torch.empty(settings.max_context, dtype=torch.long))
@@ -184,13 +183,185 @@ def test_native_weight_cache_packs_once_then_maps_the_same_weights(exe, tiny_bun
     assert cache.name.startswith(f"model.pte.{bf.read_manifest(tiny_bundle)['files']['program']['sha256'][:16]}")
 
 
-def test_native_stops_on_eos_when_asked(exe, tiny_bundle, tmp_path):
+def edited_copy(bundle: Path, out: Path, **fields) -> Path:
+    """A copy of `bundle` whose manifest has `fields` set (dotted keys reach into objects: files__ple__identity)."""
+    shutil.copytree(bundle, out, ignore=shutil.ignore_patterns("*.xnnpack_cache*"))
+    m = bf.read_manifest(out)
+    for key, value in fields.items():
+        *path, last = key.split("__")
+        d = m
+        for k in path:
+            d = d[k]
+        if value is None:
+            del d[last]
+        else:
+            d[last] = value
+    (out / bf.MANIFEST_FILE).write_text(json.dumps(m, indent=2))
+    return out
+
+
+def test_native_stops_on_the_manifests_eos(exe, tiny_bundle, tmp_path):
     free = native.run(tiny_bundle, PROMPT, 20, threads=1, exe=exe)["runs"][0]["tokens"]
     eos = free[3]   # pretend the 4th greedy token is an end of sequence
-    cmd = native.command(exe, tiny_bundle, PROMPT, 20, ids_file=tmp_path / "ids", threads=1) + ["--eos", str(eos)]
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    run = native.parse_result(p.stdout, p.stderr, p.returncode, cmd)["runs"][0]
+    bundle = edited_copy(tiny_bundle, tmp_path / "b", eos_token_ids=[eos])
+    run = native.run(bundle, PROMPT, 20, threads=1, stop_on_eos=True, exe=exe)["runs"][0]
     assert run["tokens"] == free[:free.index(eos) + 1] and run["stop_reason"] == "eos"
+    # and --ignore-eos (stop_on_eos=False, what benchmarks run) generates past it
+    assert native.run(bundle, PROMPT, 20, threads=1, exe=exe)["runs"][0]["tokens"] == free
+
+
+@pytest.mark.parametrize("settings", [dict(temperature=0.8, seed=7), dict(temperature=1.3, top_k=5, seed=2**64 - 3),
+                                      dict(temperature=0.7, top_p=0.9, seed=11)])
+def test_native_sampling_draws_the_python_sessions_tokens(exe, tiny_bundle, settings):
+    # the C++ sampler inside the real loop: same logits (bit for bit, above), same SplitMix64 draws
+    from gemma_edge.runtime import Session
+
+    with Session(tiny_bundle) as s:
+        want = [t.token for t in s.generate(PROMPT, 24, stop_on_eos=False, **settings)]
+    got = native.run(tiny_bundle, PROMPT, 24, threads=1, exe=exe, **settings)["runs"][0]["tokens"]
+    assert got == want and len(set(got)) > 1
+
+
+def test_native_prompt_text_is_tokenized_and_answered_as_the_python_session_does(exe, tiny_bundle, tmp_path):
+    # --prompt-file text through the host's own tokenizer: the ids, the tokens and the printed text are Python's
+    from gemma_edge.runtime import Session
+
+    text = "hello  native host: Привет, 你好 🙂\n\tend "
+    with Session(tiny_bundle) as s:
+        ids = s.encode(text)
+        want = [t.token for t in s.generate(ids, 10)]
+        chat_ids = s.encode("  hi there \n", chat=True)
+        eos = set(bf.read_manifest(tiny_bundle)["eos_token_ids"])
+        want_text = s.tokenizer.decode([t for t in want if t not in eos])
+    (tmp_path / "p.txt").write_text(text, encoding="utf-8")
+    base = [str(exe), str(tiny_bundle), "--new-tokens", "10", "--threads", "1"]
+    p = subprocess.run(base + ["--prompt-file", str(tmp_path / "p.txt"), "--json"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    assert res["prompt_tokens"] == ids and res["runs"][0]["tokens"] == want and res["text"] == want_text
+    p = subprocess.run(base + ["--prompt-file", str(tmp_path / "p.txt")], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout == want_text + "\n"
+    p = subprocess.run(base + ["--prompt-file", "-", "--chat", "--json"], input="  hi there \n", capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["prompt_tokens"] == chat_ids
+    (tmp_path / "bad.txt").write_bytes(b"ok \xff no")
+    p = subprocess.run(base + ["--prompt-file", str(tmp_path / "bad.txt")], capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.strip().endswith("not valid UTF-8 text (byte 0xff at offset 3)")
+
+
+# Strings for the tokenizer check: unicode of several scripts, combining marks, whitespace runs, tabs and
+# newlines (outside the test vocabulary: byte fallback), added tokens inside text and run together, a
+# prefix of an added token, characters no vocabulary has (byte fallback of 4-byte UTF-8), and random mixes.
+TOKENIZER_STRINGS = [
+    "hello native host", "The quick brown fox jumps over the lazy dog.", "  two  spaces   three    ", "\n\ttabs\n\n",
+    "Привет, как дела?", "你好，世界。こんにちは。안녕하세요", "🙂🚀 emoji ✨",
+    "<bos>hi<|turn>user\nhello<turn|>\n<|turn>model\n",
+    "x\u0301y", "ǅ", "a" * 300, "", " ", "<unk>", "\x00\x01\x7f", "€£¥ → ← ≤", "<|turn><turn|><|think|>",
+    "def f(x):\n    return x * 2\n", "Numbers: 0 1 2 3.14159 1e-6 -17", "مرحبا नमस्ते Γειά", "<eos><pad>text<bos",
+    "\U0010FFFF\U0001F600\u200b\ufeff", "the the the the capital of France", "<|image><|image|><|image", "▁▁ ▁<0x41>",
+]
+
+
+def random_strings(n: int) -> list[str]:
+    import random
+
+    rng = random.Random(0)
+    alphabet = list("abcdefghijklmnopqrstuvwxyz ABCXYZ  \n\t.,!?") + ["é", "ß", "ж", "中", "🙂", "<bos>", "<|turn>",
+                                                                     "\u0301", "▁", "<0x41>", "<|image|>", "  "]
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def merged_bpe_tokenizer(tmp_path_factory) -> Path:
+    """A Gemma-format tokenizer.json (BPE, byte_fallback, fuse_unk, Replace normalizer, no pre-tokenizer, the
+    ByteFallback decoder chain) with thousands of merges, trained here on the repository's own text; its
+    byte tokens are added tokens, and two added tokens share a prefix (<|image> / <|image|>)."""
+    from tokenizers import Tokenizer, decoders, normalizers
+    from tokenizers.models import BPE
+    from tokenizers.trainers import BpeTrainer
+
+    root = Path(__file__).resolve().parents[1]
+    files = [f for d in ("runtime_py", "export", "ple_store", "tests") for f in sorted((root / d).glob("*.py"))]
+    texts = [ln for f in files for ln in f.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)]
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<|turn>", "<turn|>", "<|image>", "<|image|>"]
+    tok = Tokenizer(BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tok.train_from_iterator(texts, trainer=BpeTrainer(
+        vocab_size=6000, special_tokens=specials + [f"<0x{b:02X}>" for b in range(256)], show_progress=False,
+        limit_alphabet=300))
+    path = tmp_path_factory.mktemp("bpe") / "tokenizer.json"
+    tok.save(str(path))
+    assert len(json.loads(path.read_text())["model"]["merges"]) > 3000
+    return path
+
+
+@pytest.mark.parametrize("which", ["bundle", "merged_bpe"])
+def test_native_tokenizer_ids_equal_hf_tokenizers(exe, tiny_bundle, merged_bpe_tokenizer, tmp_path, which):
+    from tokenizers import Tokenizer
+
+    path = tiny_bundle / bf.TOKENIZER_FILE if which == "bundle" else merged_bpe_tokenizer
+    hf = Tokenizer.from_file(str(path))
+    strings = TOKENIZER_STRINGS + random_strings(400)
+    (tmp_path / "strings.json").write_text(json.dumps(strings))
+    p = subprocess.run([str(native.tool("gemma-edge-tokenize")), str(path), str(tmp_path / "strings.json")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)
+    byte_fallbacks = 0
+    for s, ids, text in zip(strings, got["ids"], got["decoded"], strict=True):
+        want = hf.encode(s, add_special_tokens=False).ids
+        assert ids == want, s
+        assert text == hf.decode(want, skip_special_tokens=True), s
+        byte_fallbacks += any(hf.id_to_token(i).startswith("<0x") for i in want)
+    assert byte_fallbacks > 50   # the check covers byte fallback, not only in-vocabulary text
+    # decoding alone, as generated ids come: byte tokens that are not UTF-8 (HF's ByteFallback gives one U+FFFD
+    # per byte token of a run that does not decode), special tokens skipped, byte runs split by other tokens
+    byte = {b: hf.token_to_id(f"<0x{b:02X}>") for b in (0xE4, 0xBD, 0xA0, 0x41)}
+    rng = np.random.default_rng(0)
+    lists = [[byte[0xE4], byte[0xBD]], [byte[0xE4], byte[0xBD], byte[0xA0], byte[0x41]], [2, byte[0xE4], 3, byte[0xBD]]]
+    lists += [rng.integers(0, hf.get_vocab_size(), 40).tolist() for _ in range(50)]
+    (tmp_path / "ids.json").write_text(json.dumps(lists))
+    p = subprocess.run([str(native.tool("gemma-edge-tokenize")), str(path), str(tmp_path / "strings.json"),
+                        str(tmp_path / "ids.json")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["decoded_ids"] == [hf.decode(ids, skip_special_tokens=True) for ids in lists]
+
+
+GOLDEN_LOOP = Path(__file__).resolve().parent / "golden" / "loop.json"
+
+
+def test_native_loop_holds_the_golden_suite(exe):
+    # the library's loop and sampler over the recorded logits of the suite every host runs: tokens, stop
+    # reasons, fetch / prefill / decode calls and refusals must be the recorded ones
+    if not GOLDEN_LOOP.exists():
+        pytest.fail(f"{GOLDEN_LOOP}: missing (written by the Python loop's golden writer)")
+    p = subprocess.run([str(native.tool("gemma-edge-loop-golden")), str(GOLDEN_LOOP)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    cases = json.loads(GOLDEN_LOOP.read_text())["cases"]
+    assert f"{len(cases)} of {len(cases)} cases hold" in p.stdout
+
+
+def test_native_loop_golden_runner_fails_on_a_wrong_recording(exe, tmp_path):
+    # the golden runner can fail: a case whose recorded tokens, fetches or refusal are not what the loop does
+    if not GOLDEN_LOOP.exists():
+        pytest.fail(f"{GOLDEN_LOOP}: missing")
+    golden = json.loads(GOLDEN_LOOP.read_text())
+    ok = [c for c in golden["cases"] if "expect" in c]
+    refused = [c for c in golden["cases"] if "error" in c]
+    assert ok and refused
+    wrong = json.loads(json.dumps(ok[0]))
+    wrong["expect"]["tokens"][-1] = (wrong["expect"]["tokens"][-1] + 1) % golden["vocab_size"]
+    fetch = json.loads(json.dumps(ok[0]))
+    fetch["expect"]["fetches"] = fetch["expect"]["fetches"][:1]
+    field = json.loads(json.dumps(refused[0]))
+    field["error"]["field"] = "not-" + field["error"]["field"]
+    for case in (wrong, fetch, field):
+        (tmp_path / "g.json").write_text(json.dumps({**golden, "cases": [case]}))
+        p = subprocess.run([str(native.tool("gemma-edge-loop-golden")), str(tmp_path / "g.json")],
+                           capture_output=True, text=True)
+        assert p.returncode == 1 and "FAIL" in p.stdout, p.stdout
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8", "int4"])
@@ -222,36 +393,53 @@ def run_exe(exe, *args):
 
 def test_native_refuses_bad_input_with_one_line(exe, tiny_bundle, tmp_path):
     m = bf.read_manifest(tiny_bundle)
-    program = m["files"]["program"]
-    base = ["--program", tiny_bundle / bf.PROGRAM_FILE, "--ple", tiny_bundle / bf.PLE_FILE, "--prefill-chunk", 8,
-            "--max-context", 64, "--program-sha256", program["sha256"], "--program-bytes", program["bytes"]]
+    V = m["vocab_size"]
+    (tmp_path / "ids").write_text("2,3\n")
+    base = ["--ids-file", tmp_path / "ids", "--threads", 1]
     cases = {
-        "identity": (base + ["--ids", "2,3", "--ple-identity", "00" * 32], "identity (the manifest's): expected 00"),
-        "vocab": (base + ["--ids", f"2,{m['vocab_size']}"], f"expected 0 ≤ id < vocab_size {m['vocab_size']}"),
-        "context": (base + ["--ids", "2,3", "--new-tokens", 63], "expected ≤ --max-context 64"),
-        "flag": (base + ["--ids", "2", "--bogus", "1"], "--bogus: unknown flag"),
-        "ids": (base + ["--ids", "2,x"], "--ids: id 1: expected comma-separated integers, found 'x'"),
-        "method": (base + ["--ids", "2", "--prefill-method", "nope"], "cannot load method 'nope'"),
+        "identity": ({"files__ple__identity": "00" * 32}, [], "identity (the manifest's): expected 00"),
+        "vocab": ({}, ["--ids-file", tmp_path / "vocab"], f"expected 0 ≤ id < vocab_size {V}"),
+        "context": ({"max_context": 64}, ["--new-tokens", 63], "expected ≤ max_context 64"),
+        "flag": ({}, ["--bogus", "1"], "--bogus: unknown flag"),
+        "ids": ({}, ["--ids-file", tmp_path / "x"], "id 1: expected comma-separated integers, found 'x'"),
+        "method": ({"methods__prefill__method": "nope"}, [], "cannot load method 'nope'"),
+        "manifest": ({"prefill_chunk": "8"}, [], 'prefill_chunk: expected an integer in [1, 64], found "8" (string)'),
+        "escape": ({"files__ple__path": "../model.ple"}, [], "files.ple.path: expected a path inside the bundle"),
     }
-    for name, (args, message) in cases.items():
-        p = run_exe(exe, *args)
+    (tmp_path / "vocab").write_text(f"2,{V}\n")
+    (tmp_path / "x").write_text("2,x\n")
+    for name, (fields, extra, message) in cases.items():
+        bundle = edited_copy(tiny_bundle, tmp_path / f"bundle-{name}", **fields)
+        p = run_exe(exe, bundle, *base, *extra)
         assert p.returncode == 2, (name, p.stderr)
         assert message in p.stderr.strip().splitlines()[-1], (name, p.stderr)
 
-    bad = tmp_path / "bad.ple"
+    bad = edited_copy(tiny_bundle, tmp_path / "bad")
     raw = bytearray((tiny_bundle / bf.PLE_FILE).read_bytes())
-    bad.write_bytes(raw[:-4096])
-    p = run_exe(exe, *base[:2], "--ple", bad, *base[4:], "--ids", "2")
+    (bad / bf.PLE_FILE).write_bytes(raw[:-4096])
+    p = run_exe(exe, bad, *base)
     assert p.returncode == 2 and "file size (truncated or trailing bytes)" in p.stderr
     raw[20] ^= 1   # num_layers, with the header CRC left stale
-    bad.write_bytes(raw)
-    p = run_exe(exe, *base[:2], "--ple", bad, *base[4:], "--ids", "2")
+    (bad / bf.PLE_FILE).write_bytes(raw)
+    p = run_exe(exe, bad, *base)
     assert p.returncode == 2 and "header_crc32" in p.stderr
     # the wrapper raises the runner's own line: ValueError for bad input (status 2), RuntimeError otherwise
     with pytest.raises(ValueError, match=r"^gemma-edge-run: .*header_crc32"):
         native.parse_result(p.stdout, p.stderr, p.returncode, [])
     with pytest.raises(RuntimeError, match="method 'forward' failed"):
         native.parse_result("", "gemma-edge-run: x.pte: method 'forward' failed with ExecuTorch error 18\n", 1, [])
+
+
+def test_native_manifest_reader_requires_the_contracts_keys(exe, tiny_bundle, tmp_path):
+    # the C++ reader's required keys are bundle_format.REQUIRED_KEYS: each one removed is refused, by name
+    (tmp_path / "ids").write_text("2,3\n")
+    for key in bf.REQUIRED_KEYS:
+        bundle = edited_copy(tiny_bundle, tmp_path / key, **{key: None})
+        with pytest.raises(bf.BundleError):
+            bf.read_manifest(bundle)
+        p = run_exe(exe, bundle, "--ids-file", tmp_path / "ids")
+        assert p.returncode == 2
+        assert p.stderr.strip().splitlines()[-1].endswith(f"manifest.json: keys ['{key}'] missing")
 
 
 def test_cli_run_native_generates_what_the_python_session_does(exe, tiny_bundle):

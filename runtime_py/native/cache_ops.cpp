@@ -110,4 +110,9 @@ const executorch::runtime::Kernel kKernels[] = {
 const auto kRegistered = executorch::runtime::register_kernels({kKernels, 2});
 
 }  // namespace
+
+// Referenced by Program: a static library's object that nothing references is left out of the link, and
+// with it this registration.
+bool cache_kernels_registered() { return kRegistered == Error::Ok; }
+
 }  // namespace gemma_edge

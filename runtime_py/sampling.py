@@ -1,7 +1,9 @@
-"""The sampler: greedy, or seeded temperature / top-k / top-p sampling, bit-for-bit the algorithm of Sampler.java.
+"""The sampler: greedy, or seeded temperature / top-k / top-p sampling — the one specification of it.
 
-Algorithm (android_demo/core/src/main/java/dev/gemmaedge/core/Sampler.java specifies it; this is the
-Python side of the same contract), for float32 logits l[0..V) (a NaN logit is an error):
+Java's Sampler.java and the native runner's sampler.cpp implement this algorithm draw for draw; the
+golden suite (tests/golden/loop.json, and the Java core's draws) is recorded from this class. For float32
+logits l[0..V) (a NaN logit is an error; so is an infinite largest logit when sampling, which would make
+every weight NaN):
 
 1. Greedy when temperature <= 0 or top_k == 1: the index of the largest logit, the lowest index on
    ties. No random draw is consumed.
@@ -94,6 +96,10 @@ class Sampler:
         k = min(self.top_k, logits.shape[0]) if self.top_k > 0 else logits.shape[0]
         order = top_indices(logits, k)
         kept = logits[order].astype(np.float64)
+        if np.isinf(kept[0]):
+            # every weight would be NaN and the pick would fall to the last kept index, which no logit chose
+            raise ValueError(f"logits[{int(order[0])}]: expected a finite largest logit to sample from, "
+                             f"found {kept[0]}")
         w = np.exp((kept - kept[0]) / self.temperature)                 # float64, in order
         run = np.cumsum(w)                                              # left-to-right running sums
         n = len(w)

@@ -1,9 +1,10 @@
 """A Session: one model (an export bundle's .pte / .onnx, or a checkpoint run eagerly) and its generation loop.
 
-The loop is the one Generator.java runs: per prompt exactly ONE batched PLE fetch (all prompt ids; the
-store dedupes), sliced per prefill chunk; then repeat { sample; emit; stop on eos / max_new_tokens /
-context; fetch_one(token); decode } — the token that ends generation is never decoded, so it costs no
-fetch. Both kinds of fetch are counted in `RunStats`.
+The loop is gemma_edge/contract/loop.md's, which Generator.java and the native host's loop.cpp also run,
+all held to tests/golden/loop.json: a run that cannot fit max_context is refused before any work; per
+prompt exactly ONE batched PLE fetch (all prompt ids; the store dedupes), sliced per prefill chunk; then
+repeat { sample; emit; stop on eos (stop_on_eos) / max_new_tokens; fetch_one(token); decode } — the token
+that ends generation is never decoded, so it costs no fetch. Both kinds of fetch are counted in `RunStats`.
 """
 from __future__ import annotations
 
@@ -21,6 +22,15 @@ from gemma_edge.ple_store import FetchStats
 from .backends import EagerBackend, OnnxBackend, PteBackend, TablePle
 from .sampling import Sampler
 from .tokenizer import TextCodec, TextStream
+
+
+class GenerationError(ValueError):
+    """A run the loop refuses before any work (gemma_edge/contract/loop.md): `field` names what is wrong
+    ("prompt", "max_new_tokens" or "context"), as Java's GenerationException and the native LoopError do."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
 
 def _is_int(v) -> bool:
@@ -173,6 +183,17 @@ class Session:
                     cfg.eos_token_ids, cfg.bos_token_id)
         return self
 
+    @classmethod
+    def from_parts(cls, config: TextConfig, backend, ple=None, *, max_context: int, prefill_chunk: int,
+                   eos_token_ids: list[int], tokenizer: TextCodec | None = None) -> "Session":
+        """The loop over any back-end (prefill / decode / all_logits, as backends.py's) and PLE source (fetch /
+        fetch_one / fetch_log / close, as the store's reader), e.g. recorded logits replayed by the golden suite."""
+        self = cls.__new__(cls)
+        self.bundle_dir, self.manifest = None, None
+        self._setup(config, backend, ple, tokenizer, max_context, prefill_chunk, None, eos_token_ids,
+                    config.bos_token_id)
+        return self
+
     def _setup(self, cfg, runner, ple, codec, max_context, chunk, chunk_override, eos, bos) -> None:
         self.config: TextConfig = cfg
         self.backend = runner
@@ -208,19 +229,21 @@ class Session:
         """The prompt as int64 [T]; every id an integer in [0, vocab_size) — checked on the Python values,
         before numpy could overflow (≥ 2^63) or truncate (1.7 -> 1) them."""
         if isinstance(token_ids, (str, bytes)):
-            raise ValueError(f"prompt: expected a sequence of token ids, found a {type(token_ids).__name__}")
+            raise GenerationError("prompt", f"prompt: expected a sequence of token ids, found a "
+                                            f"{type(token_ids).__name__}")
         if isinstance(token_ids, np.ndarray):
             if token_ids.ndim != 1 or not np.issubdtype(token_ids.dtype, np.integer):
-                raise ValueError(f"prompt: expected a 1-D array of integers, found {token_ids.dtype} "
-                                 f"{list(token_ids.shape)}")
+                raise GenerationError("prompt", f"prompt: expected a 1-D array of integers, found "
+                                                f"{token_ids.dtype} {list(token_ids.shape)}")
             token_ids = token_ids.tolist()
         ids = list(token_ids)
         if len(ids) == 0:
-            raise ValueError("prompt: expected at least one token id, found 0")
+            raise GenerationError("prompt", "prompt: expected at least one token id, found 0")
         vocab = self.config.vocab_size
         for i, t in enumerate(ids):
             if not (_is_int(t) or isinstance(t, np.integer)) or not 0 <= int(t) < vocab:
-                raise ValueError(f"prompt token {i}: expected an id in [0, {vocab}) (vocab_size), found {t!r}")
+                raise GenerationError("prompt", f"prompt token {i}: expected an id in [0, {vocab}) (vocab_size), "
+                                                f"found {t!r}")
         return np.asarray([int(t) for t in ids], dtype=np.int64)
 
     def _fetch(self, ids: np.ndarray) -> np.ndarray:
@@ -252,10 +275,12 @@ class Session:
         """Yield generated tokens; greedy at temperature 0. Checks run before any work is done."""
         ids = self._check_ids(token_ids)
         if not _is_int(max_new_tokens) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens: expected an integer ≥ 1, found {max_new_tokens!r}")
+            raise GenerationError("max_new_tokens",
+                                  f"max_new_tokens: expected an integer ≥ 1, found {max_new_tokens!r}")
         if len(ids) + max_new_tokens > self.max_context:
-            raise ValueError(f"context: prompt {len(ids)} + max_new_tokens {max_new_tokens} = "
-                             f"{len(ids) + max_new_tokens} tokens, expected ≤ max_context {self.max_context}")
+            raise GenerationError("context", f"context: prompt {len(ids)} + max_new_tokens {max_new_tokens} = "
+                                             f"{len(ids) + max_new_tokens} tokens, expected ≤ max_context "
+                                             f"{self.max_context}")
         sampler = Sampler(temperature, top_k, top_p, seed)
         return self._loop(ids, max_new_tokens, sampler, stop_on_eos)
 
@@ -288,10 +313,8 @@ class Session:
             st.total_s = now - t0
             if stop_on_eos and tok in self.eos_ids:
                 st.stop_reason = "eos"
-            elif st.generated >= max_new:
+            elif st.generated >= max_new:      # generate() refused a run that could outgrow max_context
                 st.stop_reason = "max_new_tokens"
-            elif pos >= self.max_context:
-                st.stop_reason = "max_context"
             text = "" if tok in self.eos_ids else stream.push(tok)
             yield GeneratedToken(tok, text, st.generated - 1, now - t0, now - t_prev)
             if st.stop_reason:

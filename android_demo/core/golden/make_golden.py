@@ -1,118 +1,44 @@
-"""Writes the golden files the Java core's tests compare against: PLE files + Python fetches, tokenizers + ids, generation runs.
+"""Writes the golden files the Java core's tests compare against: PLE files + Python fetches, tokenizers + ids,
+generation runs, chat prompts, a bundle.
 
 Usage: python android_demo/core/golden/make_golden.py OUTDIR
 
-Everything comes from the Python side of the project (gemma_edge.ple_store, HF `tokenizers`) or from the
-reference sampler/loop below, which the Java classes Sampler and Generator specify identically. Output:
+Everything comes from the Python side of the project itself — no copies: gemma_edge.ple_store, HF `tokenizers`,
+transformers' apply_chat_template over Gemma 4's chat template, the runtime's Session and Sampler, the
+contract's manifest writer. (The loop's shared suite, tests/golden/loop.json, is committed and written by
+tests/golden/make_loop_golden.py; Java's LoopGoldenTest reads it directly.) Output:
   OUTDIR/ple/*.ple, OUTDIR/ple/golden.json            rows, stored bytes, I/O counts, corrupt files + Python's error
   OUTDIR/tokenizer/<variant>/tokenizer.json, OUTDIR/tokenizer/golden.json
-  OUTDIR/generation/golden.json                       recorded logits, expected tokens and PLE fetches
-  OUTDIR/bundle/                                      a small valid bundle (manifest.json, model.pte stand-in, .ple, tokenizer)
+  OUTDIR/tokenizer/chat.json                          Gemma 4 chat conversations: apply_chat_template's text and ids
+  OUTDIR/generation/golden.json                       a run recorded from Session (logits, tokens, PLE fetches), and
+                                                      single draws of gemma_edge.runtime.sampling.Sampler
+  OUTDIR/bundle/                                      a small valid bundle (manifest.json by the contract's writer,
+                                                      model.pte stand-in, .ple, tokenizer)
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import random
 import shutil
 import struct
 import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 
 from gemma_edge import ple_store
+from gemma_edge.contract import bundle_format as bf
+from gemma_edge.contract.chat import TURN_TOKENS
+from gemma_edge.contract.presets import preset
 from gemma_edge.ple_store.format import CRC_COVERED
+from gemma_edge.runtime.sampling import Sampler
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 SEED = 20261128
-
-# ---------------------------------------------------------------------------------------------------
-# Reference sampler (identical to dev.gemmaedge.core.Sampler; the Python runtime will share it)
-# ---------------------------------------------------------------------------------------------------
-
-MASK64 = (1 << 64) - 1
-
-
-class SplitMix64:
-    """java.util.SplittableRandom(seed).nextDouble(), written out."""
-
-    def __init__(self, seed: int):
-        self.state = seed & MASK64
-
-    def next_double(self) -> float:
-        self.state = (self.state + 0x9E3779B97F4A7C15) & MASK64
-        z = self.state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
-        z ^= z >> 31
-        return (z >> 11) * 2.0 ** -53
-
-
-def sample(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng: SplitMix64) -> int:
-    """Greedy (argmax, lowest index on ties) or temperature/top-k/top-p sampling; see Sampler.java for the spec."""
-    logits = np.asarray(logits, np.float32)
-    if np.isnan(logits).any():
-        raise ValueError(f"logits[{int(np.flatnonzero(np.isnan(logits))[0])}]: expected a number, found NaN")
-    t = float(np.float32(temperature))
-    p = float(np.float32(top_p))
-    if t <= 0 or top_k == 1:
-        return int(np.argmax(logits))                      # first maximum = lowest index on ties
-    vals = [float(x) for x in logits]
-    order = sorted(range(len(vals)), key=lambda i: (-vals[i], i))
-    if top_k > 0:
-        order = order[:top_k]
-    m = vals[order[0]]
-    w = [math.exp((vals[j] - m) / t) for j in order]
-    if p < 1.0:
-        total = 0.0
-        for x in w:
-            total += x
-        target, run, keep = p * total, 0.0, len(w)
-        for j, x in enumerate(w):
-            run += x
-            if run >= target:
-                keep = j + 1
-                break
-        w = w[:keep]
-    s = 0.0
-    for x in w:
-        s += x
-    r = rng.next_double() * s
-    run = 0.0
-    for j, x in enumerate(w):
-        run += x
-        if run > r:
-            return order[j]
-    return order[len(w) - 1]
-
-
-def reference_generate(prompt, steps, sampler_cfg, eos, max_new_tokens, max_context, prefill_chunk):
-    """The generation loop of Generator.java over recorded logits; returns (tokens, fetches, prefill_calls, decode_calls).
-
-    As runtime_py/session.py: a run that cannot fit the context (prompt + max_new_tokens > max_context) is
-    refused before any work, so the loop stops only on eos or max_new_tokens — the first token included."""
-    if len(prompt) + max_new_tokens > max_context:
-        raise ValueError(f"context: prompt {len(prompt)} + max_new_tokens {max_new_tokens} = "
-                         f"{len(prompt) + max_new_tokens} tokens, expected <= max_context {max_context}")
-    fetches = [list(prompt)]                                    # one batched fetch for the whole prompt
-    prefill_calls = [[s, min(len(prompt), s + prefill_chunk) - s] for s in range(0, len(prompt), prefill_chunk)]
-    rng = SplitMix64(sampler_cfg["seed"])
-    tokens, decode_calls = [], []
-    logits, step, pos = steps[0], 0, len(prompt)
-    while True:
-        tok = sample(logits, sampler_cfg["temperature"], sampler_cfg["top_k"], sampler_cfg["top_p"], rng)
-        tokens.append(tok)
-        if tok in eos or len(tokens) >= max_new_tokens:
-            break
-        fetches.append([tok])                                   # fetchOne per token fed back
-        decode_calls.append([tok, pos])
-        step += 1
-        logits = steps[step]
-        pos += 1
-    return tokens, fetches, prefill_calls, decode_calls
-
 
 # ---------------------------------------------------------------------------------------------------
 # PLE files
@@ -315,13 +241,16 @@ def corpus(rng: random.Random) -> list[str]:
 def test_strings(rng: random.Random) -> list[str]:
     out = ["", " ", "  ", "\t", "\n", "a", "hello", " hello", "hello ", "hello  world", "  leading and trailing  ",
            "tabs\tand\nnewlines\r\n", "multiple\n\n\nnewlines", "    indented code", LATIN, GREEK_CYR, CJK, EMOJI,
-           "mixed 中文 and English 😀 together", "<bos>hello<eos>", "<start_of_turn>user\nHi!<end_of_turn>\n",
-           "<start_of_turn>model\n", "literal <0x41> byte token text", "<eos><eos><pad>", "a<bos>b", "<bo", "<eos",
+           "mixed 中文 and English 😀 together", "<bos>hello<eos>", "<|turn>user\nHi!<turn|>\n",
+           "<|turn>model\n<|channel>thought\n<channel|>", "<|turn>system\n<|think|>Be brief.<turn|>\n",
+           "<start_of_turn>user\nGemma 3's turns are plain text here<end_of_turn>\n", "literal <0x41> byte token text",
+           "<eos><eos><pad>", "a<bos>b", "<bo", "<eos",
            "\u00a0non-breaking\u00a0space", "zero\u200bwidth", "combining e\u0301 accent", "control\u0001char",
            "ÿþ", "\u2581already has metaspace", "\u2581\u2581", "end with metaspace\u2581", "12345 67890 3.14159",
            "email@example.com https://example.com/path?q=1&r=2", "ALL CAPS TEXT", "under_score camelCase"]
     out += CODE
-    pool = [WORDS, LATIN.split(), GREEK_CYR.split(), CJK.split(), EMOJI.split(), list("!@#$%^&*()[]{};:'\",.<>/?\\|`~-_=+")]
+    pool = [WORDS, LATIN.split(), GREEK_CYR.split(), CJK.split(), EMOJI.split(),
+            list("!@#$%^&*()[]{};:'\",.<>/?\\|`~-_=+")]
     seps = [" ", "  ", "   ", "\t", "\n", " \n ", "", "\t\t", "\r\n"]
     while len(out) < 320:
         parts = []
@@ -332,7 +261,7 @@ def test_strings(rng: random.Random) -> list[str]:
         if rng.random() < 0.2:
             s = rng.choice(seps) + s
         if rng.random() < 0.1:
-            s += rng.choice(["<eos>", "<start_of_turn>", "<bos>"])
+            s += rng.choice(["<eos>", "<|turn>", "<turn|>", "<bos>"])
         if rng.random() < 0.1:
             s = "".join(chr(rng.choice([rng.randint(0x20, 0x7e), rng.randint(0xa0, 0x2fff), rng.randint(0x4e00, 0x9fff),
                                         rng.randint(0x1f300, 0x1faff)])) for _ in range(rng.randint(1, 20)))
@@ -359,7 +288,7 @@ def make_tokenizers(out: str) -> str:
     # byte tokens stay in the vocabulary but are not added tokens (they must not be skipped or matched in text)
     base["added_tokens"] = [t for t in base["added_tokens"] if t["content"] in specials]
     nxt = max(base["model"]["vocab"].values()) + 1
-    for k, content in enumerate(["<start_of_turn>", "<end_of_turn>"]):
+    for k, content in enumerate(TURN_TOKENS[i] for i in sorted(TURN_TOKENS)):   # Gemma 4's turn tokens
         base["model"]["vocab"][content] = nxt + k
         base["added_tokens"].append({"id": nxt + k, "content": content, "single_word": False, "lstrip": False,
                                      "rstrip": False, "normalized": False, "special": True})
@@ -373,14 +302,16 @@ def make_tokenizers(out: str) -> str:
     a["pre_tokenizer"] = None
     a["decoder"] = {"type": "Sequence", "decoders": [dec_rep, {"type": "ByteFallback"}, {"type": "Fuse"}]}
     a["post_processor"] = {"type": "TemplateProcessing",
-                           "single": [{"SpecialToken": {"id": "<bos>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                           "single": [{"SpecialToken": {"id": "<bos>", "type_id": 0}},
+                                      {"Sequence": {"id": "A", "type_id": 0}}],
                            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
                            "special_tokens": {"<bos>": {"id": "<bos>", "ids": [2], "tokens": ["<bos>"]}}}
     variants["gemma"] = a
     # B: Llama-2 style — Prepend + Replace in a Sequence, Split pre-tokenizer, Strip decoder, "a b" merges
     b = json.loads(json.dumps(base))
     b["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u2581"}, rep]}
-    b["pre_tokenizer"] = {"type": "Split", "pattern": {"String": "\u2581"}, "behavior": "MergedWithNext", "invert": False}
+    b["pre_tokenizer"] = {"type": "Split", "pattern": {"String": "\u2581"}, "behavior": "MergedWithNext",
+                          "invert": False}
     b["decoder"] = {"type": "Sequence", "decoders": [dec_rep, {"type": "ByteFallback"}, {"type": "Fuse"},
                                                       {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
     b["post_processor"] = None
@@ -395,16 +326,18 @@ def make_tokenizers(out: str) -> str:
         {"type": "Split", "pattern": {"Regex": "[!?.]+"}, "behavior": "Contiguous", "invert": False},
         {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": True}]}
     c["decoder"] = {"type": "Sequence", "decoders": [{"type": "ByteFallback"},
-                                                      {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": True},
+                                                      {"type": "Metaspace", "replacement": "\u2581",
+                                                       "prepend_scheme": "first", "split": True},
                                                       {"type": "Fuse"}]}
     c["post_processor"] = None
     variants["metaspace"] = c
     # D: pieces removed by Split, and an added token that is matched after normalization
     e = json.loads(json.dumps(a))
     e["pre_tokenizer"] = {"type": "Split", "pattern": {"Regex": "\t+"}, "behavior": "Removed", "invert": False}
-    e["added_tokens"].append({"id": nxt + 2, "content": "\u2581gemma\u2581edge", "single_word": False, "lstrip": False,
+    e["added_tokens"].append({"id": nxt + len(TURN_TOKENS), "content": "\u2581gemma\u2581edge", "single_word": False,
+                              "lstrip": False,
                               "rstrip": False, "normalized": True, "special": False})
-    e["model"]["vocab"]["\u2581gemma\u2581edge"] = nxt + 2
+    e["model"]["vocab"]["\u2581gemma\u2581edge"] = nxt + len(TURN_TOKENS)
     variants["removed_normalized"] = e
     # E: no byte fallback — characters outside the vocabulary become <unk>, fused when adjacent
     u = json.loads(json.dumps(a))
@@ -440,15 +373,14 @@ def make_tokenizers(out: str) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 def runtime_recorded_case(v: int) -> dict:
-    """A case recorded from the Python runtime itself: `Session.from_checkpoint` (the eager back-end of
+    """A run recorded from the Python runtime itself: `Session.from_checkpoint` (the eager back-end of
     `gemma_edge.runtime`, same generation loop as a bundle) over a tiny random checkpoint, sampling with a
-    seed. Its logits, tokens and fetch counts become the expectations Java must reproduce."""
+    seed. Its logits, tokens and the fetch / prefill / decode calls Session made become the expectations
+    Java must reproduce over a real PLE file (the loop's other cases are tests/golden/loop.json's)."""
     import tempfile
-    from pathlib import Path
 
     import torch
 
-    from gemma_edge.contract.presets import preset
     from gemma_edge.export.random_checkpoint import write_random_checkpoint
     from gemma_edge.runtime import Session
 
@@ -460,36 +392,45 @@ def runtime_recorded_case(v: int) -> dict:
         ckpt = write_random_checkpoint(Path(tmp) / "ckpt", cfg, dtype=torch.float32, seed=3, tokenizer=False,
                                        progress=False)
         session = Session.from_checkpoint(ckpt, max_context=max_context, prefill_chunk=chunk)
-        recorded, depth = [], [0]
+        recorded, prefill_calls, decode_calls, fetches, fetching, depth = [], [], [], [], [], [0]
 
-        def record(fn):
+        def record(fn, calls, call):
             def wrapped(*args):
                 depth[0] += 1                                           # the eager decode calls its own prefill:
-                try:                                                    # keep only the outermost call's logits
+                try:                                                    # keep only the outermost call
                     out = fn(*args)
                 finally:
                     depth[0] -= 1
                 if depth[0] == 0:
+                    calls.append(call(*args))
                     recorded.append(np.asarray(out, np.float32).reshape(-1).copy())
                 return out
             return wrapped
 
-        session.backend.prefill = record(session.backend.prefill)
-        session.backend.decode = record(session.backend.decode)
+        def record_fetch(fn, ids_of):
+            def wrapped(arg):
+                if not fetching:                                        # TablePle's fetch_one calls its fetch:
+                    fetches.append(ids_of(arg))                         # keep only the call Session made
+                fetching.append(True)
+                try:
+                    return fn(arg)
+                finally:
+                    fetching.pop()
+            return wrapped
+
+        b = session.backend
+        b.prefill = record(b.prefill, prefill_calls, lambda ids, start, rows: [int(start), len(ids)])
+        b.decode = record(b.decode, decode_calls, lambda tok, pos, row: [int(tok), int(pos)])
+        session.ple.fetch = record_fetch(session.ple.fetch, lambda ids: [int(t) for t in ids])
+        session.ple.fetch_one = record_fetch(session.ple.fetch_one, lambda tok: [int(tok)])
         rng = np.random.default_rng(SEED + 7)
         prompt = [2] + rng.integers(3, cfg.vocab_size, 18).tolist()
         prompt[9] = prompt[4]                                           # a duplicate id
         tokens = [g.token for g in session.generate(prompt, max_new, temperature=sampler_cfg["temperature"],
                                                      top_k=sampler_cfg["top_k"], top_p=sampler_cfg["top_p"],
                                                      seed=sampler_cfg["seed"])]
-        run = session.last_run
         eos = sorted(session.eos_ids)
-    n_chunks = -(-len(prompt) // chunk)
-    steps = recorded[n_chunks - 1:]                                     # the logits each token was sampled from
-    assert run.prompt_fetches == 1 and run.token_fetches == len(tokens) - 1, (run.prompt_fetches, run.token_fetches)
-    ref_tokens, fetches, prefill_calls, decode_calls = reference_generate(
-        prompt, steps, sampler_cfg, eos, max_new, max_context, chunk)
-    assert ref_tokens == tokens, (ref_tokens, tokens)                   # the runtime's loop = the documented one
+    steps = recorded[len(prefill_calls) - 1:]                           # the logits each token was sampled from
     return {"name": "runtime_recorded_tiny", "prompt": prompt, "vocab_size": cfg.vocab_size, "prefill_chunk": chunk,
             "max_context": max_context,
             "max_new_tokens": max_new, "eos": eos, "steps": [{"logits": [float(f) for f in x]} for x in steps],
@@ -500,52 +441,9 @@ def runtime_recorded_case(v: int) -> dict:
 def make_generation(out: str, ple_path: str) -> None:
     d = os.path.join(out, "generation")
     os.makedirs(d, exist_ok=True)
-    r = ple_store.open(ple_path)
-    v = r.header.vocab_size
-    r.close()
     rng = np.random.default_rng(SEED + 1)
-    eos = [1, 106]
-    cases = []
-
-    def steps_for(n, eos_at=None, tie_at=None):
-        steps = []
-        for k in range(n):
-            x = (rng.standard_normal(v) * 3).astype(np.float32)   # logits [V]
-            if eos_at is not None and k == eos_at:
-                x[106] = x.max() + 5
-            if tie_at is not None and k == tie_at:
-                x[:] = np.float32(-1)
-                x[[900, 40, 2500]] = np.float32(7.25)           # greedy must pick 40
-            steps.append(x)
-        return steps
-
-    scenarios = [
-        ("greedy_eos", dict(temperature=0.0, top_k=0, top_p=1.0, seed=0), 24, 8, 1024, 20, dict(eos_at=6, tie_at=2)),
-        ("greedy_max_new", dict(temperature=0.0, top_k=0, top_p=1.0, seed=0), 9, 128, 1024, 7, dict(tie_at=0)),
-        ("greedy_fills_context", dict(temperature=0.0, top_k=0, top_p=1.0, seed=0), 30, 16, 34, 4, {}),
-        ("greedy_first_token_eos", dict(temperature=0.0, top_k=0, top_p=1.0, seed=0), 6, 4, 1024, 10, dict(eos_at=0)),
-        ("sample_temp", dict(temperature=0.8, top_k=0, top_p=1.0, seed=12345), 17, 5, 1024, 15, {}),
-        ("sample_topk", dict(temperature=1.3, top_k=40, top_p=1.0, seed=-7), 12, 4, 1024, 15, {}),
-        ("sample_topp", dict(temperature=0.7, top_k=0, top_p=0.9, seed=2**62 + 3), 33, 32, 1024, 15, {}),
-        ("sample_all", dict(temperature=1.0, top_k=64, top_p=0.95, seed=99), 5, 2, 1024, 20, dict(eos_at=12)),
-        ("greedy_topk1", dict(temperature=1.0, top_k=1, top_p=1.0, seed=5), 3, 3, 1024, 6, {}),
-    ]
-    for name, sampler_cfg, plen, chunk, max_context, max_new, shape in scenarios:
-        prompt = [2] + rng.integers(0, v, plen - 1).tolist()
-        prompt[plen // 2] = prompt[1]                               # duplicates in the prompt
-        if plen > 3:
-            prompt[-1] = prompt[2]
-        steps = steps_for(max_new, **shape)
-        tokens, fetches, prefill_calls, decode_calls = reference_generate(
-            prompt, steps, sampler_cfg, eos, max_new, max_context, chunk)
-        cases.append({"name": name, "prompt": prompt, "vocab_size": v, "prefill_chunk": chunk, "max_context": max_context,
-                      "max_new_tokens": max_new, "eos": eos,
-                      "steps": [{"logits": [float(f) for f in s]} for s in steps[: len(tokens)]],
-                      "expected_tokens": tokens, "expected_fetches": fetches,
-                      "expected_prefill_calls": prefill_calls, "expected_decode_calls": decode_calls,
-                      "sampler": sampler_cfg})
-    cases.append(runtime_recorded_case(v))
-    # single sampler draws over varied logits (ties, -0.0/0.0, huge spreads), for a direct sampler check
+    cases = [runtime_recorded_case(ple_store.open(ple_path).header.vocab_size)]
+    # single draws of the runtime's sampler over varied logits (ties, -0.0/0.0, huge spreads)
     draws = []
     for k in range(60):
         n = int(rng.integers(1, 300))
@@ -556,11 +454,37 @@ def make_generation(out: str, ple_path: str) -> None:
             x[0], x[-1] = np.float32(-0.0), np.float32(0.0)
         cfg = dict(temperature=float(rng.choice([0.0, 0.3, 1.0, 2.5])), top_k=int(rng.choice([0, 1, 5, 50])),
                    top_p=float(rng.choice([1.0, 0.5, 0.9, 0.99])), seed=int(rng.integers(-2**62, 2**62)))
-        rs = SplitMix64(cfg["seed"])
-        picks = [sample(x, cfg["temperature"], cfg["top_k"], cfg["top_p"], rs) for _ in range(5)]
-        draws.append({"logits": [float(f) for f in x], "sampler": cfg, "picks": picks})
+        sampler = Sampler(cfg["temperature"], cfg["top_k"], cfg["top_p"], cfg["seed"])
+        draws.append({"logits": [float(f) for f in x], "sampler": cfg, "picks": [sampler(x) for _ in range(5)]})
     with open(os.path.join(d, "golden.json"), "w") as f:
         json.dump({"ple_file": ple_path, "cases": cases, "draws": draws}, f)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Gemma 4 chat prompts: transformers' apply_chat_template over Gemma 4's chat template
+# ---------------------------------------------------------------------------------------------------
+
+def make_chat(out: str, tokenizer_path: str) -> None:
+    """tests/golden/chat_cases.json's conversations through apply_chat_template with the golden "gemma"
+    tokenizer: the text and the ids Java's Chat must give."""
+    from transformers import PreTrainedTokenizerFast
+
+    golden = os.path.join(REPO, "tests", "golden")
+    with open(os.path.join(golden, "chat_cases.json"), encoding="utf-8") as f:
+        cases = json.load(f)["cases"]
+    with open(os.path.join(golden, "gemma4_e_chat_template.jinja"), encoding="utf-8") as f:
+        template = f.read()
+    hf = PreTrainedTokenizerFast(tokenizer_file=tokenizer_path, bos_token="<bos>", eos_token="<eos>",
+                                 pad_token="<pad>", unk_token="<unk>")
+    hf.chat_template = template
+    out_cases = []
+    for c in cases:
+        kw = dict(add_generation_prompt=True, enable_thinking=c["thinking"])
+        ids = hf.apply_chat_template(c["messages"], tokenize=True, **kw)
+        ids = ids if isinstance(ids, list) else list(ids["input_ids"])
+        out_cases.append({**c, "text": hf.apply_chat_template(c["messages"], tokenize=False, **kw), "ids": ids})
+    with open(os.path.join(out, "tokenizer", "chat.json"), "w", encoding="utf-8") as f:
+        json.dump({"tokenizer": tokenizer_path, "cases": out_cases}, f, ensure_ascii=False)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -568,51 +492,34 @@ def make_generation(out: str, ple_path: str) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 def make_bundle(out: str, ple_path: str, tokenizer_path: str) -> None:
+    """The manifest is the exporter's own writer's (bf.build_manifest) over the files copied here, plus two
+    keys no reader knows (one top-level, one in config), which every reader must ignore."""
     d = os.path.join(out, "bundle")
     os.makedirs(d, exist_ok=True)
-    shutil.copyfile(ple_path, os.path.join(d, "model.ple"))
-    shutil.copyfile(tokenizer_path, os.path.join(d, "tokenizer.json"))
-    with open(os.path.join(d, "model.pte"), "wb") as f:
+    shutil.copyfile(ple_path, os.path.join(d, bf.PLE_FILE))
+    shutil.copyfile(tokenizer_path, os.path.join(d, bf.TOKENIZER_FILE))
+    with open(os.path.join(d, bf.PROGRAM_FILE), "wb") as f:
         f.write(b"stand-in for an ExecuTorch program " * 10)
-    r = ple_store.open(os.path.join(d, "model.ple"))
+    r = ple_store.open(os.path.join(d, bf.PLE_FILE))
     h = r.header
     r.close()
-
-    def entry(name, **extra):
-        p = os.path.join(d, name)
-        return {"path": name, "bytes": os.path.getsize(p),
-                "sha256": hashlib.sha256(open(p, "rb").read()).hexdigest(), **extra}
-
     L, P, V = h.num_layers, h.ple_dim, h.vocab_size
-    from gemma_edge.contract.bundle_format import method_signature   # the exporter's own (attend_len included)
-
-    io = lambda t: method_signature(t, L, P)  # noqa: E731
-    from gemma_edge.contract.presets import preset
-
-    # A whole TextConfig (every key an export writes) of the table's shape, plus a key no reader knows.
+    # A whole TextConfig (every key an export writes) of the table's shape.
     cfg = preset("tiny", vocab_size=V, vocab_size_per_layer_input=V, num_hidden_layers=L, hidden_size_per_layer_input=P,
                  layer_types=["sliding_attention", "full_attention"] * (L // 2), num_kv_shared_layers=L // 2,
-                 eos_token_id=[1, 106])
-    manifest = {
-        "format": "gemma-edge-bundle", "format_version": 1, "model_hash": h.model_hash.hex(),
-        "config": {**cfg.to_dict(), "some_future_field": [1, 2]},
-        "max_context": 256, "prefill_chunk": 32, "bos_token_id": 2, "eos_token_ids": [1, 106], "pad_token_id": 0,
-        "vocab_size": V, "num_layers": L, "ple_dim": P,
-        "quantization": {"linear": "8da4w", "group_size": 32, "embedding": "int8", "ple_dtype": "int4"},
-        "files": {"program": entry("model.pte"), "ple": entry("model.ple", identity=h.identity.hex()),
-                  "tokenizer": entry("tokenizer.json")},
-        "methods": {"prefill": {"method": "forward", **io("T"), "max_tokens": 32},
-                    "decode": {"method": "forward", **io(1), "max_tokens": 1}},
-        "unknown_top_level_key": {"ignored": True},
-    }
-    with open(os.path.join(d, "manifest.json"), "w") as f:
+                 eos_token_id=[1, 106], bos_token_id=2, pad_token_id=0)
+    settings = dict(max_context=256, prefill_chunk=32, quant="8da4w", group_size=32, embedding_quant="int8",
+                    ple_dtype="int4", methods="one")
+    manifest = bf.build_manifest(Path(d), cfg=cfg, settings=settings, model_hash=h.model_hash, stages=[])
+    manifest["config"]["some_future_field"] = [1, 2]
+    manifest["unknown_top_level_key"] = {"ignored": True}
+    with open(os.path.join(d, bf.MANIFEST_FILE), "w") as f:
         json.dump(manifest, f, indent=1)
+    bf.read_manifest(d)                                          # the Python reader takes what Java is given
 
 
 def make_contract(out: str) -> None:
     """The manifest contract's key lists as the Python reader holds them, for Java's copies to be checked against."""
-    from gemma_edge.contract import bundle_format as bf
-
     with open(os.path.join(out, "contract.json"), "w") as f:
         json.dump({"required_keys": list(bf.REQUIRED_KEYS), "config_required_keys": list(bf.CONFIG_REQUIRED_KEYS),
                    "input_names": list(bf.INPUT_NAMES)}, f)
@@ -628,6 +535,7 @@ def main(argv: list[str]) -> int:
     os.makedirs(out)
     ple_path = make_ple(out)
     tok_path = make_tokenizers(out)
+    make_chat(out, tok_path)
     make_generation(out, ple_path)
     make_bundle(out, ple_path, tok_path)
     make_contract(out)

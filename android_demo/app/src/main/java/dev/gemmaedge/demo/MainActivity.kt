@@ -9,6 +9,7 @@ import android.widget.CheckBox
 import android.widget.EditText
 import android.widget.ScrollView
 import android.widget.TextView
+import dev.gemmaedge.core.Chat
 import dev.gemmaedge.core.Generator
 import dev.gemmaedge.core.Manifest
 import dev.gemmaedge.core.PleFile
@@ -154,11 +155,12 @@ class MainActivity : Activity() {
         }
     }
 
-    /** <bos> + the Gemma chat turn when the tokenizer has its markers, else <bos> + the raw text. */
+    /** The Gemma 4 chat prompt (the core's Chat, the one Java statement of the format) when the tokenizer has
+     *  its turn tokens, else <bos> + the raw text (a base or tiny-vocabulary model). */
     private fun promptIds(tok: Tokenizer, m: Manifest, text: String): IntArray {
-        val chat = tok.tokenToId("<start_of_turn>") != null
-        val body = if (chat) "<start_of_turn>user\n$text<end_of_turn>\n<start_of_turn>model\n" else text
-        return intArrayOf(m.bosTokenId) + tok.encode(body, false)
+        if (tok.tokenToId(Chat.TURN_OPEN) != null && tok.tokenToId(Chat.TURN_CLOSE) != null)
+            return Chat.encode(tok, listOf(Chat.Message("user", text)), false)
+        return intArrayOf(m.bosTokenId) + tok.encode(text, false)
     }
 
     private fun statsLine(st: Generator.Stats, ple: PleFile): String =

@@ -11,12 +11,13 @@ import java.util.List;
  * back exactly one {@link PleRows#fetchOne}. The token that ends generation (eos or max_new_tokens) is
  * not decoded, so it costs no fetch.
  *
- * <p>Loop (runtime_py/session.py and the reference in golden/make_golden.py are the same): refuse up
- * front a prompt with an id outside [0, vocab_size), max_new_tokens &lt; 1, or prompt + max_new_tokens
- * &gt; max_context; logits = prefill chunks; repeat { check logits are [vocab_size];
- * tok = sampler.sample(logits); emit tok; stop if tok is eos or max_new_tokens reached;
- * row = fetchOne(tok); logits = decode(tok, pos, row); pos++ }. The first token is checked like every
- * other: an eos straight after the prompt ends generation after one token.
+ * <p>The loop is gemma_edge/contract/loop.md's, as runtime_py/session.py and the native runner run it,
+ * and is held to the shared golden suite tests/golden/loop.json (LoopGoldenTest): refuse up front
+ * (a {@link GenerationException}) an empty prompt or one with an id outside [0, vocab_size),
+ * max_new_tokens &lt; 1, or prompt + max_new_tokens &gt; max_context; logits = prefill chunks; repeat
+ * { check logits are [vocab_size]; tok = sampler.sample(logits); emit tok; stop if stopOnEos and tok is
+ * eos, or max_new_tokens reached; row = fetchOne(tok); logits = decode(tok, pos, row); pos++ }. The first
+ * token is checked like every other: an eos straight after the prompt ends generation after one token.
  */
 public final class Generator {
 
@@ -128,14 +129,19 @@ public final class Generator {
      * context, rather than stop at its end with an answer cut short).
      */
     public Result generate(int[] prompt, int maxNewTokens, Sampler sampler, Listener listener) throws Exception {
-        if (prompt.length == 0) throw new IllegalArgumentException("prompt: expected at least one token id, found 0");
+        return generate(prompt, maxNewTokens, sampler, true, listener);
+    }
+
+    /** As {@link #generate(int[], int, Sampler, Listener)}; with {@code stopOnEos} false an eos is fed back like any token. */
+    public Result generate(int[] prompt, int maxNewTokens, Sampler sampler, boolean stopOnEos, Listener listener) throws Exception {
+        if (prompt.length == 0) throw new GenerationException("prompt", "prompt: expected at least one token id, found 0");
         for (int i = 0; i < prompt.length; i++)
             if (prompt[i] < 0 || prompt[i] >= vocabSize)
-                throw new IllegalArgumentException("prompt token " + i + ": expected an id in [0, " + vocabSize + ") (vocab_size), found " + prompt[i]);
-        if (maxNewTokens < 1) throw new IllegalArgumentException("max_new_tokens: expected >= 1, found " + maxNewTokens);
+                throw new GenerationException("prompt", "prompt token " + i + ": expected an id in [0, " + vocabSize + ") (vocab_size), found " + prompt[i]);
+        if (maxNewTokens < 1) throw new GenerationException("max_new_tokens", "max_new_tokens: expected >= 1, found " + maxNewTokens);
         long total = (long) prompt.length + maxNewTokens;
         if (total > maxContext)
-            throw new IllegalArgumentException("context: prompt " + prompt.length + " + max_new_tokens " + maxNewTokens + " = "
+            throw new GenerationException("context", "context: prompt " + prompt.length + " + max_new_tokens " + maxNewTokens + " = "
                     + total + " tokens, expected <= max_context " + maxContext);
         cancelled = false;
         Stats st = new Stats();
@@ -176,7 +182,7 @@ public final class Generator {
             if (out.size() == 1) { st.firstTokenNanos = now - t0; tDecode0 = now; } else st.decodeNanos = now - tDecode0;
             st.totalNanos = now - t0;
             if (pf != null) { st.pleBytesRequested = pf.totalBytesRequested() - bytes0; st.plePagesTouched = pf.totalPagesTouched() - pages0; }
-            if (isEos(tok)) st.stopReason = StopReason.EOS;
+            if (stopOnEos && isEos(tok)) st.stopReason = StopReason.EOS;
             else if (out.size() >= maxNewTokens) st.stopReason = StopReason.MAX_NEW_TOKENS;
             else if (cancelled) st.stopReason = StopReason.CANCELLED;
             String delta = isEos(tok) ? "" : text.push(tok);

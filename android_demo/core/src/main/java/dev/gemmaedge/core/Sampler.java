@@ -4,8 +4,8 @@ package dev.gemmaedge.core;
 import java.util.Arrays;
 
 /**
- * The sampler, specified exactly so the Python reference ({@code android_demo/core/golden/make_golden.py},
- * {@code sample}) and this class pick the same token from the same logits and seed.
+ * The sampler of {@code runtime_py/sampling.py} (which specifies it), draw for draw: the same token from the
+ * same logits and seed. SamplerTest replays that class's own picks, LoopGoldenTest the loop suite recorded with it.
  *
  * <p>Algorithm, for float32 logits l[0..V) (a NaN logit is an error; so is an infinite largest logit when
  * sampling, which would make every weight NaN):

@@ -247,6 +247,9 @@ public final class Tokenizer {
 
     public boolean isSpecial(int id) { return specialIds.contains(id); }
 
+    /** Where the tokenizer was read from (a path, or the name given to {@link #fromJson}), for error messages. */
+    public String source() { return source; }
+
     // ------------------------------------------------------------------ encode
 
     /** A piece of text on its way through the pipeline; {@code id} >= 0 once it is an added token. */

@@ -1,0 +1,199 @@
+// The shared golden suite of the generation loop (tests/golden/loop.json, recorded from Python's Session): Generator and Sampler must replay every case.
+package dev.gemmaedge.core;
+
+import static org.junit.Assert.assertEquals;
+import static org.junit.Assert.assertTrue;
+
+import java.io.File;
+import java.math.BigInteger;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Map;
+import org.junit.Test;
+
+public class LoopGoldenTest {
+
+    /** The suite's path: system property loop.golden (run_tests.sh sets it), else the repository's copy. */
+    static File goldenFile() {
+        File f = new File(System.getProperty("loop.golden", "../../tests/golden/loop.json"));
+        if (!f.isFile())
+            throw new IllegalStateException(f + ": expected the loop golden suite (tests/golden/loop.json, written by "
+                    + "tests/golden/make_loop_golden.py), found none");
+        return f;
+    }
+
+    /** A PLE source whose row for id t is the one value t; records every call. */
+    static final class RecordingPle implements PleRows {
+        final List<List<Integer>> fetches = new ArrayList<>();
+
+        @Override public float[] fetch(int[] ids) {
+            fetches.add(list(ids));
+            float[] rows = new float[ids.length];
+            for (int i = 0; i < ids.length; i++) rows[i] = ids[i];
+            return rows;
+        }
+
+        @Override public float[] fetchOne(int id) { fetches.add(list(new int[] {id})); return new float[] {id}; }
+
+        @Override public int rowFloats() { return 1; }
+    }
+
+    /** steps[0] from the last prefill chunk (NaN from earlier ones: the loop must not read them), steps[k] from decode k. */
+    static final class ReplayProgram implements Program {
+        final List<float[]> steps;
+        final int promptLength, vocab;
+        final List<List<Integer>> prefillCalls = new ArrayList<>(), decodeCalls = new ArrayList<>();
+
+        ReplayProgram(List<float[]> steps, int promptLength, int vocab) { this.steps = steps; this.promptLength = promptLength; this.vocab = vocab; }
+
+        private float[] step(int k) {
+            if (k >= steps.size()) throw new AssertionError("the loop asked for logits step " + k + ", the case records " + steps.size());
+            return steps.get(k);
+        }
+
+        @Override public float[] prefill(int[] tokens, int startPos, float[] pleRows) {
+            prefillCalls.add(Arrays.asList(startPos, tokens.length));
+            for (int i = 0; i < tokens.length; i++)
+                if (pleRows[i] != tokens[i]) throw new AssertionError("prefill at " + startPos + ": row " + i + " is not its token's row");
+            if (startPos + tokens.length < promptLength) {
+                float[] nan = new float[vocab];
+                Arrays.fill(nan, Float.NaN);
+                return nan;
+            }
+            return step(0);
+        }
+
+        @Override public float[] decode(int token, int pos, float[] pleRow) {
+            decodeCalls.add(Arrays.asList(token, pos));
+            if (pleRow.length != 1 || pleRow[0] != token) throw new AssertionError("decode of token " + token + ": handed another token's row");
+            return step(decodeCalls.size());
+        }
+    }
+
+    static List<Integer> list(int[] a) {
+        List<Integer> l = new ArrayList<>();
+        for (int x : a) l.add(x);
+        return l;
+    }
+
+    static List<List<Integer>> lists(Object v) {
+        List<List<Integer>> out = new ArrayList<>();
+        for (Object o : Json.asArray(v, "golden list of lists")) out.add(list(Golden.ints(o)));
+        return out;
+    }
+
+    /** A u64 seed as the signed long of the same 64 bits (Python writes seeds in [0, 2^64)). */
+    static long seed(Object v) {
+        if (v instanceof BigInteger) {
+            BigInteger b = (BigInteger) v;
+            if (b.signum() < 0 || b.bitLength() > 64) throw new IllegalArgumentException("seed: expected a u64, found " + b);
+            return b.longValue();
+        }
+        return Json.asLong(v, "seed");
+    }
+
+    static String stopName(Generator.StopReason r) {
+        return r == Generator.StopReason.EOS ? "eos" : r == Generator.StopReason.MAX_NEW_TOKENS ? "max_new_tokens" : String.valueOf(r);
+    }
+
+    /** "" when Generator does what the case records, else what differs. */
+    static String problem(Map<String, Object> c, int vocab) throws Exception {
+        List<float[]> steps = new ArrayList<>();
+        for (Object s : Json.asArray(c.get("steps"), "steps")) steps.add(Golden.floats(s));
+        Map<String, Object> sc = Json.asObject(c.get("sampler"), "sampler");
+        int[] prompt = Golden.ints(c.get("prompt"));
+        RecordingPle ple = new RecordingPle();
+        ReplayProgram prog = new ReplayProgram(steps, prompt.length, vocab);
+        Generator gen = new Generator(prog, ple, vocab, (int) Json.asLong(c.get("max_context"), "max_context"),
+                (int) Json.asLong(c.get("prefill_chunk"), "prefill_chunk"), Golden.ints(c.get("eos")), null);
+        Sampler sampler = new Sampler((float) Json.asDouble(sc.get("temperature"), "temperature"), (int) Json.asLong(sc.get("top_k"), "top_k"),
+                (float) Json.asDouble(sc.get("top_p"), "top_p"), seed(sc.get("seed")));
+        List<Integer> streamed = new ArrayList<>();
+        Generator.Result r;
+        try {
+            r = gen.generate(prompt, (int) Json.asLong(c.get("max_new_tokens"), "max_new_tokens"), sampler,
+                    (Boolean) c.get("stop_on_eos"), (tok, delta, st) -> streamed.add(tok));
+        } catch (GenerationException e) {
+            if (!c.containsKey("error")) return "refused: " + e.getMessage();
+            Map<String, Object> want = Json.asObject(c.get("error"), "error");
+            if (!e.field.equals(want.get("field"))) return "refusal field: expected " + want.get("field") + ", found " + e.field + " (" + e.getMessage() + ")";
+            if (!e.getMessage().contains((String) want.get("message_contains")))
+                return "refusal message: expected it to contain '" + want.get("message_contains") + "', found '" + e.getMessage() + "'";
+            if (!ple.fetches.isEmpty() || !prog.prefillCalls.isEmpty()) return "refused after fetching or prefilling";
+            return "";
+        }
+        if (c.containsKey("error")) return "expected a refusal (" + c.get("error") + "), generated " + Arrays.toString(r.tokens);
+        Map<String, Object> e = Json.asObject(c.get("expect"), "expect");
+        Object[][] checks = {
+            {"tokens", list(Golden.ints(e.get("tokens"))), list(r.tokens)},
+            {"streamed tokens", list(Golden.ints(e.get("tokens"))), streamed},
+            {"stop_reason", e.get("stop_reason"), stopName(r.stats.stopReason)},
+            {"fetches", lists(e.get("fetches")), ple.fetches},
+            {"prefill_calls", lists(e.get("prefill_calls")), prog.prefillCalls},
+            {"decode_calls", lists(e.get("decode_calls")), prog.decodeCalls},
+        };
+        for (Object[] k : checks)
+            if (!k[1].equals(k[2])) return k[0] + ": expected " + k[1] + ", found " + k[2];
+        return "";
+    }
+
+    static Map<String, Object> load() throws Exception {
+        File f = goldenFile();
+        Map<String, Object> g = Json.asObject(Json.parse(new String(Files.readAllBytes(f.toPath()), StandardCharsets.UTF_8), f.getPath()), f.getPath());
+        assertEquals(f + " format", "gemma-edge-loop-golden", g.get("format"));
+        assertEquals(f + " version", 1L, g.get("version"));
+        return g;
+    }
+
+    @Test
+    public void everyCaseOfTheSharedSuiteHolds() throws Exception {
+        Map<String, Object> g = load();
+        int vocab = (int) Json.asLong(g.get("vocab_size"), "vocab_size");
+        List<String> failures = new ArrayList<>();
+        int n = 0;
+        for (Map<String, Object> c : Golden.objects(g.get("cases"))) {
+            String p;
+            try {
+                p = problem(c, vocab);
+            } catch (Exception | AssertionError e) {   // a replay that ran past its recording, a logits error
+                p = "failed: " + e;
+            }
+            if (!p.isEmpty()) failures.add(c.get("name") + ": " + p);
+            n++;
+        }
+        assertTrue("loop golden cases that do not hold:\n" + String.join("\n", failures), failures.isEmpty());
+        assertTrue("the suite has cases", n >= 20);
+    }
+
+    @Test
+    public void theReplayCanFail() throws Exception {
+        // a wrong recording must be seen: a token, a fetch, a refusal's field
+        Map<String, Object> g = load();
+        int vocab = (int) Json.asLong(g.get("vocab_size"), "vocab_size");
+        int seen = 0;
+        for (Map<String, Object> c : Golden.objects(g.get("cases"))) {
+            String name = (String) c.get("name");
+            if (name.equals("greedy_eos_later")) {
+                Map<String, Object> e = Json.asObject(c.get("expect"), "expect");
+                List<Object> toks = Json.asArray(e.get("tokens"), "tokens");
+                Object last = toks.get(toks.size() - 1);
+                toks.set(toks.size() - 1, 0L);
+                assertTrue("a wrong token passed", !problem(c, vocab).isEmpty());
+                toks.set(toks.size() - 1, last);
+                List<Object> fetches = Json.asArray(e.get("fetches"), "fetches");
+                fetches.remove(fetches.size() - 1);
+                assertTrue("a missing fetch passed", !problem(c, vocab).isEmpty());
+                seen++;
+            }
+            if (name.equals("refuse_context")) {
+                Json.asObject(c.get("error"), "error").put("field", "prompt");
+                assertTrue("a wrong refusal field passed", !problem(c, vocab).isEmpty());
+                seen++;
+            }
+        }
+        assertEquals(2, seen);
+    }
+}

@@ -1,0 +1,238 @@
+"""Writes tests/golden/loop.json, the generation loop's golden suite, from the Python loop itself.
+
+Usage: python tests/golden/make_loop_golden.py [OUT]   (default: tests/golden/loop.json beside this file)
+
+Every case runs `Session.generate` — its up-front checks and `Session._loop` — over a replaying back-end
+and a recording PLE source (`ReplayBackend`, `RecordingPle`), with the sampler of
+`gemma_edge.runtime.sampling`: the tokens, stop reasons, fetch / prefill / decode calls and refusals
+recorded are what the runtime does, not what a copy of it does. tests/test_loop_golden.py regenerates
+the file (it must be current) and replays it; Java's LoopGoldenTest and the native host's
+gemma-edge-loop-golden replay the same file. The loop is specified in gemma_edge/contract/loop.md.
+
+It lives under tests/ rather than in gemma_edge/contract: it drives the runtime, and the contract imports
+nothing of the runtime (nor numpy).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from gemma_edge.contract.presets import preset
+from gemma_edge.runtime.session import GenerationError, Session
+
+GOLDEN = Path(__file__).resolve().parent / "loop.json"
+VOCAB = 96
+EOS = [1, 50]
+BOS = 2
+SEED = 20260419
+
+
+class GoldenError(RuntimeError):
+    """The loop did not do what a case is there to show (a stop reason, a refusal): the suite would not test it."""
+
+
+class RecordingPle:
+    """A PLE source whose row for id t is the single value t, recording every fetch call."""
+
+    def __init__(self):
+        self.fetches: list[list[int]] = []
+        self.fetch_log: list = []          # Session reads the last entry's I/O counts when there is one
+
+    def fetch(self, ids) -> np.ndarray:
+        ids = [int(t) for t in ids]
+        self.fetches.append(ids)
+        return np.asarray(ids, np.float32).reshape(-1, 1, 1)          # [T, L=1, P=1]
+
+    def fetch_one(self, token: int) -> np.ndarray:
+        self.fetches.append([int(token)])
+        return np.full((1, 1), token, np.float32)
+
+    def close(self) -> None:
+        pass
+
+
+class ReplayBackend:
+    """Returns steps[0] from the last prefill chunk (NaN logits from the others: the loop must not read them)
+    and steps[k] from the k-th decode call; checks the PLE rows it is handed are its tokens' rows.
+
+    `steps` is a list, or a function of k that makes step k when the loop first asks for it (recording)."""
+
+    def __init__(self, steps, prompt_len: int):
+        self.make = steps if callable(steps) else None
+        self.steps = [] if callable(steps) else [np.asarray(s, np.float32) for s in steps]
+        self.prompt_len = prompt_len
+        self.prefill_calls: list[list[int]] = []
+        self.decode_calls: list[list[int]] = []
+
+    def _step(self, k: int) -> np.ndarray:
+        if self.make is not None and k == len(self.steps):
+            self.steps.append(self.make(k))
+        if k >= len(self.steps):
+            raise AssertionError(f"the loop asked for logits step {k}, the case records {len(self.steps)}")
+        return self.steps[k]
+
+    def prefill(self, ids, start: int, rows) -> np.ndarray:
+        self.prefill_calls.append([int(start), len(ids)])
+        if not np.array_equal(np.asarray(rows).reshape(-1), np.asarray(ids, np.float32)):
+            raise AssertionError(f"prefill at {start}: the rows are not the batched fetch's rows of its tokens")
+        if start + len(ids) < self.prompt_len:
+            return np.full(VOCAB, np.nan, np.float32)
+        return self._step(0)
+
+    def decode(self, token: int, pos: int, row) -> np.ndarray:
+        self.decode_calls.append([int(token), int(pos)])
+        if np.asarray(row).reshape(-1).tolist() != [float(token)]:
+            raise AssertionError(f"decode of token {token}: handed another token's PLE row")
+        return self._step(len(self.decode_calls))
+
+
+def session_for(case: dict, backend: ReplayBackend, ple: RecordingPle) -> Session:
+    cfg = preset("tiny", vocab_size=VOCAB, vocab_size_per_layer_input=VOCAB, bos_token_id=BOS)
+    return Session.from_parts(cfg, backend, ple, max_context=case["max_context"],
+                              prefill_chunk=case["prefill_chunk"], eos_token_ids=case["eos"])
+
+
+def run_case(case: dict, steps) -> dict:
+    """Runs one case through Session; returns its outcome in the golden's terms (plus the steps used)."""
+    backend, ple = ReplayBackend(steps, len(case["prompt"])), RecordingPle()
+    session = session_for(case, backend, ple)
+    s = case["sampler"]
+    try:
+        tokens = [g.token for g in session.generate(case["prompt"], case["max_new_tokens"],
+                                                    temperature=s["temperature"], top_k=s["top_k"],
+                                                    top_p=s["top_p"], seed=s["seed"],
+                                                    stop_on_eos=case["stop_on_eos"])]
+    except GenerationError as e:
+        return {"error": {"field": e.field, "message": str(e)}, "fetches": ple.fetches,
+                "prefill_calls": backend.prefill_calls, "steps": backend.steps}
+    return {"expect": {"tokens": tokens, "stop_reason": session.last_run.stop_reason, "fetches": ple.fetches,
+                       "prefill_calls": backend.prefill_calls, "decode_calls": backend.decode_calls},
+            "steps": backend.steps}
+
+
+# ------------------------------------------------------------------------------------------------------
+# The cases
+# ------------------------------------------------------------------------------------------------------
+
+def f32(x: float) -> float:
+    return float(np.float32(x))
+
+
+GREEDY = dict(temperature=0.0, top_k=0, top_p=1.0, seed=0)
+
+# name, prompt length, prefill_chunk, max_context, max_new_tokens, sampler, stop_on_eos, logits shaping,
+# and what the case is there to show: a stop reason, or a refusal (field, text its message must contain)
+CASES = [
+    ("greedy_max_new", 7, 4, 64, 6, GREEDY, True, {}, "max_new_tokens"),
+    ("greedy_ties_lowest_index", 5, 8, 64, 4, GREEDY, True, dict(tie_at=(0, 2)), "max_new_tokens"),
+    ("greedy_eos_first_token", 6, 4, 64, 10, GREEDY, True, dict(eos_at=(0,)), "eos"),
+    ("greedy_eos_later", 9, 4, 64, 12, GREEDY, True, dict(eos_at=(4,)), "eos"),
+    ("greedy_second_eos_id", 4, 2, 64, 12, GREEDY, True, dict(eos_at=(3,), eos_id=EOS[1]), "eos"),
+    ("stop_on_eos_false", 6, 3, 64, 6, GREEDY, False, dict(eos_at=(0, 2)), "max_new_tokens"),
+    ("max_new_tokens_1", 5, 4, 64, 1, GREEDY, True, {}, "max_new_tokens"),
+    ("max_new_tokens_1_eos", 5, 4, 64, 1, GREEDY, True, dict(eos_at=(0,)), "eos"),
+    ("multi_chunk_prefill", 21, 4, 64, 5, GREEDY, True, {}, "max_new_tokens"),
+    ("prompt_one_chunk_exactly", 8, 8, 64, 3, GREEDY, True, {}, "max_new_tokens"),
+    ("prefill_chunk_1", 5, 1, 64, 3, GREEDY, True, {}, "max_new_tokens"),
+    ("fills_context_exactly", 13, 4, 16, 3, GREEDY, True, {}, "max_new_tokens"),
+    ("prompt_one_short_of_context", 15, 4, 16, 1, GREEDY, True, {}, "max_new_tokens"),
+    ("greedy_top_k_1", 5, 4, 64, 5, dict(temperature=1.0, top_k=1, top_p=1.0, seed=9), True, {}, "max_new_tokens"),
+    ("temperature_0_with_top_k", 5, 4, 64, 5, dict(temperature=0.0, top_k=40, top_p=f32(0.5), seed=3), True, {},
+     "max_new_tokens"),
+    ("sample_temperature", 6, 4, 64, 10, dict(temperature=f32(0.7), top_k=0, top_p=1.0, seed=12345), True, {},
+     "max_new_tokens"),
+    ("sample_top_k", 6, 4, 64, 10, dict(temperature=1.25, top_k=5, top_p=1.0, seed=7), True, {}, "max_new_tokens"),
+    ("sample_top_k_past_vocab", 4, 4, 64, 8, dict(temperature=f32(1.7), top_k=1000, top_p=1.0, seed=0), True, {},
+     "max_new_tokens"),
+    ("sample_top_p_seed_past_2_63", 6, 4, 64, 10, dict(temperature=1.0, top_k=0, top_p=f32(0.9), seed=2**63 + 5),
+     True, {}, "max_new_tokens"),
+    ("sample_all_seed_2_64_minus_1", 6, 4, 64, 10,
+     dict(temperature=f32(0.8), top_k=20, top_p=f32(0.95), seed=2**64 - 1), True, {}, "max_new_tokens"),
+    ("sample_ties", 5, 4, 64, 8, dict(temperature=f32(0.3), top_k=3, top_p=1.0, seed=424242), True,
+     dict(tie_at=(0, 1, 2, 3, 4, 5, 6, 7)), "max_new_tokens"),
+    ("sample_eos", 6, 4, 64, 12, dict(temperature=f32(0.9), top_k=50, top_p=f32(0.95), seed=2**40 + 1), True,
+     dict(eos_at=(5,)), "eos"),
+    ("refuse_context", 10, 4, 16, 7, GREEDY, True, {}, ("context", "prompt 10 + max_new_tokens 7 = 17 tokens")),
+    ("refuse_prompt_fills_context", 16, 4, 16, 1, GREEDY, True, {},
+     ("context", "prompt 16 + max_new_tokens 1 = 17 tokens")),
+    ("refuse_max_new_tokens_0", 5, 4, 64, 0, GREEDY, True, {}, ("max_new_tokens", "found 0")),
+    ("refuse_empty_prompt", 0, 4, 64, 4, GREEDY, True, {}, ("prompt", "expected at least one token")),
+    ("refuse_prompt_id_past_vocab", 5, 4, 64, 4, GREEDY, True, dict(bad_id=VOCAB), ("prompt", "vocab_size")),
+    # two checks fail: the first in loop.md's order names the field
+    ("refuse_bad_id_before_context", 10, 4, 16, 7, GREEDY, True, dict(bad_id=VOCAB), ("prompt", "vocab_size")),
+    ("refuse_max_new_tokens_before_context", 20, 4, 16, 0, GREEDY, True, {}, ("max_new_tokens", "found 0")),
+]
+
+
+def logits_maker(rng: np.random.Generator, eos_at=(), eos_id=EOS[0], tie_at=(), bad_id=None):
+    """Step k's logits [V]: multiples of 1/16 (exact in float32, short in JSON), shaped for the case."""
+    def make(k: int) -> np.ndarray:
+        x = np.round(rng.standard_normal(VOCAB) * 3 * 16) / 16
+        x[EOS] = np.minimum(x[EOS], -8.0)                # eos only where the case puts it
+        if k in eos_at:
+            x[eos_id] = x.max() + 8
+        if k in tie_at:
+            x[[70, 13, 41]] = x.max() + 0.5             # greedy picks 13
+        return x.astype(np.float32)
+    return make
+
+
+def build() -> dict:
+    rng = np.random.default_rng(SEED)
+    cases = []
+    for name, plen, chunk, max_context, max_new, sampler, stop_on_eos, shaping, want in CASES:
+        prompt = [BOS] + [int(t) for t in rng.integers(3, VOCAB, max(plen - 1, 0))] if plen else []
+        prompt = [t for t in prompt if t not in EOS]
+        while len(prompt) < plen:
+            prompt.append(7)
+        if plen > 4:
+            prompt[plen // 2] = prompt[1]                # a duplicate id: fetched as it is, the store dedupes
+        bad_id = shaping.pop("bad_id", None)
+        if bad_id is not None:
+            prompt[2] = bad_id
+        case = {"name": name, "prompt": prompt, "max_new_tokens": max_new, "max_context": max_context,
+                "prefill_chunk": chunk, "eos": EOS, "stop_on_eos": stop_on_eos,
+                "sampler": {"temperature": f32(sampler["temperature"]), "top_k": sampler["top_k"],
+                            "top_p": f32(sampler["top_p"]), "seed": sampler["seed"]}}
+        out = run_case(case, logits_maker(rng, **shaping))
+        case["steps"] = [[float(v) for v in s] for s in out["steps"]]
+        if "error" in out:
+            field, text = want
+            got = out["error"]
+            if got["field"] != field or text not in got["message"] or out["fetches"] or out["prefill_calls"]:
+                raise GoldenError(f"{name}: expected a refusal of {field} containing {text!r} before any work, "
+                                 f"the loop gave {got} after fetches {out['fetches']}")
+            case["error"] = {"field": field, "message_contains": text}
+        else:
+            if out["expect"]["stop_reason"] != want:
+                raise GoldenError(f"{name}: expected the case to stop on {want}, it stopped on "
+                                 f"{out['expect']['stop_reason']} ({out['expect']['tokens']})")
+            case["expect"] = out["expect"]
+        cases.append(case)
+    return {"format": "gemma-edge-loop-golden", "version": 1, "vocab_size": VOCAB, "cases": cases}
+
+
+def render(golden: dict) -> str:
+    """One case a line, so a change to the loop shows as the cases it changes."""
+    head = {k: v for k, v in golden.items() if k != "cases"}
+    lines = ",\n".join(json.dumps(c) for c in golden["cases"])
+    return json.dumps(head)[:-1] + ',\n"cases": [\n' + lines + "\n]}\n"
+
+
+def main(argv: list[str]) -> int:
+    out = Path(argv[1]) if len(argv) > 1 else GOLDEN
+    try:
+        text = render(build())
+    except GoldenError as e:
+        print(f"make_loop_golden.py: {e}", file=sys.stderr)
+        return 1
+    out.write_text(text)
+    print(f"{out}: {len(CASES)} cases")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

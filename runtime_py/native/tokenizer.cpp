@@ -1,5 +1,9 @@
 #include "tokenizer.h"
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include <pytorch/tokenizers/hf_tokenizer.h>
 #include <pytorch/tokenizers/token_decoder.h>
 
@@ -12,7 +16,7 @@ namespace gemma_edge {
 
 TextTokenizer::~TextTokenizer() = default;
 
-TextTokenizer::TextTokenizer(const std::string& path) : path_(path), tok_(std::make_unique<tokenizers::HFTokenizer>()) {
+TextTokenizer::TextTokenizer(const std::string& path) : path_(path) {
   // the vocabulary and the added tokens' flags, which HFTokenizer keeps to itself (decode needs both)
   nlohmann::json d;
   try {
@@ -22,14 +26,16 @@ TextTokenizer::TextTokenizer(const std::string& path) : path_(path), tok_(std::m
       if (id < 0 || id > (int64_t(1) << 24)) throw BadInput(path + ": model.vocab: id " + std::to_string(id) + " out of range");
       if (size_t(id) >= pieces_.size()) pieces_.resize(size_t(id) + 1);
       pieces_[size_t(id)] = it.key();
-      ids_[it.key()] = id;
     }
     for (const auto& t : d.at("added_tokens")) {
       const int64_t id = t.at("id").get<int64_t>();
       if (id < 0 || id > (int64_t(1) << 24)) throw BadInput(path + ": added_tokens: id " + std::to_string(id) + " out of range");
       if (size_t(id) >= pieces_.size()) pieces_.resize(size_t(id) + 1);
-      pieces_[size_t(id)] = t.at("content").get<std::string>();
-      ids_[pieces_[size_t(id)]] = id;
+      std::string content = t.at("content").get<std::string>();
+      // a vocabulary text this added token replaces at its id still names that id
+      if (!pieces_[size_t(id)].empty() && pieces_[size_t(id)] != content) named_.emplace(pieces_[size_t(id)], id);
+      pieces_[size_t(id)] = content;
+      named_[std::move(content)] = id;
       if (t.value("special", false)) special_.insert(id);
     }
     byte_fallback_ = d.at("model").value("byte_fallback", false);
@@ -40,22 +46,44 @@ TextTokenizer::TextTokenizer(const std::string& path) : path_(path), tok_(std::m
   } catch (const nlohmann::json::exception& e) {
     throw BadInput(path + ": not a tokenizers JSON file (" + e.what() + ")");
   }
-  if (tok_->load(path) != tokenizers::Error::Ok)
-    throw BadInput(path + ": the HF tokenizer of pytorch/tokenizers cannot load it (a model other than BPE, or "
-                   "a normalizer, pre-tokenizer or decoder it does not implement)");
+#if defined(__GLIBC__)
+  // The parse leaves MBs of freed JSON nodes in the heap, which glibc keeps resident; give them back.
+  malloc_trim(0);
+#endif
+}
+
+tokenizers::HFTokenizer& TextTokenizer::encoder() const {
+  // Loaded on the first encode: decoding needs only the pieces above, and HFTokenizer's own tables hold
+  // tens of MB for a 262k vocabulary, which a caller that passes ids (--ids-file, an app tokenizing
+  // elsewhere) should not pay for.
+  if (!tok_) {
+    auto tok = std::make_unique<tokenizers::HFTokenizer>();
+    if (tok->load(path_) != tokenizers::Error::Ok)
+      throw BadInput(path_ + ": the HF tokenizer of pytorch/tokenizers cannot load it (a model other than BPE, "
+                     "or a normalizer, pre-tokenizer or decoder it does not implement)");
+#if defined(__GLIBC__)
+    malloc_trim(0);  // the freed nodes of HFTokenizer's parse of the file
+#endif
+    tok_ = std::move(tok);
+  }
+  return *tok_;
 }
 
 std::vector<int64_t> TextTokenizer::encode(const std::string& text) const {
   check_utf8(text, "prompt");
-  auto r = tok_->encode(text, /*bos=*/0, /*eos=*/0);
+  auto r = encoder().encode(text, /*bos=*/0, /*eos=*/0);
   if (!r.ok())
     throw BadInput(path_ + ": cannot encode the prompt (tokenizers error " + std::to_string(int(r.error())) + ")");
   return std::vector<int64_t>(r.get().begin(), r.get().end());
 }
 
 std::optional<int64_t> TextTokenizer::token_id(const std::string& token) const {
-  auto it = ids_.find(token);
-  return it == ids_.end() ? std::nullopt : std::optional<int64_t>(it->second);
+  // Added tokens by map; a vocabulary token by a scan of the pieces: asked a handful of times per run (the
+  // turn tokens), where a map of the whole vocabulary would hold tens of MB for the process's life.
+  if (auto it = named_.find(token); it != named_.end()) return it->second;
+  for (size_t id = 0; id < pieces_.size(); ++id)
+    if (pieces_[id] == token) return int64_t(id);
+  return std::nullopt;
 }
 
 namespace {

@@ -20,7 +20,8 @@ namespace gemma_edge {
 
 class TextTokenizer {
  public:
-  // Loads `path` (a tokenizer.json); BadInput names the file when the tokenizer cannot read it.
+  // Reads `path` (a tokenizer.json): its vocabulary and decoder now, the encoder at the first encode();
+  // BadInput names the file when either cannot read it.
   explicit TextTokenizer(const std::string& path);
   ~TextTokenizer();
 
@@ -35,10 +36,11 @@ class TextTokenizer {
 
  private:
   std::string path_;
-  std::unique_ptr<tokenizers::HFTokenizer> tok_;
+  tokenizers::HFTokenizer& encoder() const;   // tok_, loaded on first use
+  mutable std::unique_ptr<tokenizers::HFTokenizer> tok_;
   std::shared_ptr<tokenizers::TokenDecoder> decoder_;  // pytorch/tokenizers' decoder of the file's "decoder"
   std::vector<std::string> pieces_;               // id -> token text as the vocabulary spells it
-  std::unordered_map<std::string, int64_t> ids_;  // token text -> id
+  std::unordered_map<std::string, int64_t> named_;  // added tokens' text (and vocabulary text they replaced) -> id
   std::unordered_set<int64_t> special_;           // added tokens with "special": true
   bool byte_fallback_ = false;
 };

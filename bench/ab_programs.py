@@ -5,8 +5,8 @@
 Both programs are loaded once; each round runs a prefill of `--prompt` tokens (<bos> + fixed ids) and
 `--decode-steps` greedy decode steps on A, then on B. The first round is a warm-up; the medians of the rest
 are compared, so drift of the machine between runs (this shared VM's bandwidth moves ±20 % over an hour)
-hits both alike; the greedy tokens of A and B are compared too. For comparing program revisions or export settings of the same checkpoint; prints a table
-and writes JSON (bench/results/ab_programs.json by default)."""
+hits both alike; the greedy tokens of A and B are compared too. For comparing program revisions or export
+settings of the same checkpoint; prints a table and writes JSON (bench/results/ab_programs.json by default)."""
 from __future__ import annotations
 
 import argparse

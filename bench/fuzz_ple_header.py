@@ -77,7 +77,8 @@ import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.security.MessageDigest;
 
-/** Fuzz driver: one line "path identity" in, one line "rows SHA" / "refused CLASS MSG" / "undocumented CLASS MSG" out. */
+/** Fuzz driver: one line "path identity" in,
+ *  one line "rows SHA" / "refused CLASS MSG" / "undocumented CLASS MSG" out. */
 public final class PleFuzzDriver {
     public static void main(String[] args) throws Exception {
         BufferedReader in = new BufferedReader(new InputStreamReader(System.in, "UTF-8"));
@@ -97,7 +98,8 @@ public final class PleFuzzDriver {
             } catch (PleFormatException e) {
                 out = "refused " + e.getClass().getSimpleName() + " " + e.getMessage().replace('\n', ' ');
             } catch (Throwable e) {
-                out = "undocumented " + e.getClass().getName() + " " + String.valueOf(e.getMessage()).replace('\n', ' ');
+                out = "undocumented " + e.getClass().getName() + " "
+                    + String.valueOf(e.getMessage()).replace('\n', ' ');
             }
             System.out.println(out);
             System.out.flush();
@@ -276,7 +278,8 @@ def mutate(good: bytes, h: PleHeader, rng: random.Random) -> tuple[bytes, str]:
             m = PleHeader.unpack(bytes(b[:PAGE_SIZE]))
             lo, n = m.checksum_offset, 4 * m.num_blocks
             if 0 <= lo and lo + n <= len(b) and n <= 1 << 24:
-                b[IDENTITY_PREFIX: IDENTITY_PREFIX + 32] = hashlib.sha256(bytes(b[:IDENTITY_PREFIX]) + bytes(b[lo: lo + n])).digest()
+                b[IDENTITY_PREFIX: IDENTITY_PREFIX + 32] = hashlib.sha256(
+                    bytes(b[:IDENTITY_PREFIX]) + bytes(b[lo: lo + n])).digest()
             else:
                 fix = "crc"
         if fix != "none":
@@ -380,7 +383,8 @@ def main(argv=None) -> int:
            "bases": [{"name": n, "dtype": d, "row_crc": c, "vocab_size": v, "num_layers": L, "ple_dim": P}
                      for n, d, c, v, L, P in BASES],
            "summary": summary, "reader_disagreements": len(disagreements),
-           "disagreement_examples": disagreements[:20], "by_mutation": by_kind, "refusals_by_field": refusals, "failures": failures[:50]}
+           "disagreement_examples": disagreements[:20], "by_mutation": by_kind, "refusals_by_field": refusals,
+           "failures": failures[:50]}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"\n{cases} cases in {elapsed:.0f} s (seed {args.seed})")

@@ -62,9 +62,9 @@ print(json.dumps({"tokens": tokens}))
 
 def tiny_bundle(work: Path) -> Path:
     """The tests' tiny random checkpoint and its bundle (tests/conftest.py's settings)."""
+    from gemma_edge.contract.presets import preset
     from gemma_edge.export.exporter import ExportSettings, export_bundle
     from gemma_edge.export.parity import random_hf_model
-    from gemma_edge.contract.presets import preset
     from gemma_edge.export.random_tokenizer import write_test_tokenizer
 
     cfg = preset("tiny")
@@ -216,7 +216,8 @@ def main() -> int:
                 t0 = time.monotonic()
                 if host == "native":
                     rc, out, err = run_native(exe, bundle, args.case_timeout, weight_cache=True)
-                    outcome, msg = classify(rc, out, err, clean, target == "program-resigned", "gemma-edge-run:", (1, 2))
+                    outcome, msg = classify(rc, out, err, clean, target == "program-resigned", "gemma-edge-run:",
+                                            (1, 2))
                 else:
                     rc, out, err = run_python(bundle, args.case_timeout)
                     outcome, msg = classify(rc, out, err, clean_py, target == "program-resigned", "error:", (2,))

@@ -50,10 +50,12 @@ LABELS = {"ours": "gemma-edge native (.pte + int4 .ple)", "ours-int8": "gemma-ed
 # process; `--systems litert --litert-staged` builds it here in stages instead.
 LITERT_NOTES_E2B = {
     "bytes": 2_580_000_000, "decode_bytes_per_token": 1_190_000_000,
-    128: {"load_s": None, "ttft_s": 0.66, "prefill_tok_s": 216.5, "decode_tok_s": 12.65, "peak_rss_bytes": 1_680_000_000,
-          "rss_anon_bytes": 430_000_000, "rss_file_bytes": 1_240_000_000, "ple_resident_bytes": None},
-    512: {"load_s": None, "ttft_s": 2.43, "prefill_tok_s": 216.5, "decode_tok_s": 12.45, "peak_rss_bytes": 1_870_000_000,
-          "rss_anon_bytes": None, "rss_file_bytes": None, "ple_resident_bytes": None},
+    128: {"load_s": None, "ttft_s": 0.66, "prefill_tok_s": 216.5, "decode_tok_s": 12.65,
+          "peak_rss_bytes": 1_680_000_000, "rss_anon_bytes": 430_000_000, "rss_file_bytes": 1_240_000_000,
+          "ple_resident_bytes": None},
+    512: {"load_s": None, "ttft_s": 2.43, "prefill_tok_s": 216.5, "decode_tok_s": 12.45,
+          "peak_rss_bytes": 1_870_000_000, "rss_anon_bytes": None, "rss_file_bytes": None,
+          "ple_resident_bytes": None},
 }
 
 
@@ -164,7 +166,8 @@ def build_all(systems, ckpt: Path, work: Path, args) -> dict:
 def run_one(system: str, built: dict, ids: list[int], args, venvs: Path) -> dict:
     if system == "litert-notes":
         if len(ids) not in LITERT_NOTES_E2B:
-            raise SystemExit(f"litert-notes: figures exist for prompts {[k for k in LITERT_NOTES_E2B if isinstance(k, int)]}")
+            raise SystemExit("litert-notes: figures exist for prompts "
+                             f"{[k for k in LITERT_NOTES_E2B if isinstance(k, int)]}")
         return {**LITERT_NOTES_E2B[len(ids)], "source": built["ran_on"]}
     if system.startswith("ours"):
         return ours.run(Path(built["path"]), ours.ensure_venv(venvs), ids, args.new_tokens, args.threads, args.repeats,
@@ -207,7 +210,8 @@ def ratios(a: dict, b: dict, bytes_a: int, bytes_b: int) -> dict:
 def table(built: dict, runs: dict, bw: dict) -> str:
     gb = lambda n: f"{n / 1e9:.2f}" if n else "-"   # noqa: E731
     head = (f"{'system':<44}{'device GB':>10}{'export s':>9}{'exp. peak GiB':>14}{'prompt':>7}{'load s':>7}"
-            f"{'TTFT s':>8}{'prefill t/s':>12}{'decode t/s':>11}{'peak RSS GB':>12}{'above host':>11}{'anon/file GB':>14}"
+            f"{'TTFT s':>8}{'prefill t/s':>12}{'decode t/s':>11}{'peak RSS GB':>12}{'above host':>11}"
+            f"{'anon/file GB':>14}"
             f"{'PLE res. MB':>12}{'GB/token':>9}{'% of bw bound':>14}")
     lines = [head, "-" * len(head)]
     for (system, prompt), r in runs.items():
@@ -224,7 +228,8 @@ def table(built: dict, runs: dict, bw: dict) -> str:
             f"{LABELS[system]:<44}{gb(b['bytes']):>10}{f(b.get('export_s'), 9, '.0f')}"
             f"{f(b.get('export_peak_rss_bytes'), 14, '.1f', 2**30)}{prompt:>7}{f(r['load_s'], 7, '.1f')}"
             f"{f(r['ttft_s'], 8, '.2f')}{f(r['prefill_tok_s'], 12, '.1f')}{f(r['decode_tok_s'], 11, '.1f')}"
-            f"{f(r['peak_rss_bytes'], 12, '.2f', 1e9)}{f(above_host(r), 11, '.2f', 1e9)}{f(r['rss_anon_bytes'], 8, '.2f', 1e9)}/"
+            f"{f(r['peak_rss_bytes'], 12, '.2f', 1e9)}{f(above_host(r), 11, '.2f', 1e9)}"
+            f"{f(r['rss_anon_bytes'], 8, '.2f', 1e9)}/"
             f"{f(r['rss_file_bytes'], 5, '.2f', 1e9)}{f(ple, 12, '.1f', 1e6)}{gb(per_tok):>9}"
             f"{f(100 * r['decode_tok_s'] / bound if bound else None, 13, '.0f')}%")
     return "\n".join(lines)
@@ -315,7 +320,8 @@ def main() -> None:
         "vs_executorch": summary[first].get("vs_executorch", {}) if first else {},
         "ratios": summary,
         "builds": {s: {k: v for k, v in b.items() if k not in ("program", "stages")} for s, b in built.items()},
-        "runs": {f"{s}@{p}": {k: v for k, v in r.items() if k not in ("runs", "program")} for (s, p), r in runs.items()},
+        "runs": {f"{s}@{p}": {k: v for k, v in r.items() if k not in ("runs", "program")}
+                 for (s, p), r in runs.items()},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(data, indent=2))

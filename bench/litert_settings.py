@@ -83,7 +83,8 @@ def main() -> None:
                       "same_tokens_as_first": runs[name][0]["runs"][0]["tokens"] == runs[base][0]["runs"][0]["tokens"]}
         rows[name]["decode_vs_first"] = round(rows[name]["decode_tok_s"] / rows[base]["decode_tok_s"], 3)
         rows[name]["prefill_vs_first"] = round(rows[name]["prefill_tok_s"] / rows[base]["prefill_tok_s"], 3)
-    head = f"{'setting':<22}{'prefill t/s':>12}{'decode t/s':>11}{'TTFT s':>8}{'peak GB':>9}{'decode ×':>9}{'prefill ×':>10}  tokens"
+    head = (f"{'setting':<22}{'prefill t/s':>12}{'decode t/s':>11}{'TTFT s':>8}{'peak GB':>9}"
+            f"{'decode ×':>9}{'prefill ×':>10}  tokens")
     print(head + "\n" + "-" * len(head))
     for name, why in failed.items():
         print(f"{name:<22}failed: {why[:120]}")

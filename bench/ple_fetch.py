@@ -344,7 +344,8 @@ def row_crc_cost(args) -> int:
           f"{'cost':>8} {'check alone':>11}")
     for r in rows:
         print(f"{r['tokens']:5} {r['unique_rows']:5} {r['blocks_touched']:6} {1e3 * r['unchecked_s']:9.2f} "
-              f"{1e3 * r['row_crc_s']:9.2f} {100 * r['row_crc_overhead']:+6.1f}% {1e3 * r['block_first_touch_s']:15.1f} "
+              f"{1e3 * r['row_crc_s']:9.2f} {100 * r['row_crc_overhead']:+6.1f}% "
+              f"{1e3 * r['block_first_touch_s']:15.1f} "
               f"{100 * r['block_first_touch_overhead']:+7.0f}% "
               f"{100 * r['check_share_of_unchecked']:+10.1f}%")
     out = {"machine": {"cpus": os.cpu_count(), "kernel": platform.release(), **cpu_isa()},

@@ -21,7 +21,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 import program_steps
 
 
@@ -37,7 +36,8 @@ def profile(bundle: Path, threads: int, prompt: int, decode_steps: int) -> dict:
         path = str(Path(tmp) / "run.etdp")
         prog.module.write_etdump_result_to_file(path)
         inspector = Inspector(etdump_path=path)
-    per_phase = {"prefill": collections.defaultdict(lambda: [0, 0.0]), "decode": collections.defaultdict(lambda: [0, 0.0])}
+    per_phase = {"prefill": collections.defaultdict(lambda: [0, 0.0]),
+                 "decode": collections.defaultdict(lambda: [0, 0.0])}
     for block in inspector.event_blocks:
         if block.name != "Execute":
             continue

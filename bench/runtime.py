@@ -1,4 +1,5 @@
-"""Benchmark: prefill / decode tok/s and peak RSS of our .pte session, our eager session and transformers, one process each.
+"""Benchmark: prefill / decode tok/s and peak RSS of our .pte session, our eager session and transformers,
+one process each.
 
     python bench/runtime.py --bundle DIR --checkpoint DIR [--prompt-tokens 64] [--new-tokens 32] [--label NAME]
 
@@ -96,7 +97,7 @@ def worker(args) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--prompt-tokens", type=int, default=64)
@@ -120,7 +121,8 @@ def main() -> None:
     print(f"{'system':<13}{'load s':>8}{'prefill tok/s':>15}{'decode tok/s':>14}{'TTFT ms':>10}{'peak RSS MiB':>14}"
           f"{'anon/file MiB':>16}  same tokens as eager")
     for name, r in rows.items():
-        print(f"{name:<13}{r['load_s']:8.2f}{r['prefill_tok_s']:15.1f}{r['decode_tok_s']:14.1f}{r['ttft_s'] * 1e3:10.1f}"
+        print(f"{name:<13}{r['load_s']:8.2f}{r['prefill_tok_s']:15.1f}{r['decode_tok_s']:14.1f}"
+              f"{r['ttft_s'] * 1e3:10.1f}"
               f"{r['peak_rss'] / 2**20:14.1f}{r['rss_anon'] / 2**20:8.0f}/{r['rss_file'] / 2**20:<7.0f}  "
               f"{'-' if ref is None else r['tokens'] == ref}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

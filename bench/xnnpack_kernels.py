@@ -79,7 +79,9 @@ class GeluSigmoid(nn.Module):
 
 def lower(module: nn.Module, width: int):
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
-        XnnpackDynamicallyQuantizedPartitioner, XnnpackPartitioner)
+        XnnpackDynamicallyQuantizedPartitioner,
+        XnnpackPartitioner,
+    )
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
     from executorch.runtime import Runtime
 

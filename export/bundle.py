@@ -1,4 +1,5 @@
-"""`gemma-edge inspect BUNDLE_DIR`: what an export bundle holds — methods and their signatures, files, sizes, quantization — and whether its files match the manifest."""
+"""`gemma-edge inspect BUNDLE_DIR`: what an export bundle holds — methods and their signatures, files, sizes,
+quantization — and whether its files match the manifest."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -48,16 +49,20 @@ def describe_bundle(path: str | Path, full_hash: bool = True) -> tuple[str, bool
     m = bf.read_manifest(path)
     cfg, q = m["config"], m["quantization"]
     lines = [f"bundle {path}  ({m['format']} v{m['format_version']})",
-             f"  model: {cfg.get('num_hidden_layers')} layers, hidden {cfg.get('hidden_size')}, vocab {m['vocab_size']}, "
+             f"  model: {cfg.get('num_hidden_layers')} layers, hidden {cfg.get('hidden_size')}, "
+             f"vocab {m['vocab_size']}, "
              f"PLE {m['num_layers']} × {m['ple_dim']}; model_hash {m['model_hash'][:16]}…",
              f"  context {m['max_context']}, prefill chunk {m['prefill_chunk']}; bos {m['bos_token_id']}, "
              f"eos {m['eos_token_ids']}",
-             f"  quantization: linear {q['linear']} ({bf.granularity_name(q.get('group_size'))}), embedding {q['embedding']}, "
+             f"  quantization: linear {q['linear']} ({bf.granularity_name(q.get('group_size'))}), "
+             f"embedding {q['embedding']}, "
              f"PLE {q['ple_dtype']}",
-             f"  chat template: {'yes' if m.get('chat_template') else 'none (raw prompts or the built-in Gemma 4 format)'}",
+             f"  chat template: "
+             f"{'yes' if m.get('chat_template') else 'none (raw prompts or the built-in Gemma 4 format)'}",
              "  files:"]
     for role, entry in m["files"].items():
-        lines.append(f"    {role:<10} {entry['path']:<16} {entry['bytes'] / 2**20:10.2f} MiB  sha256 {entry['sha256'][:16]}…"
+        lines.append(f"    {role:<10} {entry['path']:<16} {entry['bytes'] / 2**20:10.2f} MiB  "
+                     f"sha256 {entry['sha256'][:16]}…"
                      + (f"  identity {entry['identity'][:16]}…" if "identity" in entry else ""))
     lines.append("  methods (manifest: role -> program method):")
     for role, meth in m["methods"].items():
@@ -76,7 +81,8 @@ def describe_bundle(path: str | Path, full_hash: bool = True) -> tuple[str, bool
             problems += bad
         lines.append("  methods (program):")
         lines += _program_methods(program) if not bad else ["    (not loaded: it does not match the manifest)"]
-    lines.append("  check: " + ("all files match the manifest" + (" (sha256 verified)" if full_hash else " (sizes only)")
+    lines.append("  check: " + ("all files match the manifest"
+                                + (" (sha256 verified)" if full_hash else " (sizes only)")
                                 if not problems else f"{len(problems)} problem(s)"))
     lines += [f"    ✗ {p}" for p in problems]
     return "\n".join(lines), not problems

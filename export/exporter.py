@@ -169,14 +169,14 @@ def _partitioner_configs():
     """XNNPACK's partitioner configs, with two ops kept out of delegates.
 
     - A view of a KV cache. A cache reaches a delegate as an external input, and XNNPACK runs a reshape of
-      an external input as a copy: every layer copied the caches it attends, 7.5 ms of a 96 ms full-E2B
-      decode step (ETDump). Left outside, the view is an `et_view` over the cache's memory, and the
-      delegate reads the cache in place. A cache is a buffer placeholder, or the output of the in-place
-      update that wrote it, seen through any chain of views.
+      an external input as a copy: every layer copied the caches it attends, every step (ETDump;
+      (figures: bench/RESULTS.md, "Figures behind design choices")). Left outside, the view is an `et_view`
+      over the cache's memory, and the delegate reads the cache in place. A cache is a buffer placeholder,
+      or the output of the in-place update that wrote it, seen through any chain of views.
     - A layer's closing multiply by its `layer_scalar`, so that no delegate spans layers. XNNPACK keeps a
       delegate's source weights mapped until it has packed them all: the 20 E2B layers past the last K/V
       owner, which run one position in a prefill and so have no native op between them, became one
-      0.6 GB delegate and raised the peak RSS at load by 0.25 GB. Outside, the multiply is one native
+      large delegate and raised the peak RSS at load. Outside, the multiply is one native
       op per layer on [1, T, hidden]."""
     import operator
 
@@ -219,9 +219,10 @@ def lower_to_executorch(programs: dict):
     One partitioner takes quantized linears and fp32 ops together, so each run of delegable ops between two
     native ones (cache writes, the PLE slices) is one delegate call. ExecuTorch's usual pair — a dynamically
     quantized partitioner first, then an fp32 one — makes every linear its own delegate, and the fp32 ops
-    between them more: 952 delegate calls per full-E2B step instead of 177, and one graph recompilation per
-    partition while lowering (the reduced E2B lowers in 346 s instead of ~600 s). The ~9 ms a full-E2B decode
-    step spends between XNNPACK operators did not shrink with the count (ETDump): it is per operator."""
+    between them more: about five times the delegate calls per step, and one graph recompilation per
+    partition while lowering, which made lowering slower. The time a decode step spends between XNNPACK
+    operators did not shrink with the count (ETDump): it is per operator (figures: bench/RESULTS.md,
+    "Figures behind design choices")."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass

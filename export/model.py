@@ -222,7 +222,7 @@ class TextModel(nn.Module):
     def narrow_layer(self) -> int:
         """The last layer that owns K/V. Past it nothing is cached: when only the last position's logits are
         wanted (a prefill), every later layer — in E2B the 20 KV-shared ones with their double-wide MLPs,
-        70 % of a prefill's matrix work — runs for the last position alone."""
+        most of a prefill's matrix work — runs for the last position alone."""
         return self.cfg.last_kv_owner
 
     def run_layers(self, input_ids, step: StepPositions, ple_rows, caches: list[LayerKV], masks: dict,

@@ -89,7 +89,8 @@ def _write(out_dir: Path, cfg: TextConfig, dtype: torch.dtype, seed: int, shard_
             fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
             header, offset = {"__metadata__": {"format": "pt"}}, 0
             for key, shape, nbytes in shard:
-                header[key] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+                header[key] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape),
+                               "data_offsets": [offset, offset + nbytes]}
                 offset += nbytes
                 weight_map[key] = fname
             blob = json.dumps(header, separators=(",", ":")).encode()

@@ -52,9 +52,9 @@ def untie_head(model: Gemma4CausalLM) -> Gemma4CausalLM:
 
 class RMSNormXnnpack(nn.Module):
     """RMSNorm from ops XNNPACK delegates, the mean square as a linear with a row of 1/dim: XNNPACK's
-    fully-connected kernel (0.37 ms per E2B-wide norm at T = 128, one thread here) beats its mean (the only
-    one it delegates is a 4-D mean over dims (2, 3): 0.77 ms), and the eager `pow(mean(-1), -0.5)` would
-    leave two undelegated ops in every norm (`python bench/xnnpack_kernels.py`)."""
+    fully-connected kernel is about twice as fast as its mean (the only one it delegates is a 4-D mean over
+    dims (2, 3)), and the eager `pow(mean(-1), -0.5)` would leave two undelegated ops in every norm
+    (figures: bench/RESULTS.md, "Figures behind design choices")."""
 
     def __init__(self, norm: nn.Module):
         super().__init__()
@@ -72,7 +72,7 @@ class GeluTanhExplicit(nn.Module):
     `gelu(approximate="tanh")` drops the `approximate` argument and computes the erf GELU instead —
     a silent ~1e-3 error per activation that reached 7e-3 on the logits of a tiny model.
     0.5·(1 + tanh(z)) = sigmoid(2z), so x·sigmoid(2·√(2/π)·(x + 0.044715·x³)): 6 elementwise ops
-    instead of 9, 31 % less time at T = 128 here (`python bench/xnnpack_kernels.py`)."""
+    instead of 9, and faster (figures: bench/RESULTS.md, "Figures behind design choices")."""
 
     C1 = 2 * math.sqrt(2 / math.pi)
     C3 = C1 * 0.044715
@@ -114,8 +114,8 @@ XNNPACK_INT4_BLOCK_MULTIPLE = 32
 
 def linear_quant_config(scheme: str, group_size: int):
     """The torchao config of a linear scheme (8da4w / 8da8w). 8da4w with `group_size` PER_CHANNEL is one
-    int4 block per output row: an E2B-sized MLP pair runs 1.6x faster than with groups of 32 at T = 128
-    on this machine (`python bench/xnnpack_kernels.py`), in 11 % fewer bytes."""
+    int4 block per output row: faster than groups of 32 on E2B-sized MLPs, in fewer bytes (no per-group
+    scales) (figures: bench/RESULTS.md, "Figures behind design choices")."""
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig
     from torchao.quantization.granularity import PerAxis, PerGroup
 

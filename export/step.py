@@ -26,12 +26,12 @@ class InPlaceKVStep(nn.Module):
     """The program's step over KV caches written in place (`kv_cache.make_cache(..., in_place=True)`).
 
     The eager caches' `index_copy_` writes export as a copy of every cache per step (index_put into a new
-    tensor, then copy_ back: 8 % of an E2B decode here). These caches write with the cache ops
+    tensor, then copy_ back). These caches write with the cache ops
     ExecuTorch's wheel ships kernels for (`import executorch.extension.llm.custom_ops`):
     `llama::update_cache` puts a full layer's new keys at their positions, `llama::update_cache_with_indices`
     a sliding layer's into its ring slots, in place. Attention stays the grouped `bmm` over the cache that
-    XNNPACK runs: ExecuTorch's `llama::custom_sdpa` kernel took 21 ms a call for one E2B decode step here
-    (XNNPACK's bmm pair: 0.25 ms).
+    XNNPACK runs: ExecuTorch's `llama::custom_sdpa` kernel is far slower here (figures: bench/RESULTS.md,
+    "Figures behind design choices").
 
     A sliding layer's ring has `ring_slots` = window + prefill chunk slots (see `kv_cache`). The model's
     own `setup_cache` caches are removed (this step owns its caches); call `model.setup_cache` again to
@@ -42,7 +42,7 @@ class InPlaceKVStep(nn.Module):
     sliding layer ring slots [0, min(N, R)) (the ring fills in order, so those are the written ones). The
     length travels as a shape, not a value, because XNNPACK sizes a delegate's operators from its input
     shapes: sliced by a value read inside the program, the grouped `bmm` fell out of the delegate to the
-    portable kernel, 5–9× slower in a one-layer test (E2B full-layer shapes, 100–1000 slots). A 128-token
+    portable kernel, several times slower (figures: bench/RESULTS.md, "Figures behind design choices"). A 128-token
     prompt's first chunk thus attends 128 slots, not 1024 / 640, and a decode step at position p reads
     p + 1 keys per full layer instead of `max_context`. The slice is ExecuTorch's `slice_copy`, outside the
     delegates: a copy of the N attended rows, where the whole-cache view it replaces was free.

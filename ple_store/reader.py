@@ -19,8 +19,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .format import (CRC_COVERED, DATA_OFFSET, HEADER_BYTES, IDENTITY_PREFIX, MAGIC, PAGE_SIZE, ROW_CRC_BYTES,
-                     VERSION_MAJOR, PleHeader, QuantScheme, StoredDtype, file_bytes_for, values_bytes)
+from .format import (
+    CRC_COVERED,
+    DATA_OFFSET,
+    HEADER_BYTES,
+    IDENTITY_PREFIX,
+    MAGIC,
+    PAGE_SIZE,
+    ROW_CRC_BYTES,
+    VERSION_MAJOR,
+    PleHeader,
+    QuantScheme,
+    StoredDtype,
+    file_bytes_for,
+    values_bytes,
+)
 
 STRATEGIES = ("willneed", "preadv")
 # willneed is the default: on cold E2B fetches it was faster than preadv at short prompts and tied at long ones

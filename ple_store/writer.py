@@ -13,9 +13,24 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .format import (DATA_OFFSET, FLAG_ROW_CRC, HEADER_BYTES, IDENTITY_PREFIX, MAGIC, PAGE_SIZE, VERSION_MAJOR,
-                     VERSION_MINOR, Layout, PleHeader, QuantScheme, StoredDtype, block_groups_for, choose_layout,
-                     file_bytes_for, row_payload_bytes)
+from .format import (
+    DATA_OFFSET,
+    FLAG_ROW_CRC,
+    HEADER_BYTES,
+    IDENTITY_PREFIX,
+    MAGIC,
+    PAGE_SIZE,
+    VERSION_MAJOR,
+    VERSION_MINOR,
+    Layout,
+    PleHeader,
+    QuantScheme,
+    StoredDtype,
+    block_groups_for,
+    choose_layout,
+    file_bytes_for,
+    row_payload_bytes,
+)
 
 SLICE_BYTES = 16 << 20   # rows are converted and quantized ~16 MiB of fp32 at a time: bounded memory
 

@@ -1,4 +1,5 @@
-"""The memory budget: RAM-resident and flash bytes of a model at a quantization and context, and whether it fits a phone.
+"""The memory budget: RAM-resident and flash bytes of a model at a quantization and context, and whether it fits
+a phone.
 
 Program bytes = the weights as the exported .pte stores them (8da4w: int4 values + one bf16 scale per
 group; 8da8w: int8 + one fp32 scale per output channel; none: fp32), the tied matrix counted TWICE — the
@@ -76,8 +77,14 @@ def ple_file_bytes(cfg: TextConfig, ple_dtype: str) -> int:
     """Size of the .ple file the writer would produce (layout from ple_store.format)."""
     if not cfg.has_ple:
         return 0
-    from gemma_edge.ple_store.format import (DATA_OFFSET, StoredDtype, block_groups_for, choose_layout,
-                                             file_bytes_for, row_payload_bytes)
+    from gemma_edge.ple_store.format import (
+        DATA_OFFSET,
+        StoredDtype,
+        block_groups_for,
+        choose_layout,
+        file_bytes_for,
+        row_payload_bytes,
+    )
 
     dt = StoredDtype.parse(ple_dtype)
     layout = choose_layout(row_payload_bytes(dt, cfg.num_hidden_layers, cfg.hidden_size_per_layer_input))
@@ -242,7 +249,8 @@ def format_budget(b: Budget, devices: dict[str, dict]) -> str:
     gib = lambda n: f"{n / 2**30:7.3f} GiB"   # noqa: E731
     from gemma_edge.contract.bundle_format import granularity_name
 
-    lines = [f"memory budget: {b.model}  linear {b.quant} ({granularity_name(b.group_size)}), embedding {b.embedding_quant}, "
+    lines = [f"memory budget: {b.model}  linear {b.quant} ({granularity_name(b.group_size)}), "
+             f"embedding {b.embedding_quant}, "
              f"PLE {b.ple_dtype}, context {b.context}, prefill chunk {b.prefill_chunk}",
              f"  program weights (.pte):  {gib(b.weight_bytes)}"]
     for part, n in b.weights.items():

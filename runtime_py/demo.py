@@ -16,7 +16,6 @@ DEMO_SETTINGS = dict(quant="8da8w", embedding_quant="int8", ple_dtype="int4", ma
 def demo_checkpoint(work: Path) -> Path:
     from gemma_edge.contract.presets import preset
     from gemma_edge.export.random_checkpoint import write_random_checkpoint
-
     from gemma_edge.export.random_tokenizer import write_test_tokenizer
 
     ckpt = work / "checkpoint"

@@ -9,10 +9,11 @@ tokenizer of pytorch/tokenizers) and a thin CLI over it; `tool(name)` is one of 
 beside it (gemma-edge-loop-golden, gemma-edge-tokenize).
 
 Why it exists: a phone app runs the program through ExecuTorch's C++ runtime, not through Python. The
-Python host that `Session` needs (torch and ExecuTorch's bindings imported) is 0.37 GB of resident
-memory before any model is loaded; this one is about 5 MB. Same program, same kernels (the wheel's
-libexecutorch, XNNPACK and kernel libraries, which the Python bindings load too), same PLE file: the logits
-are bit-identical to `PteBackend`'s at the same thread count (tests/test_native.py).
+Python host that `Session` needs (torch and ExecuTorch's bindings imported) holds hundreds of MB of
+resident memory before any model is loaded; this one a few MB (the README's table has the figures). Same
+program, same kernels (the wheel's libexecutorch, XNNPACK and kernel libraries, which the Python bindings load
+too), same PLE file: the logits are bit-identical to `PteBackend`'s at the same thread count
+(tests/test_native.py).
 
 The host reads the bundle's manifest itself: the program file with its size and SHA-256 (it refuses a
 program that is not the manifest's before ExecuTorch parses it), the PLE file and its identity, the method

@@ -178,7 +178,8 @@ def report_lines(r: RunResult, session: Session) -> list[str]:
              f"  PLE prompt fetch: 1 batched call, {pf.tokens} ids → {pf.unique_rows} unique rows, "
              f"{pf.bytes_requested} B requested, {pf.pages_touched} pages, {pf.read_calls} read calls, "
              f"{pf.wall_s * 1e3:.2f} ms",
-             f"  PLE per-token fetches: {st.token_fetches} × fetch_one, {tf.bytes_requested} B, {tf.pages_touched} pages",
+             f"  PLE per-token fetches: {st.token_fetches} × fetch_one, {tf.bytes_requested} B, "
+             f"{tf.pages_touched} pages",
              f"  peak RSS {mib(r.rss_after['VmHWM'])} measured vs {mib(r.predicted_rss)} predicted "
              f"({r.rss_gap:+.1%}); now anon {mib(r.rss_after.get('RssAnon', 0))}, file-backed "
              f"{mib(r.rss_after.get('RssFile', 0))}; process before loading {mib(r.rss_before['VmRSS'])}"
@@ -188,7 +189,8 @@ def report_lines(r: RunResult, session: Session) -> list[str]:
     if r.validation:
         v = r.validation
         lines.append(f"validate vs eager ({v['checkpoint']}, {v['tokens']} positions): max |Δlogit| "
-                     f"{v['max_abs']:.2e} (max |logit| {v['logit_scale']:.2f}), top-1 agreement {v['top1_agreement']:.1%}"
+                     f"{v['max_abs']:.2e} (max |logit| {v['logit_scale']:.2f}), "
+                     f"top-1 agreement {v['top1_agreement']:.1%}"
                      f"; program only (eager fed the bundle's .ple rows): max |Δlogit| {v['program_max_abs']:.2e}, "
                      f"top-1 {v['program_top1_agreement']:.1%}")
     return lines

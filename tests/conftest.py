@@ -1,4 +1,5 @@
-"""Shared session-scoped fixtures: a tiny random checkpoint (with tokenizer) and its bundle, exported once per session."""
+"""Shared session-scoped fixtures: a tiny random checkpoint (with tokenizer) and its bundle, exported once per
+session."""
 import os
 from pathlib import Path
 
@@ -28,8 +29,8 @@ TINY_EXPORT = dict(quant="none", embedding_quant="none", ple_dtype="int8", max_c
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """transformers' Gemma4ForCausalLM, tiny preset, random weights large enough to give decisive logits,
     saved with save_pretrained, plus a test tokenizer.json of the same vocabulary."""
-    from gemma_edge.export.parity import random_hf_model
     from gemma_edge.contract.presets import preset
+    from gemma_edge.export.parity import random_hf_model
     from gemma_edge.export.random_tokenizer import write_test_tokenizer
 
     if REUSE_CHECKPOINT:

@@ -23,7 +23,8 @@ def test_child_result_line_and_peak_rss(tmp_path):
 
 
 def test_child_past_the_rss_limit_is_killed(tmp_path):
-    code = ("import time\nblocks = []\nfor _ in range(40):\n    b = bytearray(25 << 20); b[::4096] = b'1' * len(b[::4096]); "
+    code = ("import time\nblocks = []\nfor _ in range(40):\n"
+            "    b = bytearray(25 << 20); b[::4096] = b'1' * len(b[::4096]); "
             f"blocks.append(b); time.sleep(0.05)\nprint({MARK!r} + '{{}}')")
     res = childproc.run([sys.executable, "-c", code], tmp_path / "child.log", MARK, rss_limit_bytes=200 << 20)
     assert res["killed_at_rss_bytes"] is not None and res["killed_at_rss_bytes"] > 200 << 20
@@ -31,9 +32,11 @@ def test_child_past_the_rss_limit_is_killed(tmp_path):
 
 
 def test_android_app_limits_make_mlock_fail(tmp_path):
-    code = ("import ctypes, json, resource; libc = ctypes.CDLL(None, use_errno=True); buf = ctypes.create_string_buffer(1 << 20); "
+    code = ("import ctypes, json, resource; libc = ctypes.CDLL(None, use_errno=True); "
+            "buf = ctypes.create_string_buffer(1 << 20); "
             "ok = libc.mlock(ctypes.addressof(buf), 1 << 20) == 0; "
-            f"print({MARK!r} + json.dumps({{'memlock': resource.getrlimit(resource.RLIMIT_MEMLOCK)[0], 'mlock_ok': ok}}))")
+            f"print({MARK!r} + json.dumps({{'memlock': resource.getrlimit(resource.RLIMIT_MEMLOCK)[0], "
+            f"'mlock_ok': ok}}))")
     res = childproc.run([sys.executable, "-c", code], tmp_path / "child.log", MARK, preexec_fn=childproc.as_android_app)
     assert res["rc"] == 0, (tmp_path / "child.log").read_text()
     assert res["result"] == {"memlock": 64 << 10, "mlock_ok": False}

@@ -1,17 +1,24 @@
-"""Tests of the memory budget and the phone simulator: counts against the model definition, KV rules, verdicts, measured RSS."""
+"""Tests of the memory budget and the phone simulator: counts against the model definition, KV rules, verdicts,
+measured RSS."""
 import json
 import subprocess
 import sys
 
 import pytest
-
-from gemma_edge.export.model import count_params
-from gemma_edge.contract.presets import preset
-from gemma_edge.runtime.budget import (estimate, estimate_bundle, kv_cache_bytes, linear_bytes, load_devices,
-                                       model_config, plot_budget)
-from gemma_edge.runtime.phone import fetch_seconds, simulate
-
 from conftest import json_at_end
+
+from gemma_edge.contract.presets import preset
+from gemma_edge.export.model import count_params
+from gemma_edge.runtime.budget import (
+    estimate,
+    estimate_bundle,
+    kv_cache_bytes,
+    linear_bytes,
+    load_devices,
+    model_config,
+    plot_budget,
+)
+from gemma_edge.runtime.phone import fetch_seconds, simulate
 
 
 @pytest.mark.parametrize("name", ["tiny", "e2b", "e4b", "e2b-10l"])

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY_EXPORT
+
 from gemma_edge.cli import main
 from gemma_edge.contract.bundle_format import read_manifest, verify_bundle
-from gemma_edge.export.checkpoint import CheckpointError, open_checkpoint
 from gemma_edge.contract.config import ConfigError, TextConfig
+from gemma_edge.export.checkpoint import CheckpointError, open_checkpoint
 from gemma_edge.export.exporter import ExportSettings, export_bundle
 
 PYTHON = sys.executable
@@ -181,7 +181,8 @@ def test_reuse_program_with_a_damaged_manifest(damage, ckpt, bundle, tmp_path, c
 
 # ---------------------------------------------------------------- item 12: another architecture's config
 @pytest.mark.parametrize("change,message", [
-    (lambda d: d.update(model_type="llama"), "model_type: expected 'gemma4_text' or 'gemma4' \\(Gemma 4\\), found 'llama'"),
+    (lambda d: d.update(model_type="llama"),
+     "model_type: expected 'gemma4_text' or 'gemma4' \\(Gemma 4\\), found 'llama'"),
     (lambda d: d.update(architectures=["LlamaForCausalLM"]), "architectures: expected one of"),
     (lambda d: d.pop("model_type"), "model_type: expected .* found None \\(key missing\\)"),
     (lambda d: d.pop("hidden_size"), "missing required key\\(s\\) \\['hidden_size'\\]"),
@@ -210,8 +211,8 @@ def test_config_of_another_architecture_or_missing_keys(change, message, ckpt, t
 def test_gemma4_configs_as_transformers_writes_them_still_load(tmp_path):
     """The multimodal wrapper Google ships (model_type gemma4, text_config gemma4_text) and the text-only
     config, both as transformers' save_pretrained writes them (which drops keys equal to its defaults)."""
-    from gemma_edge.export.parity import random_hf_model
     from gemma_edge.contract.presets import preset
+    from gemma_edge.export.parity import random_hf_model
 
     cfg = preset("tiny-e4b")
     for multimodal in (False, True):
@@ -429,7 +430,8 @@ def test_defaults_follow_the_model_and_none_means_unquantized(ckpt, tmp_path, ca
 
 
 def test_load_checkpoint_is_public(tiny_checkpoint):
-    from gemma_edge.export import ExportSettings as Public, load_checkpoint
+    from gemma_edge.export import ExportSettings as Public
+    from gemma_edge.export import load_checkpoint
 
     cfg, model = load_checkpoint(tiny_checkpoint)
     assert Public is ExportSettings and model(torch.tensor([[1, 2, 3]])).shape == (1, 3, cfg.vocab_size)

@@ -109,9 +109,10 @@ def test_fetch_refuses_a_damaged_row_by_its_crc(good, strategy, where):
         want = r.fetch([0, 1, 2999], strategy=strategy)      # other rows are fine
         assert want.shape == (3, L, P)
         for dtype in (None, "stored"):
-            with pytest.raises(PleFormatError, match=rf"^{re.escape(str(good))}: row {t} \(bytes \[{off}, {off + h.row_bytes}\)\): "
-                                                     rf"CRC-32 expected 0x[0-9a-f]{{8}} \(stored after the row\), "
-                                                     rf"found 0x[0-9a-f]{{8}}$"):
+            with pytest.raises(PleFormatError,
+                               match=rf"^{re.escape(str(good))}: row {t} \(bytes \[{off}, {off + h.row_bytes}\)\): "
+                                     rf"CRC-32 expected 0x[0-9a-f]{{8}} \(stored after the row\), "
+                                     rf"found 0x[0-9a-f]{{8}}$"):
                 r.fetch([5, t, 5], dtype=dtype, strategy=strategy)
         with pytest.raises(PleFormatError, match=f"row {t} "):
             r.fetch_one(t)
@@ -202,7 +203,8 @@ def test_directory_socket_device_and_symlinked_fifo_are_refused(tmp_path):
     try:
         for path, kind in ((tmp_path, "a directory"), (Path("/dev/null"), "a character device"),
                            (tmp_path / "link.ple", "a FIFO (named pipe)")):
-            with pytest.raises(PleFormatError, match=f"^{re.escape(f'{path}: file type: expected a regular file, found {kind}')}$"):
+            with pytest.raises(PleFormatError,
+                               match=f"^{re.escape(f'{path}: file type: expected a regular file, found {kind}')}$"):
                 ple_store.open(path)
         # a socket cannot be opened at all (ENXIO): an OSError naming the path, not a hang
         with pytest.raises(OSError, match=str(sock_path)):

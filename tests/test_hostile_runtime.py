@@ -217,7 +217,8 @@ def test_ids_at_or_past_2_63(tiny_bundle):
     assert_one_line_error(cli("run", str(tiny_bundle), "--ids", "2,9223372036854775808"),
                           "--ids: item 1: expected a token id < 2^63")
     with Session(tiny_bundle) as s:
-        with pytest.raises(ValueError, match=r"prompt token 1: expected an id in \[0, 512\).*found 9223372036854775808"):
+        with pytest.raises(ValueError,
+                           match=r"prompt token 1: expected an id in \[0, 512\).*found 9223372036854775808"):
             s.generate([2, 2**63], 2)
         with pytest.raises(ValueError, match=r"prompt token 1: expected an id in \[0, 512\).*found 1\.7"):
             s.generate([2, 1.7], 2)    # never truncated to 1
@@ -371,7 +372,8 @@ def test_noise_filters_are_narrow(capsys, caplog):
         with warnings.catch_warnings(record=True) as seen:   # records under the filters in force
             for text, module in (("_check_is_size will be removed in a future PyTorch release",
                                   "executorch.extension.llm.custom_ops.custom_ops"),
-                                 ("_check_is_size will be removed (raised by another module)", "gemma_edge.export.model"),
+                                 ("_check_is_size will be removed (raised by another module)",
+                                  "gemma_edge.export.model"),
                                  ("a FutureWarning of ours", "gemma_edge.export.exporter")):
                 warnings.warn_explicit(text, FutureWarning, f"{module}.py", 1, module=module)
     err = capsys.readouterr().err

@@ -13,8 +13,16 @@ import torch
 
 from gemma_edge import ple_store
 from gemma_edge.ple_store import PleFormatError
-from gemma_edge.ple_store.format import (CRC_COVERED, HEADER_FIELDS, IDENTITY_PREFIX, PAGE_SIZE, PleHeader,
-                                         StoredDtype, choose_layout, row_payload_bytes)
+from gemma_edge.ple_store.format import (
+    CRC_COVERED,
+    HEADER_FIELDS,
+    IDENTITY_PREFIX,
+    PAGE_SIZE,
+    PleHeader,
+    StoredDtype,
+    choose_layout,
+    row_payload_bytes,
+)
 from gemma_edge.ple_store.inspect import describe
 
 FORMAT_MD = Path(ple_store.__file__).parent / "FORMAT.md"

@@ -1,4 +1,5 @@
-"""Tests of the Python runtime: .pte session vs eager vs transformers, PLE fetch accounting, bad bundles, sampler, tokenizer."""
+"""Tests of the Python runtime: .pte session vs eager vs transformers, PLE fetch accounting, bad bundles, sampler,
+tokenizer."""
 import json
 import shutil
 import subprocess
@@ -190,7 +191,8 @@ def test_token_id_out_of_vocab(pte):
 
 def test_prompt_over_context_fails_before_running(pte):
     before = len(pte.ple.fetch_log)
-    with pytest.raises(ValueError, match=r"context: prompt 60 \+ max_new_tokens 10 = 70 tokens, expected ≤ max_context 64"):
+    with pytest.raises(ValueError,
+                       match=r"context: prompt 60 \+ max_new_tokens 10 = 70 tokens, expected ≤ max_context 64"):
         pte.generate([2] * 60, 10)
     assert len(pte.ple.fetch_log) == before, "nothing may be fetched for a refused request"
 

@@ -320,9 +320,9 @@ def _child_export(spec: dict) -> dict:
 
         convert_weights._load_safetensors_weights = load_with_multimodal_names
 
-    from executorch.examples.models.gemma4 import export_gemma4
-
     import logging
+
+    from executorch.examples.models.gemma4 import export_gemma4
 
     class _KeyReport(logging.Handler):   # the loader's "Missing keys" / "Unexpected keys" warnings
         def __init__(self):
@@ -431,9 +431,9 @@ def _child_run(spec: dict) -> dict:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(fd)
 
-    import torch
     import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  llama::custom_sdpa kernels
     import executorch.kernels.quantized  # noqa: F401  quantized_decomposed::embedding_* kernels
+    import torch
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
 

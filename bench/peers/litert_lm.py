@@ -691,7 +691,6 @@ def _child_run(spec: dict) -> dict:
                             "files": {c.name: c.stat().st_size for c in cache_after},
                             "rss_bytes": sum(v["rss"] for v in cache_vmas)},
            "residency": residency, "warmup": {k: v for k, v in warm.items() if k != "tokens"}, "runs": runs}
-    del engine
     return out
 
 

@@ -81,7 +81,8 @@ def build(checkpoint_dir: Path, out_dir: Path, venv: Path, *, ple_dtype: str = "
     return {"path": str(out_dir), "bytes": files["program"]["bytes"] + files.get("ple", {}).get("bytes", 0),
             "program_bytes": files["program"]["bytes"], "ple_bytes": files.get("ple", {}).get("bytes", 0),
             "export_s": run_info.get("export_s"), "export_peak_rss_bytes": run_info.get("export_peak_rss_bytes"),
-            "stages": manifest["export"]["stages"], "program_reused_from": manifest["export"].get("program_reused_from"),
+            "stages": manifest["export"]["stages"],
+            "program_reused_from": manifest["export"].get("program_reused_from"),
             "quantization": manifest["quantization"], "ran_on": run_info.get("ran_on", RAN_ON)}
 
 
@@ -159,9 +160,9 @@ def _child_run(spec: dict) -> dict:
     from executorch.extension.pybindings import portable_lib
 
     from gemma_edge.contract import bundle_format as bf
+    from gemma_edge.procfs import mapping_resident_bytes, proc_status
     from gemma_edge.runtime import Session
     from gemma_edge.runtime.backends import preload
-    from gemma_edge.procfs import mapping_resident_bytes, proc_status
 
     portable_lib._unsafe_reset_threadpool(spec["threads"])
     preload("pte")

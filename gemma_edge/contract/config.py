@@ -2,9 +2,9 @@
 
 `TextConfig.from_dict` takes a `Gemma4TextConfig` JSON (or a multimodal `config.json` with a nested
 `text_config`) unchanged and ignores keys it does not know; `from_json`, the reader of a checkpoint's
-`config.json`, also refuses another architecture and a config missing a key that fixes the model's shape. Every per-layer fact — attention type,
-head_dim, KV heads, MLP width, who owns / stores / reuses K and V, RoPE — is derived once, in
-`__post_init__`, into `config.layers` (a list of `LayerSpec`).
+`config.json`, also refuses another architecture and a config missing a key that fixes the model's shape.
+Every per-layer fact — attention type, head_dim, KV heads, MLP width, who owns / stores / reuses K and V,
+RoPE — is derived once, in `__post_init__`, into `config.layers` (a list of `LayerSpec`).
 """
 from __future__ import annotations
 

@@ -82,3 +82,58 @@ def test_the_contract_is_torch_free(module):
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "", f"importing {module} pulled in {out}"
+
+
+def module_files() -> dict[str, Path]:
+    """Project module name -> its source file."""
+    files = {"gemma_edge.procfs": REPO / "gemma_edge" / "procfs.py"}
+    for folder, package in PACKAGES.items():
+        for path in sorted((REPO / folder).rglob("*.py")):
+            parts = path.relative_to(REPO / folder).with_suffix("").parts
+            files[".".join((package, *(parts[:-1] if parts[-1] == "__init__" else parts)))] = path
+    return files
+
+
+def module_graph(files: dict[str, Path]) -> dict[str, set[str]]:
+    """Project module -> the project modules it imports (at any depth of the file: a lazy import inside a
+    function closes a circle as surely as one at the top)."""
+    graph = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        out = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                mod = (f"{base}.{node.module}" if node.module else base) if node.level else (node.module or "")
+                for a in node.names:  # `from pkg import module` imports the module, else the names come from mod
+                    out.add(f"{mod}.{a.name}" if f"{mod}.{a.name}" in files else mod)
+            elif isinstance(node, ast.Import):
+                out |= {a.name for a in node.names}
+        graph[name] = {m for m in out if m in files and m != name}
+    return graph
+
+
+def test_no_import_circle():
+    """No module reaches itself through the modules it imports (exporter <-> onnx_export was one)."""
+    files = module_files()
+    graph = module_graph(files)
+    assert "gemma_edge.export.exporter" in graph and "gemma_edge.export.step" in graph["gemma_edge.export.exporter"]
+    circles = []
+    state: dict[str, int] = {}   # 1: on the current path, 2: done
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for dep in sorted(graph[m]):
+            if state.get(dep) == 1:
+                circles.append(" -> ".join(path[path.index(dep):] + [dep]))
+            elif dep not in state:
+                visit(dep, path + [dep])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    # a package's __init__ re-exporting its modules is not a circle of jobs (its modules import siblings)
+    packages = {m for m, path in files.items() if path.name == "__init__.py"}
+    circles = [c for c in circles if not packages & set(c.split(" -> "))]
+    assert not circles, "import circles:\n" + "\n".join(circles)

@@ -93,6 +93,7 @@ def test_simulator_matches_anchor_arithmetic():
     assert r.decode_ram_s == pytest.approx((1 << 30) / dev["mem_bandwidth_Bps"])
 
 
+@pytest.mark.slow  # measures a child process's peak RSS
 def test_predicted_rss_within_10_percent_of_measured(tiny_bundle):
     """A real run in a fresh process: VmHWM vs baseline + weights + KV + activations."""
     out = subprocess.run([sys.executable, "-m", "gemma_edge.cli", "run", str(tiny_bundle), "--ids",

@@ -369,6 +369,7 @@ def test_native_refuses_a_fifo_and_a_directory_without_blocking(exe, tmp_path):
         f"gemma-edge-run: {tmp_path}: file type: expected a regular file, found a directory"
 
 
+@pytest.mark.slow  # a fuzz campaign
 def test_header_fuzz_runs_clean_on_the_python_reader(tmp_path):
     """bench/fuzz_ple_header.py itself, briefly, on the Python reader: it runs and finds nothing."""
     import json

@@ -65,6 +65,7 @@ def assert_one_line_error(p: subprocess.CompletedProcess, *needles: str) -> str:
 # 4. The Python process must never abort: verify before loading, bound ids by the program itself
 # ---------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # runs the CLI in child processes
 def test_garbage_program_with_matching_manifest_is_refused_not_aborted(bundle):
     """Random bytes as model.pte and a manifest rewritten to match them: ExecuTorch never sees the file."""
     path = bundle / bf.PROGRAM_FILE
@@ -74,6 +75,7 @@ def test_garbage_program_with_matching_manifest_is_refused_not_aborted(bundle):
                           "model.pte: file identifier: expected b'ET12'")
 
 
+@pytest.mark.slow  # runs the CLI in child processes
 def test_damaged_program_body_is_a_load_error(bundle):
     """A program whose header is intact but whose body is damaged: ExecuTorch's internal-consistency check."""
     path = bundle / bf.PROGRAM_FILE
@@ -160,6 +162,7 @@ def test_symlink_out_of_the_bundle_is_refused(bundle, tmp_path):
 # 9. One-line errors, no tracebacks
 # ---------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # runs the CLI in child processes
 def test_malformed_manifest_json_is_one_line(bundle):
     (bundle / bf.MANIFEST_FILE).write_text('{"format": "gemma-edge-bundle", ')
     assert_one_line_error(cli("run", str(bundle), "--ids", IDS), "manifest.json: not valid JSON")
@@ -213,6 +216,7 @@ def test_cli_turns_os_errors_into_one_line_and_keeps_bugs_loud(monkeypatch, caps
         main(["budget"])
 
 
+@pytest.mark.slow  # runs the CLI in child processes
 def test_ids_at_or_past_2_63(tiny_bundle):
     assert_one_line_error(cli("run", str(tiny_bundle), "--ids", "2,9223372036854775808"),
                           "--ids: item 1: expected a token id < 2^63")
@@ -226,6 +230,7 @@ def test_ids_at_or_past_2_63(tiny_bundle):
             s.generate([True], 2)
 
 
+@pytest.mark.slow  # runs the CLI in child processes
 def test_invalid_utf8_prompts(tiny_bundle, tmp_path):
     p = cli("run", str(tiny_bundle), "--prompt", b"caf\xe9 au lait", "--max-new-tokens", "2")
     assert_one_line_error(p, "prompt: not valid UTF-8 text (byte 0xe9 at character 3)")
@@ -302,6 +307,7 @@ def test_ids_with_spaces_around_commas():
     assert parse_ids(" 2, 60 ,70") == [2, 60, 70]
 
 
+@pytest.mark.slow  # runs the CLI in child processes
 def test_ids_with_spaces_refused_by_the_cli(tiny_bundle):
     assert_one_line_error(cli("run", str(tiny_bundle), "--ids", "2 60 70"), "found '2 60 70'")
 
@@ -353,6 +359,7 @@ def test_run_peak_excludes_earlier_work_in_the_process(tiny_bundle):
     assert abs(r.rss_gap) < 0.10, (r.rss_after["VmHWM"], r.predicted_rss)
 
 
+@pytest.mark.slow  # runs the CLI in child processes
 def test_commands_print_no_third_party_noise(tiny_bundle):
     p = cli("run", str(tiny_bundle), "--ids", IDS, "--max-new-tokens", "2")
     err = p.stderr.decode()

@@ -119,6 +119,7 @@ def three_input_bundle(tiny_checkpoint, tiny_bundle, tmp_path_factory) -> Path:
     return bundle
 
 
+@pytest.mark.slow  # lowers a three-input program of its own
 def test_revision4_bundle_still_runs(exe, three_input_bundle, tiny_bundle):
     # A program of revision < 5's interface (three inputs, no attend_len) from the same checkpoint as
     # tiny_bundle: both hosts still run it, bit-identical to each other, and it computes what the current
@@ -146,6 +147,7 @@ def two_method_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
     return export_bundle(tiny_checkpoint, out, ExportSettings(**{**TINY_EXPORT, "methods": "two"}), progress=False)
 
 
+@pytest.mark.slow  # exports its own two-method bundle
 def test_native_two_method_bundle_shares_the_kv_state(exe, two_method_bundle):
     # decode must read the caches prefill wrote: with separate arenas the first decode step already differs
     new = 12

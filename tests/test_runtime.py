@@ -65,6 +65,7 @@ def transformers_greedy(checkpoint, ids, n=32, ple_file=None):
 # Golden: three implementations, same greedy tokens
 # ---------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # runs transformers' generate beside both sessions
 def test_greedy_pte_equals_eager_and_transformers(pte, eager, tiny_checkpoint, tiny_bundle):
     got = greedy(pte, PROMPT)
     assert len(got) == 32

@@ -1,12 +1,31 @@
 """Shared session-scoped fixtures: a tiny random checkpoint (with tokenizer) and its bundle, exported once per
 session."""
+import json
 import os
 from pathlib import Path
 
 import pytest
 
+from gemma_edge.contract import bundle_format as bf
+
 # Reuse an existing checkpoint / bundle instead of building them (local iteration): both must be set together.
 REUSE_CHECKPOINT, REUSE_BUNDLE = os.environ.get("GEMMA_EDGE_TINY_CHECKPOINT"), os.environ.get("GEMMA_EDGE_TINY_BUNDLE")
+
+def edit_manifest(bundle: Path, **fields) -> None:
+    """Set manifest fields in place (dotted keys reach into objects: files__ple__path); None deletes. Read raw:
+    an earlier edit may have left a manifest Python's reader refuses."""
+    m = json.loads((bundle / bf.MANIFEST_FILE).read_text())
+    for key, value in fields.items():
+        *path, last = key.split("__")
+        d = m
+        for k in path:
+            d = d[k]
+        if value is None:
+            del d[last]
+        else:
+            d[last] = value
+    (bundle / bf.MANIFEST_FILE).write_text(json.dumps(m, indent=2))
+
 
 def json_at_end(text: str):
     """The JSON object a command's output ends with (`--json`), after text that may itself hold braces:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import edit_manifest
 
 from gemma_edge import ple_store
 from gemma_edge.contract import bundle_format as bf
@@ -44,22 +45,6 @@ def host_args(bundle: Path, ids_file: Path, *extra) -> list[str]:
     ids_file.write_text("2,100,200\n")
     return [str(bundle), "--ids-file", str(ids_file), "--new-tokens", "4", "--threads", "1", "--json",
             *map(str, extra)]
-
-
-def edit_manifest(bundle: Path, **fields) -> None:
-    """Set manifest fields in place (dotted keys reach into objects: files__ple__path); None deletes. Read raw:
-    an earlier edit may have left a manifest Python's reader refuses."""
-    m = json.loads((bundle / bf.MANIFEST_FILE).read_text())
-    for key, value in fields.items():
-        *path, last = key.split("__")
-        d = m
-        for k in path:
-            d = d[k]
-        if value is None:
-            del d[last]
-        else:
-            d[last] = value
-    (bundle / bf.MANIFEST_FILE).write_text(json.dumps(m, indent=2))
 
 
 def last_line(p: subprocess.CompletedProcess) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import json_at_end
+from conftest import edit_manifest, json_at_end
 
 from gemma_edge import ple_store
 from gemma_edge.contract import bundle_format as bf
@@ -188,17 +188,7 @@ def test_native_weight_cache_packs_once_then_maps_the_same_weights(exe, tiny_bun
 def edited_copy(bundle: Path, out: Path, **fields) -> Path:
     """A copy of `bundle` whose manifest has `fields` set (dotted keys reach into objects: files__ple__identity)."""
     shutil.copytree(bundle, out, ignore=shutil.ignore_patterns("*.xnnpack_cache*"))
-    m = bf.read_manifest(out)
-    for key, value in fields.items():
-        *path, last = key.split("__")
-        d = m
-        for k in path:
-            d = d[k]
-        if value is None:
-            del d[last]
-        else:
-            d[last] = value
-    (out / bf.MANIFEST_FILE).write_text(json.dumps(m, indent=2))
+    edit_manifest(out, **fields)
     return out
 
 

@@ -27,7 +27,8 @@ MARK = "AB_NATIVE_RESULT "
 # maps gemma_edge.* to folders; point them at the checkout), so each side builds and runs its own host.
 CHILD = r"""
 import json, sys
-import __editable___gemma_edge_0_1_0_finder as finder
+# the editable install's finder (its module name carries the package version): the one holding MAPPING
+finder = next(m for m in list(sys.modules.values()) if "gemma_edge" in getattr(m, "MAPPING", {}))
 root, bundle, ids, new_tokens, threads = (sys.argv[1], sys.argv[2], json.loads(sys.argv[3]),
                                           int(sys.argv[4]), int(sys.argv[5]))
 for name, path in list(finder.MAPPING.items()):

@@ -294,9 +294,10 @@ def _reusable_program(bundle_dir: Path, m: dict, mhash: bytes, settings: ExportS
 
 # ---------------------------------------------------------------- the output folder
 # What a bundle folder may hold besides its manifest: the files an export writes, ONNX's external data, and
-# the native host's XNNPACK weight cache (named after the program, `model.pte.<digest>.xnnpack_cache`).
+# the native host's XNNPACK weight cache (named after the program, `model.pte.<digest>.xnnpack_cache`) and the
+# sidecar holding that cache's own digest (`….xnnpack_cache.sha256`).
 BUNDLE_FILES = frozenset({bf.MANIFEST_FILE, *bf.FILE_ROLES.values(), bf.ONNX_FILE + ".data", *TOKENIZER_FILES})
-WEIGHT_CACHE_SUFFIX = ".xnnpack_cache"
+WEIGHT_CACHE_SUFFIXES = (".xnnpack_cache", ".xnnpack_cache.sha256")
 PARTIAL_INFIX, ASIDE_INFIX = ".partial-", ".replaced-"
 
 
@@ -316,7 +317,7 @@ def bundle_problem(folder: Path) -> str | None:
         return f"{bf.MANIFEST_FILE} format is {found!r}, not {bf.FORMAT!r}"
     strangers = sorted(p.name + ("/" if p.is_dir() and not p.is_symlink() else "") for p in folder.iterdir()
                        if p.is_symlink() or not p.is_file()
-                       or not (p.name in BUNDLE_FILES or p.name.endswith(WEIGHT_CACHE_SUFFIX)))
+                       or not (p.name in BUNDLE_FILES or p.name.endswith(WEIGHT_CACHE_SUFFIXES)))
     if strangers:
         return f"holds {len(strangers)} entr{'y' if len(strangers) == 1 else 'ies'} a bundle never does {strangers[:6]}"
     return None
@@ -381,7 +382,7 @@ def _tree_bytes(folder: Path) -> int:
 def _only_bundle_files(folder: Path) -> bool:
     """Whether every entry of `folder` is a regular file a bundle holds (an older export's partial), so that
     deleting it can lose no file of a user's."""
-    return all(not p.is_symlink() and p.is_file() and (p.name in BUNDLE_FILES or p.name.endswith(WEIGHT_CACHE_SUFFIX))
+    return all(not p.is_symlink() and p.is_file() and (p.name in BUNDLE_FILES or p.name.endswith(WEIGHT_CACHE_SUFFIXES))
                for p in folder.iterdir())
 
 

@@ -41,6 +41,7 @@ class Checkpoint:
     config: TextConfig
     files: dict[str, tuple[Path, str]]
     ignored: list[str]  # keys present but deliberately not loaded
+    shards: dict[str, Path]  # every key of the checkpoint, as stored (towers included) -> its shard
 
     def shape(self, key: str) -> list[int]:
         shard, name = self.files[key]
@@ -57,7 +58,7 @@ def open_shard(shard: Path):
         raise CheckpointError(f"{shard}: not a readable safetensors file ({e})") from e
 
 
-def _read_weight_map(index: Path) -> dict[str, str]:
+def read_weight_map(index: Path) -> dict[str, str]:
     """model.safetensors.index.json's `weight_map`: tensor name -> a shard's file name in the same folder."""
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
@@ -95,7 +96,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     config = TextConfig.from_json(path / "config.json")
     index = path / "model.safetensors.index.json"
     if index.exists():
-        raw = {k: path / shard for k, shard in _read_weight_map(index).items()}
+        raw = {k: path / shard for k, shard in read_weight_map(index).items()}
         for shard in sorted(set(raw.values())):
             if not shard.exists():
                 raise CheckpointError(f"{shard}: shard named in {index.name} is missing")
@@ -116,10 +117,11 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
             ignored.append(key)
         else:
             files[ours] = (shard, key)
-    return Checkpoint(path, config, files, ignored)
+    return Checkpoint(path, config, files, ignored, raw)
 
 
-def _set_tensor(model: torch.nn.Module, key: str, value: torch.Tensor) -> None:
+def set_tensor(model: torch.nn.Module, key: str, value: torch.Tensor) -> None:
+    """Put `value` in place of the (meta) parameter or buffer `key` of `model`."""
     module_path, _, leaf = key.rpartition(".")
     module = model.get_submodule(module_path)
     if leaf in module._parameters:
@@ -173,27 +175,32 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype | None = torch.float
         with open_shard(shard) as f:
             for key in keys:
                 name = ckpt.files[key][1]
-                shape = tuple(f.get_slice(name).get_shape())
-                if shape != expected[key]:
-                    raise CheckpointError(f"{shard.name}: tensor {name} has shape {list(shape)}, "
-                                          f"the config needs {list(expected[key])}")
-                try:
-                    tensor = f.get_tensor(name)
-                except SafetensorError as e:
-                    raise CheckpointError(f"{shard}: tensor {name} cannot be read ({e})") from e
-                if tensor.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-                    raise CheckpointError(f"{shard.name}: tensor {name} has dtype {tensor.dtype}; "
-                                          "expected bf16, fp16 or fp32")
+                tensor = read_tensor(f, shard, name, expected[key], "the config")
                 # layer_scalar stays fp32 like the reference's buffer; everything else takes `dtype`.
                 target = torch.float32 if key.endswith("layer_scalar") else dtype or tensor.dtype
-                _set_tensor(model, key, tensor.to(target))
+                set_tensor(model, key, tensor.to(target))
                 del tensor
                 bar.update()
     bar.close()
     for name, buf in list(model.named_buffers()):  # non-persistent buffers (RoPE) left on meta
         if buf.is_meta:
-            _set_tensor(model, name, _materialise_buffer(model, name))
+            set_tensor(model, name, _materialise_buffer(model, name))
     return cfg, model.eval()
+
+
+def read_tensor(f, shard: Path, name: str, shape: tuple[int, ...], needed_by: str) -> torch.Tensor:
+    """Tensor `name` of the open shard `f` (a zero-copy view of its mapping), refused by name unless it has
+    `shape` and a float dtype; `needed_by` says whose shape that is in the error."""
+    found = tuple(f.get_slice(name).get_shape())
+    if found != shape:
+        raise CheckpointError(f"{shard.name}: tensor {name} has shape {list(found)}, {needed_by} needs {list(shape)}")
+    try:
+        tensor = f.get_tensor(name)
+    except SafetensorError as e:
+        raise CheckpointError(f"{shard}: tensor {name} cannot be read ({e})") from e
+    if tensor.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise CheckpointError(f"{shard.name}: tensor {name} has dtype {tensor.dtype}; expected bf16, fp16 or fp32")
+    return tensor
 
 
 def _materialise_buffer(model: Gemma4CausalLM, name: str) -> torch.Tensor:

@@ -7,6 +7,7 @@ few hundred MB of memory. The folder appears atomically (written under a tempora
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -18,6 +19,7 @@ from gemma_edge.contract.config import TextConfig
 
 from .checkpoint import CheckpointError
 from .model import build_model
+from .vision import VISION_PREFIXES, VisionConfig, random_vision_values, vision_tensor_specs
 
 _DTYPE_NAMES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
 _CHUNK_VALUES = 1 << 24  # values generated at a time (64 MB of fp32)
@@ -49,9 +51,12 @@ def _shard_plan(entries: list[tuple[str, tuple, int]], shard_bytes: int) -> list
 
 def write_random_checkpoint(out_dir: str | Path, cfg: TextConfig, *, dtype: torch.dtype = torch.bfloat16,
                             seed: int = 0, shard_bytes: int = 2 << 30, multimodal: bool = False,
-                            tokenizer: bool = True, progress: bool = True) -> Path:
+                            vision_config: dict | None = None, tokenizer: bool = True, progress: bool = True) -> Path:
     """Write config.json + sharded safetensors + index (+ a test tokenizer.json of the same vocabulary)
-    for `cfg` into `out_dir` (which must not exist); its parents are created."""
+    for `cfg` into `out_dir` (which must not exist); its parents are created. `vision_config` (transformers'
+    `vision_config`, presets.VISION_PRESETS; multimodal only) adds the vision tower and embed_vision."""
+    if vision_config is not None and not multimodal:
+        raise ValueError("vision_config: a vision tower needs a multimodal checkpoint (multimodal=True)")
     out_dir = Path(os.path.abspath(out_dir))  # the temporary folder goes beside the one named, even for "."
     if out_dir.exists() or out_dir.is_symlink():
         raise FileExistsError(f"{out_dir}: already exists; refusing to overwrite a checkpoint")
@@ -60,7 +65,7 @@ def write_random_checkpoint(out_dir: str | Path, cfg: TextConfig, *, dtype: torc
         raise CheckpointError(f"{out_dir}: cannot write the checkpoint ({above} is not a folder)")
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        return _write(out_dir, cfg, dtype, seed, shard_bytes, multimodal, tokenizer, progress)
+        return _write(out_dir, cfg, dtype, seed, shard_bytes, multimodal, vision_config, tokenizer, progress)
     except OSError as e:  # disk full, a read-only or unwritable folder
         where = e.filename if e.filename and Path(str(e.filename)) != out_dir else out_dir.parent
         raise CheckpointError(f"{out_dir}: cannot write the checkpoint ({where}: {e.strerror or e}); "
@@ -68,7 +73,7 @@ def write_random_checkpoint(out_dir: str | Path, cfg: TextConfig, *, dtype: torc
 
 
 def _write(out_dir: Path, cfg: TextConfig, dtype: torch.dtype, seed: int, shard_bytes: int, multimodal: bool,
-           tokenizer: bool, progress: bool) -> Path:
+           vision_config: dict | None, tokenizer: bool, progress: bool) -> Path:
     from tqdm import tqdm
 
     prefix = "model.language_model." if multimodal else "model."
@@ -78,6 +83,10 @@ def _write(out_dir: Path, cfg: TextConfig, dtype: torch.dtype, seed: int, shard_
     for name, t in meta.state_dict().items():
         key = prefix + name[len("model."):] if name.startswith("model.") else name
         entries.append((key, tuple(t.shape), t.numel() * itemsize))
+    vision = None if vision_config is None else VisionConfig.from_dict(vision_config, cfg.hidden_size, strict=True)
+    if vision is not None:  # after the decoder's tensors, which so keep the values they had without a tower
+        entries += [(key, spec.shape, math.prod(spec.shape) * itemsize)
+                    for key, spec in vision_tensor_specs(vision).items()]
     shards = _shard_plan(entries, shard_bytes)
     gen = torch.Generator().manual_seed(seed)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
@@ -100,9 +109,10 @@ def _write(out_dir: Path, cfg: TextConfig, dtype: torch.dtype, seed: int, shard_
                 f.write(blob)
                 for key, shape, nbytes in shard:
                     rows = shape[0] if shape else 1
+                    fill = random_vision_values if key.startswith(VISION_PREFIXES) else _fill
                     step = max(1, _CHUNK_VALUES // max(1, nbytes // itemsize // rows))
                     for start in range(0, rows, step):
-                        part = _fill(key, shape or (1,), gen, slice(start, min(rows, start + step))).to(dtype)
+                        part = fill(key, shape or (1,), gen, slice(start, min(rows, start + step))).to(dtype)
                         f.write(part.contiguous().view(torch.uint8).numpy().tobytes())
                     bar.update(nbytes)
                 f.flush()
@@ -116,6 +126,8 @@ def _write(out_dir: Path, cfg: TextConfig, dtype: torch.dtype, seed: int, shard_
         if multimodal:
             config = {"model_type": "gemma4", "architectures": ["Gemma4ForConditionalGeneration"],
                       "text_config": text}
+            if vision is not None:
+                config["vision_config"] = vision.to_dict()
         else:
             config = {**text, "architectures": ["Gemma4ForCausalLM"]}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))

@@ -18,7 +18,8 @@ import os
 import re
 import stat
 from pathlib import Path, PurePosixPath
-from typing import TypeGuard
+
+from .config import is_int
 
 FORMAT = "gemma-edge-bundle"
 FORMAT_VERSION = 1
@@ -177,10 +178,6 @@ _CONFIG_TYPES: dict[str, tuple[str, int]] = {   # kind ("?": may be null), lower
 }
 
 
-def _is_int(v) -> TypeGuard[int]:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _found(v) -> str:
     """A found value for a message, with its JSON type, so that "64" (a string) never reads as 64."""
     if isinstance(v, list):
@@ -199,7 +196,7 @@ def _expect(ok: bool, where: str, field: str, expected: str, value) -> None:
 
 def _int(d: dict, key: str, where: str, field: str, lo: int = 0, hi: int = INT_MAX) -> int:
     v = d.get(key)
-    if not (_is_int(v) and lo <= v <= hi):
+    if not (is_int(v) and lo <= v <= hi):
         raise BundleError(f"{where}: {field}: expected an integer in [{lo}, {hi}], found {_found(v)}")
     return v
 
@@ -208,7 +205,7 @@ def check_token_ids(value, where: str, field: str, vocab: int) -> list[int]:
     """A JSON array of token ids in [0, vocab) (a string or a lone number is refused, never iterated)."""
     _expect(isinstance(value, list), where, field, f"an array of token ids in [0, {vocab})", value)
     for i, t in enumerate(value):
-        _expect(_is_int(t) and 0 <= t < vocab, where, f"{field}[{i}]", f"a token id in [0, {vocab})", t)
+        _expect(is_int(t) and 0 <= t < vocab, where, f"{field}[{i}]", f"a token id in [0, {vocab})", t)
     return list(value)
 
 
@@ -228,7 +225,7 @@ def _check_config(cfg, where: str):
             continue
         kind = kind.rstrip("?")
         if kind == "int":
-            _expect(_is_int(v) and lo <= v <= INT_MAX, where, field, f"an integer in [{lo}, {INT_MAX}]", v)
+            _expect(is_int(v) and lo <= v <= INT_MAX, where, field, f"an integer in [{lo}, {INT_MAX}]", v)
         elif kind == "number":
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > lo
             _expect(ok, where, field, f"a finite number > {lo}", v)
@@ -242,7 +239,7 @@ def _check_config(cfg, where: str):
             _expect(isinstance(v, list) and all(isinstance(x, str) for x in v), where, field,
                     "an array of strings", v)
         elif kind == "ids":
-            if not _is_int(v):
+            if not is_int(v):
                 check_token_ids(v, where, field, INT_MAX)
             else:
                 _expect(v >= 0, where, field, "a token id ≥ 0", v)
@@ -303,7 +300,7 @@ def _check_methods(methods, where: str, prefill_chunk: int) -> None:
         _expect(isinstance(name, str) and name != "", where, f"methods.{role}.method", "a method name", name)
         if "max_tokens" in entry:
             want = prefill_chunk if role == PREFILL_ROLE else 1
-            _expect(entry["max_tokens"] == want and _is_int(entry["max_tokens"]), where,
+            _expect(entry["max_tokens"] == want and is_int(entry["max_tokens"]), where,
                     f"methods.{role}.max_tokens", f"{want} (prefill_chunk)" if role == PREFILL_ROLE else "1",
                     entry["max_tokens"])
         for side in ("inputs", "outputs"):
@@ -323,7 +320,7 @@ def validate_manifest(manifest, bundle_dir: str | Path) -> dict:
     _expect(isinstance(manifest, dict), where, "manifest", "a JSON object", manifest)
     if manifest.get("format") != FORMAT:
         raise BundleError(f"{where}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
-    if manifest.get("format_version") != FORMAT_VERSION or not _is_int(manifest.get("format_version")):
+    if manifest.get("format_version") != FORMAT_VERSION or not is_int(manifest.get("format_version")):
         raise BundleError(f"{where}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
@@ -338,8 +335,8 @@ def validate_manifest(manifest, bundle_dir: str | Path) -> dict:
     for key, want, source in (("vocab_size", cfg.vocab_size, "config.vocab_size"),
                               ("num_layers", cfg.num_hidden_layers, "config.num_hidden_layers"),
                               ("ple_dim", cfg.hidden_size_per_layer_input, "config.hidden_size_per_layer_input")):
-        _expect(m[key] == want and _is_int(m[key]), where, key, f"{want} ({source})", m[key])
-    _expect(_is_int(m["bos_token_id"]) and 0 <= m["bos_token_id"] < vocab, where, "bos_token_id",
+        _expect(m[key] == want and is_int(m[key]), where, key, f"{want} ({source})", m[key])
+    _expect(is_int(m["bos_token_id"]) and 0 <= m["bos_token_id"] < vocab, where, "bos_token_id",
             f"a token id in [0, {vocab})", m["bos_token_id"])
     check_token_ids(m["eos_token_ids"], where, "eos_token_ids", vocab)
     if m.get("pad_token_id") is not None:

@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 SLIDING = "sliding_attention"
 FULL = "full_attention"
@@ -51,8 +51,17 @@ _INT_FIELDS = {"vocab_size": 1, "hidden_size": 1, "intermediate_size": 1, "num_h
 _BOOL_FIELDS = ("tie_word_embeddings", "attention_bias", "attention_k_eq_v", "enable_moe_block", "use_double_wide_mlp")
 
 
-def _is_int(v) -> bool:
+def is_int(v) -> TypeGuard[int]:
+    """A JSON integer (true/false are not)."""
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def read_config_json(path: Path) -> Any:
+    """A config.json's object; unreadable or not JSON is a ConfigError naming the file."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read a JSON config ({e})") from e
 
 
 def _text_section(d: dict, strict: bool) -> tuple[dict, str]:
@@ -169,7 +178,7 @@ class TextConfig:
         """Every field's type and range, named, before anything is derived from it."""
         for name, least in _INT_FIELDS.items():
             v = getattr(self, name)
-            if not _is_int(v) or v < least:
+            if not is_int(v) or v < least:
                 raise ConfigError(f"{name}: expected an integer ≥ {least}, found {v!r}")
         for name in _BOOL_FIELDS:
             if not isinstance(getattr(self, name), bool):
@@ -177,7 +186,7 @@ class TextConfig:
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(f"num_key_value_heads: expected a divisor of num_attention_heads "
                               f"({self.num_attention_heads}), found {self.num_key_value_heads}")
-        if self.num_global_key_value_heads is not None and not (_is_int(self.num_global_key_value_heads)
+        if self.num_global_key_value_heads is not None and not (is_int(self.num_global_key_value_heads)
                                                                 and self.num_global_key_value_heads >= 1):
             raise ConfigError(f"num_global_key_value_heads: expected null or an integer ≥ 1, "
                               f"found {self.num_global_key_value_heads!r}")
@@ -188,10 +197,10 @@ class TextConfig:
         if cap is not None and (not isinstance(cap, (int, float)) or isinstance(cap, bool) or not cap > 0):
             raise ConfigError(f"final_logit_softcapping: expected null or a number > 0, found {cap!r}")
         eos = self.eos_token_id
-        if not (eos is None or _is_int(eos) or (isinstance(eos, list) and all(_is_int(e) for e in eos))):
+        if not (eos is None or is_int(eos) or (isinstance(eos, list) and all(is_int(e) for e in eos))):
             raise ConfigError(f"eos_token_id: expected null, an integer or a list of integers, found {eos!r}")
         for name in ("bos_token_id", "pad_token_id"):
-            if getattr(self, name) is not None and not _is_int(getattr(self, name)):
+            if getattr(self, name) is not None and not is_int(getattr(self, name)):
                 raise ConfigError(f"{name}: expected null or an integer, found {getattr(self, name)!r}")
         for name in ("rope_parameters", "per_layer_config"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
@@ -258,7 +267,7 @@ class TextConfig:
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
                 raise ConfigError(f"rope_parameters.{layer_type}.{key}: expected a number > 0, found {v!r}")
         for key, v in over.items():
-            if not _is_int(v) or v < 1:
+            if not is_int(v) or v < 1:
                 raise ConfigError(f"per_layer_config[{i}].{key}: expected an integer ≥ 1, found {v!r}")
         return LayerSpec(
             index=i,
@@ -322,10 +331,7 @@ class TextConfig:
     def from_json(cls, path: str | Path) -> "TextConfig":
         """A checkpoint's config.json (strict: Gemma 4 only, shape-defining keys present)."""
         path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: cannot read a JSON config ({e})") from e
+        d = read_config_json(path)
         try:
             return cls.from_dict(d, strict=True)
         except (TypeError, ConfigError) as e:

@@ -60,6 +60,20 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# The vision tower per preset, as transformers' `vision_config` (issue 20). E2B and E4B share Google's on-device
+# tower: Gemma4VisionConfig's sizes with clipped linears. The tiny presets get a 2-layer tower with the processor's
+# patch and pooling sizes and the real position table, so an image of any budget fits.
+_E_VISION = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=16, num_attention_heads=12,
+                 num_key_value_heads=12, head_dim=64, hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6,
+                 patch_size=16, pooling_kernel_size=3, position_embedding_size=10_240,
+                 rope_parameters={"rope_type": "axial", "rope_theta": 100.0}, use_clipped_linears=True,
+                 standardize=False)
+_TINY_VISION = {**_E_VISION, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16}
+VISION_PRESETS: dict[str, dict] = {"e2b": _E_VISION, "e4b": _E_VISION, "e2b-10l": _E_VISION,
+                                   "tiny": _TINY_VISION, "tiny-e4b": _TINY_VISION}
+
+
 def preset(name: str, **overrides) -> TextConfig:
     """A `TextConfig` for a named architecture, with optional field overrides."""
     if name not in PRESETS:

@@ -45,7 +45,7 @@ import numpy as np
 
 SOURCE_DIR = Path(__file__).resolve().parent / "native"
 EXE_NAME = "gemma-edge-run"
-TOOLS = ("gemma-edge-loop-golden", "gemma-edge-tokenize")
+TOOLS = ("gemma-edge-loop-golden", "gemma-edge-tokenize", "gemma-edge-image-golden")
 
 
 def sources() -> list[Path]:

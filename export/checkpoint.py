@@ -17,7 +17,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from gemma_edge import procfs
-from gemma_edge.contract.config import TextConfig
+from gemma_edge.contract.config import TextConfig, read_config_json
+from gemma_edge.contract.image import ImageError, ImageTokens
 
 from .model import Gemma4CausalLM, build_model
 
@@ -42,6 +43,7 @@ class Checkpoint:
     files: dict[str, tuple[Path, str]]
     ignored: list[str]  # keys present but deliberately not loaded
     shards: dict[str, Path]  # every key of the checkpoint, as stored (towers included) -> its shard
+    image_tokens: ImageTokens | None = None  # a checkpoint with a vision_config: the ids that frame an image
 
     def shape(self, key: str) -> list[int]:
         shard, name = self.files[key]
@@ -117,7 +119,17 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
             ignored.append(key)
         else:
             files[ours] = (shard, key)
-    return Checkpoint(path, config, files, ignored, raw)
+    return Checkpoint(path, config, files, ignored, raw, _image_tokens(path / "config.json", config))
+
+
+def _image_tokens(config_json: Path, cfg: TextConfig) -> ImageTokens | None:
+    d = read_config_json(config_json)
+    if not isinstance(d, dict) or d.get("vision_config") is None:
+        return None
+    try:
+        return ImageTokens.from_config(d, cfg.vocab_size, where=str(config_json))
+    except ImageError as e:
+        raise CheckpointError(str(e)) from e
 
 
 def set_tensor(model: torch.nn.Module, key: str, value: torch.Tensor) -> None:
@@ -143,6 +155,8 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype | None = torch.float
     ckpt = open_checkpoint(path)
     cfg = ckpt.config
     model = build_model(cfg, "meta")
+    if ckpt.image_tokens is not None:
+        model.model.soft_token_ids = (ckpt.image_tokens.image,)
     if not load_ple_table:
         model.drop_ple_table()
     expected = {k: tuple(t.shape) for k, t in model.state_dict().items()}

@@ -185,6 +185,9 @@ class TextModel(nn.Module):
             self.per_layer_projection_norm = RMSNorm(cfg.hidden_size_per_layer_input, cfg.rms_norm_eps)
         self.layers = nn.ModuleList(DecoderLayer(cfg, spec) for spec in cfg.layers)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        # Placeholder ids whose embedding a tower's soft token replaces (the checkpoint's image_token_id, ...);
+        # set by the loader from a multimodal config.json, empty for a text-only model.
+        self.soft_token_ids: tuple[int, ...] = ()
         for layer_type in sorted(set(cfg.layer_types)):
             spec = next(s for s in cfg.layers if s.layer_type == layer_type)
             self.register_buffer(f"{layer_type}_inv_freq", rope_inv_freq(spec), persistent=False)
@@ -225,17 +228,30 @@ class TextModel(nn.Module):
         most of a prefill's matrix work — runs for the last position alone."""
         return self.cfg.last_kv_owner
 
+    def soft_positions(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """[B, T] bool: the positions holding a soft-token placeholder (`soft_token_ids`), None if none are set."""
+        hit = None
+        for t in self.soft_token_ids:
+            hit = input_ids == t if hit is None else hit | (input_ids == t)
+        return hit
+
     def run_layers(self, input_ids, step: StepPositions, ple_rows, caches: list[LayerKV], masks: dict,
-                   last_masks: dict | None = None, last_only: bool = False) -> torch.Tensor:
+                   last_masks: dict | None = None, last_only: bool = False,
+                   soft_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Final-normed hidden states [B, T, H], or [B, 1, H] of the last position with `last_only` (the
         caches are written for every position either way); `masks` / `last_masks` per attention type for
-        every query / the last one alone."""
+        every query / the last one alone. `soft_embeds` [B, T, H]: a tower's soft tokens, taken at the
+        positions whose id is one of `soft_token_ids` (other rows are not read)."""
         h = self.embed(input_ids)
+        soft = self.soft_positions(input_ids) if soft_embeds is not None else None
+        if soft is not None:  # transformers' splice: the soft token in place of the (scaled) embedding
+            h = torch.where(soft[..., None], soft_embeds.to(h.dtype), h)
         ple = None
         if self.cfg.has_ple:
-            if ple_rows is None:
-                ple_rows = self.lookup_ple(input_ids)
-            ple = self.mix_ple(h, ple_rows)
+            if ple_rows is None:  # a placeholder's token half is the pad row's (what the runtime fetches)
+                ids = input_ids if soft is None else torch.where(soft, self.cfg.pad_token_id or 0, input_ids)
+                ple_rows = self.lookup_ple(ids)
+            ple = self.mix_ple(h, ple_rows)  # the context half from the spliced x0: the soft token's own
         rope = self.rope(step.positions, h.dtype)
         narrow_at = self.narrow_layer() if last_only else -1
         rows = "all"
@@ -295,7 +311,8 @@ class Gemma4CausalLM(nn.Module):
 
     # ---- the forwards, all over one cache per layer
     def forward_over(self, caches: list[LayerKV], input_ids: torch.Tensor, step: StepPositions,
-                     ple_rows: torch.Tensor | None = None, all_logits: bool = False) -> torch.Tensor:
+                     ple_rows: torch.Tensor | None = None, all_logits: bool = False,
+                     soft_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens [B, T] at `step`'s positions through `caches` (one per layer, from `make_cache`): logits
         [B, T, V] with `all_logits`, else [B, V] of the last position, the layers past
         `TextModel.narrow_layer` running that position alone."""
@@ -308,14 +325,16 @@ class Gemma4CausalLM(nn.Module):
         masks = (self.masks(allowed), None) if all_logits else self.step_masks(allowed)
         for cache in caches:
             cache.prepare(step)
-        h = self.model.run_layers(input_ids, step, ple_rows, caches, *masks, last_only=not all_logits)
+        h = self.model.run_layers(input_ids, step, ple_rows, caches, *masks, last_only=not all_logits,
+                                  soft_embeds=soft_embeds)
         return self.head(h if all_logits else h[:, -1, :])
 
-    def forward(self, input_ids: torch.Tensor, ple_rows: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, ple_rows: torch.Tensor | None = None,
+                soft_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, T, V] for a whole sequence starting at position 0; no cache kept."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         return self.forward_over(make_cache(self.cfg), input_ids, StepPositions(positions), ple_rows,
-                                 all_logits=True)
+                                 all_logits=True, soft_embeds=soft_embeds)
 
     def setup_cache(self, max_context: int, batch_size: int = 1, dtype: torch.dtype | None = None,
                     max_step: int | None = None) -> None:
@@ -337,7 +356,7 @@ class Gemma4CausalLM(nn.Module):
         self.caches = None
 
     def forward_cached(self, input_ids: torch.Tensor, input_pos: torch.Tensor, ple_rows: torch.Tensor | None = None,
-                       all_logits: bool = False) -> torch.Tensor:
+                       all_logits: bool = False, soft_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """One step over the `setup_cache` caches: tokens [B, T] at absolute positions [T] (consecutive).
 
         Returns logits [B, V] of the last position, or [B, T, V] with `all_logits`.
@@ -347,7 +366,7 @@ class Gemma4CausalLM(nn.Module):
         if input_ids.shape[1] > self.max_step:
             raise ValueError(f"input_ids: {input_ids.shape[1]} tokens in one step, but setup_cache(max_step="
                              f"{self.max_step}) sized the sliding layers' rings for at most {self.max_step}")
-        return self.forward_over(self.caches, input_ids, StepPositions(input_pos), ple_rows, all_logits)
+        return self.forward_over(self.caches, input_ids, StepPositions(input_pos), ple_rows, all_logits, soft_embeds)
 
 
 def build_model(cfg: TextConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from gemma_edge.contract.config import TextConfig
+from gemma_edge.contract.image import ImageTokens
 
 from .checkpoint import CheckpointError
 from .model import build_model
@@ -128,6 +129,7 @@ def _write(out_dir: Path, cfg: TextConfig, dtype: torch.dtype, seed: int, shard_
                       "text_config": text}
             if vision is not None:
                 config["vision_config"] = vision.to_dict()
+                config.update(ImageTokens.for_vocab(cfg.vocab_size).to_dict())
         else:
             config = {**text, "architectures": ["Gemma4ForCausalLM"]}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from gemma_edge import procfs
 from gemma_edge.contract.config import ConfigError
+from gemma_edge.contract.image import ImageTokens
 from gemma_edge.contract.presets import preset
 from gemma_edge.export import checkpoint as checkpoint_module
 from gemma_edge.export.checkpoint import CheckpointError
@@ -103,7 +104,8 @@ def build_tower(name: str, path):
     text = preset("tiny").to_hf()
     vision = transformers.Gemma4VisionConfig(**TOWERS[name])
     hf = transformers.Gemma4ForConditionalGeneration(
-        transformers.Gemma4Config(text_config=text.to_dict(), vision_config=vision, audio_config=None)).eval()
+        transformers.Gemma4Config(text_config=text.to_dict(), vision_config=vision, audio_config=None,
+                                  **ImageTokens.for_vocab(text.vocab_size).to_dict())).eval()
     with torch.no_grad():
         for name, p in [*hf.model.vision_tower.named_parameters(), *hf.model.embed_vision.named_parameters()]:
             p.copy_(1.0 + 0.2 * torch.randn_like(p) if "norm" in name else 0.1 * torch.randn_like(p))
@@ -372,7 +374,8 @@ def write_tower_checkpoint(path, **vision) -> VisionConfig:
                .reshape(spec.shape).to(torch.bfloat16) for key, spec in vision_tensor_specs(cfg).items()}
     save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps({"model_type": "gemma4", "text_config": preset("tiny").to_dict(),
-                                                  "vision_config": cfg.to_dict()}))
+                                                  "vision_config": cfg.to_dict(),
+                                                  **ImageTokens.for_vocab(preset("tiny").vocab_size).to_dict()}))
     return cfg
 
 

@@ -14,6 +14,7 @@ concern; tests/test_image_preprocess.py checks all of them against transformers.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 SUPPORTED_BUDGETS = (70, 140, 280, 560, 1120)   # soft tokens per image: transformers' _SUPPORTED_SOFT_TOKENS
 DEFAULT_BUDGET = 280                            # the processor's default and the E models' default_output_length
@@ -28,6 +29,48 @@ BOI_ID, IMAGE_ID, EOI_ID = 255999, 258880, 258882  # Gemma 4's vocabulary (Gemma
 
 class ImageError(ValueError):
     """An image or budget the preprocessing cannot take: says what was expected and what was found."""
+
+
+@dataclass(frozen=True)
+class ImageTokens:
+    """The ids that frame an image in a prompt: `boi`, one `image` placeholder per soft token, `eoi`. Gemma 4's
+    own by default; a checkpoint's config.json (Gemma4Config: boi_token_id, image_token_id, eoi_token_id) may
+    name others (tiny test models do)."""
+
+    boi: int = BOI_ID
+    image: int = IMAGE_ID
+    eoi: int = EOI_ID
+
+    @classmethod
+    def from_config(cls, d: dict, vocab_size: int, where: str = "config.json") -> "ImageTokens":
+        """The ids a multimodal config names (defaults for the keys it leaves out), each checked to be a token
+        of the vocabulary and the three distinct."""
+        found = {}
+        for name, key in (("boi", "boi_token_id"), ("image", "image_token_id"), ("eoi", "eoi_token_id")):
+            v = d.get(key, getattr(cls, name))
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < vocab_size:
+                raise ImageError(f"{where}: {key}: expected a token id in [0, {vocab_size}), found {v!r}")
+            found[name] = v
+        if len(set(found.values())) != 3:
+            raise ImageError(f"{where}: boi_token_id, image_token_id, eoi_token_id: expected three different ids, "
+                             f"found {list(found.values())}")
+        return cls(**found)
+
+    @classmethod
+    def for_vocab(cls, vocab_size: int) -> "ImageTokens":
+        """Gemma 4's ids where the vocabulary holds them, else its last three ids (small random test models)."""
+        if vocab_size > max(BOI_ID, IMAGE_ID, EOI_ID):
+            return cls()
+        return cls(vocab_size - 3, vocab_size - 2, vocab_size - 1)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"boi_token_id": self.boi, "image_token_id": self.image, "eoi_token_id": self.eoi}
+
+    def span(self, n_soft_tokens: int) -> list[int]:
+        """The prompt ids of one image of n soft tokens: boi, n × image, eoi."""
+        if isinstance(n_soft_tokens, bool) or not isinstance(n_soft_tokens, int) or not 1 <= n_soft_tokens <= 1120:
+            raise ImageError(f"image soft tokens: expected 1..{SUPPORTED_BUDGETS[-1]}, found {n_soft_tokens!r}")
+        return [self.boi] + [self.image] * n_soft_tokens + [self.eoi]
 
 
 def check_budget(budget: object) -> int:
@@ -76,6 +119,4 @@ def soft_tokens(height: int, width: int, budget: int) -> int:
 
 def image_span_ids(n_soft_tokens: int) -> list[int]:
     """The prompt ids of one image of n soft tokens: <|image>, n × <|image|>, <image|>."""
-    if isinstance(n_soft_tokens, bool) or not isinstance(n_soft_tokens, int) or not 1 <= n_soft_tokens <= 1120:
-        raise ImageError(f"image soft tokens: expected 1..{SUPPORTED_BUDGETS[-1]}, found {n_soft_tokens!r}")
-    return [BOI_ID] + [IMAGE_ID] * n_soft_tokens + [EOI_ID]
+    return ImageTokens().span(n_soft_tokens)

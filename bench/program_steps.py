@@ -24,12 +24,13 @@ class Program:
     ple: object  # ple_store reader
     ids: np.ndarray  # the prompt: <bos> and fixed ids inside the vocabulary
 
-    attend_len: bool  # the program takes attend_len (revision >= 5)
+    arity: int  # the program's inputs: 3, 4 (attend_len, revision >= 5) or 5 (soft_embeds, revision >= 6)
+    soft_width: int  # soft_embeds [1, T, H]: H (0 before revision 6)
 
     def step(self, tokens: np.ndarray, pos: np.ndarray, rows: np.ndarray):
         """One call of the program's method: tokens [T], positions [T], PLE rows [T, L, P] (and attend_len, of
-        length last position + 1, for a program that takes it)."""
-        return self.module.run_method(self.method, pte_step_inputs(tokens, pos, rows, self.attend_len))
+        length last position + 1, and zero soft tokens, for a program that takes them)."""
+        return self.module.run_method(self.method, pte_step_inputs(tokens, pos, rows, self.arity, self.soft_width))
 
     def close(self) -> None:
         self.ple.close()
@@ -56,8 +57,10 @@ def load(bundle: Path, prompt: int, threads: int, etdump: bool = False) -> Progr
     ple = ple_store.open(bundle / bf.PLE_FILE)
     vocab = ple.header.vocab_size
     ids = np.array([manifest["bos_token_id"]] + [(1000 + i) % vocab for i in range(prompt - 1)], np.int64)
-    attend_len = module.method_meta(method[bf.PREFILL_ROLE]).num_inputs() == 4   # as PteBackend decides
-    return Program(bundle, module, method[bf.PREFILL_ROLE], ple, ids, attend_len)
+    meta = module.method_meta(method[bf.PREFILL_ROLE])
+    arity = meta.num_inputs()   # as PteBackend decides
+    soft_width = list(meta.input_tensor_meta(4).sizes())[-1] if arity >= 5 else 0
+    return Program(bundle, module, method[bf.PREFILL_ROLE], ple, ids, arity, soft_width)
 
 
 def prefill_then_decode(prog: Program, decode_steps: int) -> tuple[float, float, list[int]]:

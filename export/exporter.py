@@ -147,11 +147,11 @@ def export_programs(cfg: TextConfig, model: nn.Module, settings: ExportSettings)
     plays both roles (`methods="one"`), or a dynamic `prefill` and a T = 1 `decode` (`methods="two"`)."""
     step = InPlaceKVStep(model, settings.prefill_chunk).eval()
     n = torch.export.Dim("N", min=1, max=settings.max_context)   # attend_len: slots attended
-    one_token = {"tokens": {}, "input_pos": {}, "ple_rows": {}, "attend_len": {0: n}}
+    one_token = {"tokens": {}, "input_pos": {}, "ple_rows": {}, "attend_len": {0: n}, "soft_embeds": {}}
     shapes = dict(one_token)
     if settings.prefill_chunk > 1:
         t = torch.export.Dim("T", min=1, max=settings.prefill_chunk)
-        shapes.update({"tokens": {1: t}, "input_pos": {0: t}, "ple_rows": {1: t}})
+        shapes.update({"tokens": {1: t}, "input_pos": {0: t}, "ple_rows": {1: t}, "soft_embeds": {1: t}})
     names = bf.method_names_for(settings.methods)
     with torch.no_grad():
         dynamic = torch.export.export(step, example_inputs(cfg, min(2, settings.prefill_chunk)),

@@ -19,7 +19,8 @@ def example_inputs(cfg: TextConfig, t: int, start: int = 2) -> tuple[torch.Tenso
     T's, so export does not fuse the two dimensions)."""
     layers, p = cfg.num_hidden_layers, max(cfg.hidden_size_per_layer_input, 1)
     return (torch.zeros(1, t, dtype=torch.long), torch.arange(start, start + t, dtype=torch.long),
-            torch.zeros(1, t, layers, p, dtype=torch.float32), torch.zeros(start + t, dtype=torch.long))
+            torch.zeros(1, t, layers, p, dtype=torch.float32), torch.zeros(start + t, dtype=torch.long),
+            torch.zeros(1, t, cfg.hidden_size, dtype=torch.float32))
 
 
 class InPlaceKVStep(nn.Module):
@@ -59,10 +60,12 @@ class InPlaceKVStep(nn.Module):
         self.ring = sliding[0] if sliding else None  # slots of every sliding layer's ring
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, ple_rows: torch.Tensor,
-                attend_len: torch.Tensor) -> torch.Tensor:
+                attend_len: torch.Tensor, soft_embeds: torch.Tensor | None = None) -> torch.Tensor:
         t = tokens.shape[1]
         start = input_pos[0].item()
         torch._check(start >= 0)
         torch._check(start + t <= self.max_context)
         step = StepPositions(input_pos, attended=attend_len.shape[0], start=start)
-        return self.model.forward_over(self.caches, tokens, step, ple_rows)
+        # soft_embeds is read where a token is an image placeholder (a text step passes zeros, unread).
+        soft = soft_embeds if self.model.model.soft_token_ids and soft_embeds is not None else None
+        return self.model.forward_over(self.caches, tokens, step, ple_rows, soft_embeds=soft)

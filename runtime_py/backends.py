@@ -73,14 +73,19 @@ class TablePle:
 # ExecuTorch
 # ---------------------------------------------------------------------------------------------------
 
-def pte_step_inputs(tokens: np.ndarray, pos: np.ndarray, rows: np.ndarray, attend_len: bool) -> list[torch.Tensor]:
-    """A program step's inputs: tokens [1, T], input_pos [T], ple_rows [1, T, L, P] and, for a revision >= 5
-    program (four inputs), attend_len, whose length last position + 1 bounds the attended slots (its values
-    are not read)."""
+def pte_step_inputs(tokens: np.ndarray, pos: np.ndarray, rows: np.ndarray, arity: int, soft_width: int = 0,
+                    soft: np.ndarray | None = None) -> list[torch.Tensor]:
+    """A program step's `arity` inputs: tokens [1, T], input_pos [T], ple_rows [1, T, L, P]; from revision 5
+    (four inputs) attend_len, whose length last position + 1 bounds the attended slots (its values are not
+    read); from revision 6 (five) soft_embeds [1, T, soft_width]: `soft` [T, soft_width], the images' soft tokens
+    at their placeholders, or zeros (a text step)."""
     inputs = [torch.from_numpy(tokens.reshape(1, -1)), torch.from_numpy(pos),
               torch.from_numpy(np.ascontiguousarray(rows, np.float32)[None])]
-    if attend_len:
+    if arity >= 4:
         inputs.append(torch.empty(int(pos[-1]) + 1, dtype=torch.long))
+    if arity >= 5:
+        inputs.append(torch.zeros(1, len(pos), soft_width) if soft is None
+                      else torch.from_numpy(np.ascontiguousarray(soft, np.float32)[None]))
     return inputs
 
 
@@ -144,14 +149,16 @@ class PteBackend:
         self._names = {id(self._prefill): prefill_method, id(self._decode): decode_method}
         metas = {m: self.program.metadata(m) for m in {prefill_method, decode_method}}
         arity = {m: meta.num_inputs() for m, meta in metas.items()}
-        bad = {m: n for m, n in arity.items() if n not in (3, 4)}
+        bad = {m: n for m, n in arity.items() if n not in (3, 4, 5)}
         if bad:
-            raise ProgramError(f"{path}: methods {sorted(bad)}: expected 4 inputs (tokens, input_pos, ple_rows, "
-                               f"attend_len) or 3 (a revision < 5 program), found {bad}")
+            raise ProgramError(f"{path}: methods {sorted(bad)}: expected 5 inputs ({', '.join(bf.INPUT_NAMES)}), "
+                               f"or 4 / 3 (a revision < 6 / < 5 program), found {bad}")
         if len(set(arity.values())) > 1:
             raise ProgramError(f"{path}: methods disagree on their inputs: {arity}")
-        # Revision >= 5 programs take attend_len, whose length (last position + 1) bounds the attended slots.
-        self._attend_len = set(arity.values()) == {4}
+        # Revision >= 5 programs take attend_len, whose length (last position + 1) bounds the attended slots;
+        # revision >= 6 soft_embeds, images' soft tokens.
+        self.arity = next(iter(arity.values()))
+        self._attend_len = self.arity >= 4
         self._read_bounds(metas[prefill_method], metas[decode_method])
         from gemma_edge.procfs import release_file_mapping
 
@@ -170,16 +177,22 @@ class PteBackend:
         self.max_tokens = sizes(prefill, "in", 0)[-1]            # tokens [1, T]: T's upper bound
         self.ple_rows_shape = sizes(prefill, "in", 2)[2:]        # ple_rows [1, T, L, P]: [L, P]
         self.max_context = sizes(prefill, "in", 3)[0] if self._attend_len else None
+        self.soft_width = sizes(prefill, "in", 4)[-1] if self.arity >= 5 else 0  # soft_embeds [1, T, H]: H
 
-    def _run(self, method, tokens: np.ndarray, pos: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    def _run(self, method, tokens: np.ndarray, pos: np.ndarray, rows: np.ndarray,
+             soft: np.ndarray | None = None) -> np.ndarray:
         out = executorch_call(f"{self.path}: method {self._names[id(method)]} failed at positions "
                               f"{int(pos[0])}..{int(pos[-1])}", method.execute,
-                              pte_step_inputs(tokens, pos, rows, self._attend_len))
+                              pte_step_inputs(tokens, pos, rows, self.arity, self.soft_width, soft))
         return out[0].numpy().reshape(-1)
 
-    def prefill(self, tokens: np.ndarray, start: int, rows: np.ndarray) -> np.ndarray:
+    def prefill(self, tokens: np.ndarray, start: int, rows: np.ndarray, soft: np.ndarray | None = None) -> np.ndarray:
+        """`soft` [T, H]: soft tokens at image placeholders (a revision >= 6 program only)."""
+        if soft is not None and self.arity < 5:
+            raise ProgramError(f"{self.path}: this program takes no soft tokens (program revision < 6: export the "
+                               "bundle again to run images)")
         pos = np.arange(start, start + len(tokens), dtype=np.int64)
-        return self._run(self._prefill, tokens.astype(np.int64), pos, rows)
+        return self._run(self._prefill, tokens.astype(np.int64), pos, rows, soft)
 
     def decode(self, token: int, pos: int, row: np.ndarray) -> np.ndarray:
         return self._run(self._decode, np.array([token], np.int64), np.array([pos], np.int64), row[None])
@@ -279,10 +292,11 @@ class EagerBackend:
         model.setup_cache(max_context)
 
     @torch.no_grad()
-    def prefill(self, tokens: np.ndarray, start: int, rows: np.ndarray) -> np.ndarray:
+    def prefill(self, tokens: np.ndarray, start: int, rows: np.ndarray, soft: np.ndarray | None = None) -> np.ndarray:
         pos = torch.arange(start, start + len(tokens))
         out = self.model.forward_cached(torch.from_numpy(tokens.astype(np.int64))[None], pos,
-                                        torch.from_numpy(np.ascontiguousarray(rows))[None])
+                                        torch.from_numpy(np.ascontiguousarray(rows))[None],
+                                        soft_embeds=None if soft is None else torch.from_numpy(soft)[None])
         return out[0].float().numpy()
 
     def decode(self, token: int, pos: int, row: np.ndarray) -> np.ndarray:

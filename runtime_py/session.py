@@ -17,6 +17,7 @@ import numpy as np
 
 from gemma_edge.contract import bundle_format as bf
 from gemma_edge.contract.config import TextConfig
+from gemma_edge.contract.image import DEFAULT_BUDGET, ImageTokens
 from gemma_edge.ple_store import FetchStats
 
 from .backends import EagerBackend, OnnxBackend, PteBackend, TablePle
@@ -163,7 +164,7 @@ class Session:
         import torch
 
         from gemma_edge import ple_store
-        from gemma_edge.export.checkpoint import load_checkpoint
+        from gemma_edge.export.checkpoint import load_checkpoint, open_checkpoint
 
         checkpoint_dir = Path(checkpoint_dir)
         cfg, model = load_checkpoint(checkpoint_dir, dtype=dtype or torch.float32, load_ple_table=ple_file is None)
@@ -181,6 +182,11 @@ class Session:
             codec = TextCodec(checkpoint_dir / bf.TOKENIZER_FILE, cfg.bos_token_id)
         self._setup(cfg, EagerBackend(model, max_context), ple, codec, max_context, prefill_chunk, None,
                     cfg.eos_token_ids, cfg.bos_token_id)
+        ckpt = open_checkpoint(checkpoint_dir)
+        if ckpt.image_tokens is not None:
+            from .vision import EagerVisionEncoder
+
+            self.image_tokens, self.vision = ckpt.image_tokens, EagerVisionEncoder(checkpoint_dir)
         return self
 
     @classmethod
@@ -213,6 +219,8 @@ class Session:
         self.bos_token_id = bos
         self.last_run = RunStats()
         self._rows_shape = (cfg.num_hidden_layers, max(cfg.hidden_size_per_layer_input, 1))
+        self.image_tokens: ImageTokens | None = None  # set where the model reads images
+        self.vision = None  # its encoder (runtime_py/vision.py), loaded on the first image
 
     def close(self) -> None:
         if self.ple is not None:
@@ -271,8 +279,16 @@ class Session:
         return self.tokenizer.encode_chat(text, system) if chat else self.tokenizer.encode(text)
 
     def generate(self, token_ids, max_new_tokens: int = 32, *, temperature: float = 0.0, top_k: int = 0,
-                 top_p: float = 1.0, seed: int = 0, stop_on_eos: bool = True) -> Iterator[GeneratedToken]:
-        """Yield generated tokens; greedy at temperature 0. Checks run before any work is done."""
+                 top_p: float = 1.0, seed: int = 0, stop_on_eos: bool = True, images=(),
+                 image_budget: int = DEFAULT_BUDGET) -> Iterator[GeneratedToken]:
+        """Yield generated tokens; greedy at temperature 0. Checks run before any work is done.
+
+        `images`: paths, RGB8 arrays [h, w, 3] or PIL images, each `image_budget` soft tokens at most; the
+        prompt holds one image placeholder id per image (or none: the images go first), expanded here to
+        each image's span. The images are encoded before the prompt's one batched PLE fetch."""
+        soft = None
+        if len(images):
+            token_ids, soft = self._with_images(self._check_ids(token_ids).tolist(), list(images), image_budget)
         ids = self._check_ids(token_ids)
         if not _is_int(max_new_tokens) or max_new_tokens < 1:
             raise GenerationError("max_new_tokens",
@@ -282,14 +298,39 @@ class Session:
                                              f"{len(ids) + max_new_tokens} tokens, expected ≤ max_context "
                                              f"{self.max_context}")
         sampler = Sampler(temperature, top_k, top_p, seed)
-        return self._loop(ids, max_new_tokens, sampler, stop_on_eos)
+        return self._loop(ids, max_new_tokens, sampler, stop_on_eos, soft)
 
-    def _loop(self, ids: np.ndarray, max_new: int, sampler: Sampler, stop_on_eos: bool) -> Iterator[GeneratedToken]:
+    def _with_images(self, ids: list[int], images: list, budget: int) -> tuple[list[int], np.ndarray]:
+        """The prompt with each image's span, and soft_embeds [T, H]: the images' soft tokens at their
+        placeholders in order, zeros elsewhere."""
+        from .image import load_image, preprocess
+        from .vision import expand_prompt
+
+        if self.vision is None or self.image_tokens is None:
+            where = self.bundle_dir or "this checkpoint"
+            raise GenerationError("images", f"images: {where} has no vision tower (export a checkpoint with one, "
+                                            "without --no-vision)")
+        prepared = [preprocess(load_image(im) if isinstance(im, (str, Path)) else im, budget) for im in images]
+        full = expand_prompt(ids, [p.soft_tokens for p in prepared], self.image_tokens, self.bos_token_id)
+        try:
+            rows = [self.vision.encode(p) for p in prepared]
+        finally:
+            self.vision.release()  # the tower's weights go as soon as the images are encoded
+        soft = np.zeros((len(full), self.config.hidden_size), np.float32)
+        soft[np.asarray(full) == self.image_tokens.image] = np.concatenate(rows)
+        return full, soft
+
+    def _loop(self, ids: np.ndarray, max_new: int, sampler: Sampler, stop_on_eos: bool,
+              soft: np.ndarray | None = None) -> Iterator[GeneratedToken]:
         st = RunStats(prompt_tokens=len(ids))
         self.last_run = st
         stream = TextStream(self.tokenizer)
         t0 = time.perf_counter()
-        rows = self._fetch(ids)                                              # ONE batched fetch: [T, L, P]
+        # ONE batched fetch: [T, L, P]; an image placeholder's token half is the pad row (transformers' splice)
+        fetched = ids
+        if soft is not None and self.image_tokens is not None:
+            fetched = np.where(ids == self.image_tokens.image, self.config.pad_token_id or 0, ids)
+        rows = self._fetch(fetched)
         st.prompt_fetches = 1
         if self.ple is not None and self.ple.fetch_log:
             st.prompt_fetch = self.ple.fetch_log[-1]
@@ -298,7 +339,10 @@ class Session:
         logits = None
         for start in range(0, len(ids), self.prefill_chunk):
             end = min(len(ids), start + self.prefill_chunk)
-            logits = self.backend.prefill(ids[start:end], start, rows[start:end])
+            if soft is None:
+                logits = self.backend.prefill(ids[start:end], start, rows[start:end])
+            else:
+                logits = self.backend.prefill(ids[start:end], start, rows[start:end], soft[start:end])
             st.prefill_chunks += 1
         st.prefill_s = time.perf_counter() - t1
         pos, t_prev, t_first = len(ids), t0, 0.0

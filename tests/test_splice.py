@@ -134,3 +134,94 @@ def test_image_token_ids_are_checked(spliced, tmp_path, edit, message):
     with pytest.raises(CheckpointError, match=message):
         open_checkpoint(tmp_path / "ckpt")
     shutil.rmtree(tmp_path / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def spliced_path(spliced, tmp_path_factory):
+    hf, *_ = spliced
+    path = tmp_path_factory.mktemp("splice-session") / "checkpoint"
+    hf.save_pretrained(path)
+    return path
+
+
+def test_session_generates_from_images_as_transformers(spliced, spliced_path):
+    """Session.generate(images=...) on the eager back-end: one placeholder per image expanded to its span, the
+    tower run, the rows fetched once (row 0 at placeholders), prefill in chunks of 8: transformers' tokens."""
+    from gemma_edge.runtime.session import Session
+
+    hf, _, _, tokens = spliced
+    rng = np.random.default_rng(7)
+    pics = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in SIZES]
+    prepared = [preprocess(p, 70) for p in pics]
+    text = [2, 17, 33, tokens.image, 40, 41, tokens.image, 99]
+    full = torch.tensor([prompt_with(text, tokens, [p.soft_tokens for p in prepared])])
+    pixels = torch.from_numpy(np.stack([p.pixel_values for p in prepared]))
+    positions = torch.from_numpy(np.stack([p.positions for p in prepared]))
+    with torch.no_grad():
+        want = hf.generate(input_ids=full, pixel_values=pixels, image_position_ids=positions, max_new_tokens=12,
+                           do_sample=False, min_new_tokens=12)[0, full.shape[1]:].tolist()
+    with Session.from_checkpoint(spliced_path, max_context=256, prefill_chunk=8) as s:
+        got = [t.token for t in s.generate(text, 12, images=pics, image_budget=70, stop_on_eos=False)]
+        assert s.last_run.prompt_tokens == full.shape[1] and s.last_run.prompt_fetches == 1
+        assert s.vision._tower is None  # released after encoding
+    assert got == want
+
+
+def prompt_with(text: list[int], tokens: ImageTokens, counts: list[int]) -> list[int]:
+    out, it = [], iter(counts)
+    for t in text:
+        out += tokens.span(next(it)) if t == tokens.image else [t]
+    return out
+
+
+def test_session_refuses_image_prompts_it_cannot_run(spliced, spliced_path, tiny_checkpoint):
+    from gemma_edge.runtime.session import GenerationError, Session
+    from gemma_edge.runtime.vision import ImagePromptError
+
+    _, _, _, tokens = spliced
+    pic = np.zeros((50, 60, 3), np.uint8)
+    with Session.from_checkpoint(spliced_path, max_context=256, prefill_chunk=8) as s:
+        with pytest.raises(ImagePromptError, match=r"2 image placeholder\(s\) \(510\), expected one per image \(1\)"):
+            list(s.generate([2, tokens.image, tokens.image], 2, images=[pic], image_budget=70))
+        with pytest.raises(ImagePromptError, match="holds image frame ids"):
+            list(s.generate([2, tokens.boi, 5], 2, images=[pic], image_budget=70))
+        with pytest.raises(ValueError, match="image budget: expected one of 70, 140, 280, 560, 1120, found 100"):
+            list(s.generate([2, 5], 2, images=[pic], image_budget=100))
+    with Session.from_checkpoint(tiny_checkpoint, max_context=64, prefill_chunk=8) as s:
+        with pytest.raises(GenerationError, match="has no vision tower"):
+            list(s.generate([2, 5], 2, images=[pic]))
+
+
+@pytest.mark.slow
+def test_program_takes_soft_tokens(spliced, spliced_path, tmp_path):
+    """The exported revision-6 step (XNNPACK, unquantized) given the soft tokens: the eager model's logits at every
+    chunk of a prompt with an image; zeros in place of them give others (the input is read)."""
+    from conftest import TINY_EXPORT
+
+    from gemma_edge.contract import bundle_format as bf
+    from gemma_edge.export.exporter import ExportSettings, export_bundle
+    from gemma_edge.runtime.backends import EagerBackend, PteBackend
+
+    _, ours, tower, tokens = spliced
+    bundle = export_bundle(spliced_path, tmp_path / "bundle", ExportSettings(**{**TINY_EXPORT, "max_context": 128}),
+                           progress=False)
+    m = bf.read_manifest(bundle)
+    assert m["export"]["program_revision"] == 6 and m["methods"]["prefill"]["inputs"][4]["name"] == "soft_embeds"
+    pixels, positions, counts = images(70, SIZES[:1])
+    ids = torch.tensor([prompt(tokens, counts)])
+    soft = soft_embeds(tower, ids, tokens, pixels, positions)[0].numpy()
+    fetched = torch.where(ids == tokens.image, 0, ids)
+    rows = ours.model.lookup_ple(fetched)[0].numpy()
+    pte = PteBackend(bundle / "model.pte", "forward", "forward")
+    eager = EagerBackend(ours, 128)
+    t = ids.shape[1]
+    for start in range(0, t, 8):
+        a = ids[0, start:start + 8].numpy()
+        got = pte.prefill(a, start, rows[start:start + 8], soft[start:start + 8])
+        want = eager.prefill(a, start, rows[start:start + 8], soft[start:start + 8])
+        assert float(np.abs(got - want).max()) <= 1e-3
+    ours.drop_cache()
+    fresh = PteBackend(bundle / "model.pte", "forward", "forward")
+    for start in range(0, t, 8):
+        zeros = fresh.prefill(ids[0, start:start + 8].numpy(), start, rows[start:start + 8])
+    assert float(np.abs(zeros - got).max()) > 1e-2

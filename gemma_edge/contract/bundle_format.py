@@ -2,9 +2,11 @@
 
 A bundle is a folder: `model.pte` (RAM-resident program), `model.ple` (flash-resident PLE table),
 `manifest.json` (what binds them), and the checkpoint's tokenizer files. The program's step:
-`(tokens [1,T] i64, input_pos [T] i64, ple_rows [1,T,L,P] f32, attend_len [N] i64) -> logits [1,V] f32`,
-N = input_pos[-1] + 1: the cache positions the step attends, given by attend_len's length (its values are
-not read; revision ≥ 5, older programs take the first three inputs only). The manifest's
+`(tokens [1,T] i64, input_pos [T] i64, ple_rows [1,T,L,P] f32, attend_len [N] i64, soft_embeds [1,T,H] f32)
+-> logits [1,V] f32`, N = input_pos[-1] + 1: the cache positions the step attends, given by attend_len's length
+(its values are not read; revision ≥ 5). soft_embeds (revision ≥ 6): a tower's soft tokens, read only at the
+positions whose token is an image placeholder (manifest `image_tokens`), zeros elsewhere. Older programs take
+the first three (revision < 5) or four inputs. The manifest's
 `methods` maps the two roles — `prefill` (1 ≤ T ≤ prefill_chunk) and `decode` (T = 1) — to the program
 method that plays each: by default one dynamic method `forward` plays both (one copy of the packed
 weights); a two-method export has `prefill` and `decode` sharing one KV-cache state.
@@ -29,7 +31,8 @@ FORMAT_VERSION = 1
 # 3: one XNNPACK partitioner for quantized and fp32 ops (fewer delegate calls), cache views outside delegates.
 # 4: a step past the last K/V-owning layer runs the last position only (E2B prefill: 20 of 35 layers skipped).
 # 5: attention reads only the written cache slots, bounded by a fourth input, attend_len (its length).
-PROGRAM_REVISION = 5
+# 6: a fifth input, soft_embeds: images' soft tokens in place of their placeholders' embeddings.
+PROGRAM_REVISION = 6
 PROGRAM_FILE = "model.pte"
 PLE_FILE = "model.ple"
 ONNX_FILE = "model.onnx"
@@ -45,7 +48,7 @@ TOKENIZER_FILE = "tokenizer.json"
 PREFILL_ROLE = "prefill"
 DECODE_ROLE = "decode"
 STEP_METHOD = "forward"  # the one dynamic method of a one-method export
-INPUT_NAMES = ("tokens", "input_pos", "ple_rows", "attend_len")
+INPUT_NAMES = ("tokens", "input_pos", "ple_rows", "attend_len", "soft_embeds")
 OUTPUT_NAMES = ("logits",)
 REQUIRED_KEYS = ("model_hash", "config", "max_context", "prefill_chunk", "bos_token_id", "eos_token_ids",
                  "vocab_size", "num_layers", "ple_dim", "quantization", "files", "methods")
@@ -70,12 +73,13 @@ def sha256_file(path: Path, chunk: int = 1 << 22, drop_cache: bool = False) -> s
     return h.hexdigest()
 
 
-def method_signature(t: int | str, num_layers: int, ple_dim: int) -> dict:
+def method_signature(t: int | str, num_layers: int, ple_dim: int, hidden: int) -> dict:
     return {
         "inputs": [{"name": "tokens", "dtype": "int64", "shape": [1, t]},
                    {"name": "input_pos", "dtype": "int64", "shape": [t]},
                    {"name": "ple_rows", "dtype": "float32", "shape": [1, t, num_layers, ple_dim]},
-                   {"name": "attend_len", "dtype": "int64", "shape": ["N"]}],
+                   {"name": "attend_len", "dtype": "int64", "shape": ["N"]},
+                   {"name": "soft_embeds", "dtype": "float32", "shape": [1, t, hidden]}],
         "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, "V"]}],
     }
 
@@ -131,7 +135,8 @@ def build_manifest(bundle_dir: Path, *, cfg, settings: dict, model_hash: bytes, 
         "quantization": {"linear": settings["quant"], "group_size": settings["group_size"],
                          "embedding": settings["embedding_quant"], "ple_dtype": settings["ple_dtype"]},
         "files": files,
-        "methods": {role: {"method": method_names_for(settings["methods"])[role], **method_signature(t, layers, p),
+        "methods": {role: {"method": method_names_for(settings["methods"])[role],
+                           **method_signature(t, layers, p, cfg.hidden_size),
                            "max_tokens": settings["prefill_chunk"] if t == "T" else 1}
                     for role, t in ((PREFILL_ROLE, "T"), (DECODE_ROLE, 1))},
         "chat_template": chat_template,

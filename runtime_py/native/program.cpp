@@ -185,9 +185,10 @@ Program::Program(const Manifest& manifest, const LoadOptions& options)
         executorch::runtime::Error::Ok)
       throw BadInput(program_ + ": cannot load method '" + m + "' (missing, or not a program this runtime runs)");
     auto meta = module_->method_meta(m);
-    if (!meta.ok() || (meta->num_inputs() != 4 && meta->num_inputs() != 3))
-      throw BadInput(program_ + ": method '" + m + "': expected 4 inputs (tokens, input_pos, ple_rows, attend_len)"
-                     " or 3 (a revision < 5 program), found " + (meta.ok() ? std::to_string(meta->num_inputs()) : "none"));
+    if (!meta.ok() || meta->num_inputs() < 3 || meta->num_inputs() > 5)
+      throw BadInput(program_ + ": method '" + m + "': expected 5 inputs (tokens, input_pos, ple_rows, attend_len, "
+                     "soft_embeds), or 4 / 3 (a revision < 6 / < 5 program), found " +
+                     (meta.ok() ? std::to_string(meta->num_inputs()) : "none"));
     if (arity != 0 && size_t(arity) != meta->num_inputs())
       throw BadInput(program_ + ": methods '" + prefill_method_ + "' and '" + decode_method_ + "' take different inputs");
     arity = int(meta->num_inputs());
@@ -209,8 +210,14 @@ Program::Program(const Manifest& manifest, const LoadOptions& options)
       throw BadInput(program_ + ": methods '" + prefill_method_ + "' and '" + decode_method_ +
                      "' return logits of different widths");
     vocab_ = out_meta->sizes()[1];  // the program's own vocabulary: the width of its logits [1, V]
+    if (meta->num_inputs() == 5) {
+      auto soft = meta->input_tensor_meta(4);
+      if (!soft.ok() || soft->sizes().size() != 3 || soft->sizes()[2] < 1 || soft->scalar_type() != ScalarType::Float)
+        throw BadInput(program_ + ": method '" + m + "' input 4 (soft_embeds): expected float32 [1, T, H]");
+      soft_width_ = soft->sizes()[2];
+    }
   }
-  attend_len_ = arity == 4;
+  attend_len_ = arity >= 4;
   if (!cache.path.empty()) seal_weight_cache(cache);
 }
 
@@ -242,6 +249,10 @@ const float* Program::step(const std::string& method, const int64_t* tokens, siz
   if (attend_len_ && attend_.size() < size_t(n)) attend_.resize(size_t(n));
   auto al = attend_len_ ? from_blob(attend_.data(), {n}, ScalarType::Long) : nullptr;
   if (al) inputs.push_back(*al);
+  if (soft_width_ > 0 && soft_.size() < T * size_t(soft_width_)) soft_.resize(T * size_t(soft_width_), 0.0f);
+  auto soft = soft_width_ > 0 ? from_blob(soft_.data(), {1, int32_t(T), int32_t(soft_width_)}, ScalarType::Float)
+                              : nullptr;
+  if (soft) inputs.push_back(*soft);
   auto out = module_->execute(method, inputs);
   if (!out.ok())
     throw std::runtime_error(program_ + ": method '" + method + "' failed with ExecuTorch error " +

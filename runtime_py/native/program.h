@@ -63,7 +63,9 @@ class Program : public Step {
   std::unique_ptr<PleFile> ple_;
   std::unique_ptr<executorch::extension::module::Module> module_;
   bool attend_len_ = false;  // the program takes attend_len (revision >= 5)
+  int64_t soft_width_ = 0;   // the program takes soft_embeds [1, T, soft_width_] (revision >= 6); 0: it does not
   std::vector<int64_t> pos_, attend_;  // inputs' storage; attend_len's length (last position + 1) is read
+  std::vector<float> soft_;  // soft_embeds' storage: zeros, a text step's (no placeholder reads it)
   WeightCacheState cache_;
   double verify_s_ = 0;
 };

@@ -21,7 +21,8 @@ class EtProgram(
     private val numLayers: Int,
     private val pleDim: Int,
     private val vocabSize: Int,
-    private val attendLen: Boolean
+    private val attendLen: Boolean,
+    private val softEmbedsWidth: Int = 0   // Manifest.softEmbedsWidth: soft_embeds [1, T, H] (revision >= 6), 0: none
 ) : Program, AutoCloseable {
 
     // mmap: the program's weights are paged in once and stay resident; no second copy on the Java heap.
@@ -52,6 +53,10 @@ class EtProgram(
         if (attendLen) {   // only the length is read: N = last position + 1 (at most max_context: 8 KB)
             val n = startPos + tokens.size
             inputs.add(EValue.from(Tensor.fromBlob(LongArray(n), longArrayOf(n.toLong()))))
+        }
+        if (softEmbedsWidth > 0) {   // a text step: zeros (the program reads soft tokens only at image placeholders)
+            inputs.add(EValue.from(Tensor.fromBlob(FloatArray(tokens.size * softEmbedsWidth),
+                                                   longArrayOf(1, t, softEmbedsWidth.toLong()))))
         }
         val out = module.execute(method, *inputs.toTypedArray())
         check(out.isNotEmpty()) { "$ptePath: method \"$method\": expected 1 output (logits), found none" }

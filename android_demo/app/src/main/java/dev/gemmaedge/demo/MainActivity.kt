@@ -99,7 +99,8 @@ class MainActivity : Activity() {
                     val tokenizer = m.loadTokenizer()
                     // loadProgram hands ExecuTorch the file only once its size and SHA-256 match the manifest.
                     val program: EtProgram = m.loadProgram { f ->
-                        EtProgram(f.path, m.prefillMethod, m.decodeMethod, m.numLayers, m.pleDim, m.vocabSize, m.attendLen)
+                        EtProgram(f.path, m.prefillMethod, m.decodeMethod, m.numLayers, m.pleDim, m.vocabSize, m.attendLen,
+                                  m.softEmbedsWidth)
                     }
                     try {
                         Session(m, program, ple, tokenizer)   // runs one probe step: the program's vocabulary

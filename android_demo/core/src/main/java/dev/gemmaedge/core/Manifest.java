@@ -39,8 +39,9 @@ public final class Manifest {
             "final_logit_softcapping", "use_bidirectional_attention", "vocab_size_per_layer_input",
             "hidden_size_per_layer_input", "attention_k_eq_v", "num_kv_shared_layers", "enable_moe_block",
             "use_double_wide_mlp");
-    /** The step's inputs in order (gemma_edge/contract/bundle_format.py INPUT_NAMES); attend_len only from program revision 5. */
-    static final List<String> INPUT_NAMES = Arrays.asList("tokens", "input_pos", "ple_rows", "attend_len");
+    /** The step's inputs in order (gemma_edge/contract/bundle_format.py INPUT_NAMES); attend_len only from program
+     *  revision 5, soft_embeds from revision 6. */
+    static final List<String> INPUT_NAMES = Arrays.asList("tokens", "input_pos", "ple_rows", "attend_len", "soft_embeds");
 
     /** One entry of "files". */
     public static final class FileEntry {
@@ -71,8 +72,10 @@ public final class Manifest {
     public final Map<String, Object> methods;
     public final String prefillMethod, decodeMethod;  // program methods playing each role (often one "forward")
     // The methods take a fourth input, attend_len, whose length (last position + 1) bounds the cache slots
-    // attended (program revision >= 5); older bundles list three inputs.
+    // attended (program revision >= 5), and a fifth, soft_embeds [1, T, hidden_size]: images' soft tokens at their
+    // placeholders, zeros in a text step (revision >= 6). Older bundles list three or four inputs.
     public final boolean attendLen;
+    public final int softEmbedsWidth;   // soft_embeds' H (the config's hidden_size); 0: the methods take no soft_embeds
     public final int prefillMaxTokens;
     private volatile boolean programVerified;   // checkFiles hashed the program: loadProgram need not read it again
 
@@ -125,11 +128,13 @@ public final class Manifest {
         Map<String, Object> decode = Json.asObject(methods.get("decode"), source + ": methods.decode");
         prefillMethod = prefill.get("method") == null ? "prefill" : methodName(prefill.get("method"), "methods.prefill.method");
         decodeMethod = decode.get("method") == null ? "decode" : methodName(decode.get("method"), "methods.decode.method");
-        boolean prefillAttends = takesAttendLen(prefill, "methods.prefill"), decodeAttends = takesAttendLen(decode, "methods.decode");
-        if (prefillAttends != decodeAttends)
-            throw fail("methods.decode.inputs", (prefillAttends ? "" : "no ") + "attend_len, as methods.prefill.inputs",
-                       decodeAttends ? "attend_len" : "none");
-        attendLen = prefillAttends;
+        int prefillArity = stepArity(prefill, "methods.prefill"), decodeArity = stepArity(decode, "methods.decode");
+        if (prefillArity != decodeArity)
+            throw fail("methods.decode.inputs", arityText(prefillArity) + ", as methods.prefill.inputs",
+                       arityText(decodeArity));
+        attendLen = prefillArity >= 4;
+        softEmbedsWidth = prefillArity >= 5 ? Json.asInt(config.get("hidden_size"), source + ": config.hidden_size", 1,
+                                                          Integer.MAX_VALUE) : 0;
         // The program was exported for chunks of exactly prefill_chunk tokens and decode steps of one.
         prefillMaxTokens = prefill.get("max_tokens") == null ? prefillChunk
                 : Json.asInt(prefill.get("max_tokens"), source + ": methods.prefill.max_tokens", prefillChunk, prefillChunk);
@@ -148,21 +153,28 @@ public final class Manifest {
         return (String) v;
     }
 
+    /** What a step of {@code arity} inputs takes past the PLE rows, for messages. */
+    private static String arityText(int arity) {
+        return arity == 3 ? "no attend_len" : String.join(", ", INPUT_NAMES.subList(3, arity));
+    }
+
     /**
-     * Whether the role's inputs end in attend_len. The names must be the step's, in order: a host that
-     * feeds tokens, positions and rows by position must not run a program that wants something else.
+     * How many of the step's inputs the role takes: 3, 4 (attend_len) or 5 (soft_embeds). The names must be the
+     * step's, in order: a host that feeds tokens, positions and rows by position must not run a program that
+     * wants something else.
      */
-    private boolean takesAttendLen(Map<String, Object> role, String where) {
-        if (role.get("inputs") == null) return false;   // a manifest that lists no inputs: the three-input step
+    private int stepArity(Map<String, Object> role, String where) {
+        if (role.get("inputs") == null) return 3;   // a manifest that lists no inputs: the three-input step
         List<Object> inputs = Json.asArray(role.get("inputs"), source + ": " + where + ".inputs");
         List<String> names = new ArrayList<>();
         for (int k = 0; k < inputs.size(); k++) {
             String at = source + ": " + where + ".inputs[" + k + "]";
             names.add(Json.asString(Json.asObject(inputs.get(k), at).get("name"), at + ".name"));
         }
-        if (!names.equals(INPUT_NAMES.subList(0, 3)) && !names.equals(INPUT_NAMES))
-            throw fail(where + ".inputs", "names " + INPUT_NAMES.subList(0, 3) + " or " + INPUT_NAMES, names.toString());
-        return names.size() == 4;
+        if (names.size() < 3 || names.size() > INPUT_NAMES.size() || !names.equals(INPUT_NAMES.subList(0, names.size())))
+            throw fail(where + ".inputs", "names " + INPUT_NAMES.subList(0, 3) + ", " + INPUT_NAMES.subList(0, 4) + " or "
+                       + INPUT_NAMES, names.toString());
+        return names.size();
     }
 
     private IllegalArgumentException fail(String field, String expected, String found) {

@@ -54,6 +54,7 @@ public class ManifestTest {
         assertEquals("forward", m.prefillMethod);   // one dynamic method plays both roles
         assertEquals("forward", m.decodeMethod);
         assertTrue("the golden manifest's methods take attend_len", m.attendLen);
+        assertEquals("soft_embeds [1, T, hidden_size]", ((Number) m.config.get("hidden_size")).intValue(), m.softEmbedsWidth);
         assertEquals(2, m.bosTokenId);
         assertArrayEquals(new int[] {1, 106}, m.eosTokenIds);
         assertEquals("int4", m.quantization.get("ple_dtype"));
@@ -66,28 +67,35 @@ public class ManifestTest {
         assertArrayEquals(t.encode("hello world", false), t.encode("hello world", false));
     }
 
-    /** The manifest's text with its first {@code count} attend_len inputs (-1: all) taken out of the methods. */
-    private static void dropAttendLen(File dir, int count) throws IOException {
+    /** The manifest's text with its first {@code count} inputs named {@code name} (-1: all) taken out of the methods. */
+    private static void dropInput(File dir, String name, int count) throws IOException {
         File m = new File(dir, "manifest.json");
         String s = new String(Files.readAllBytes(m.toPath()), StandardCharsets.UTF_8);
-        String entry = ",\\s*\\{\\s*\"name\": \"attend_len\",\\s*\"dtype\": \"int64\",\\s*\"shape\": \\[\\s*\"N\"\\s*\\]\\s*\\}";
+        String entry = ",\\s*\\{\\s*\"name\": \"" + name + "\",\\s*\"dtype\": \"[a-z0-9]+\",\\s*\"shape\": \\[[^\\]]*\\]\\s*\\}";
         String t = count < 0 ? s.replaceAll(entry, "") : s.replaceFirst(entry, "");
-        assertTrue("the golden manifest lists attend_len", !t.equals(s));
+        assertTrue("the golden manifest lists " + name, !t.equals(s));
         Files.write(m.toPath(), t.getBytes(StandardCharsets.UTF_8));
     }
 
     @Test
-    public void attendLenFollowsTheMethodsInputs() throws Exception {
-        File old = copyBundle();   // a revision < 5 bundle: three inputs, no attend_len
-        dropAttendLen(old, -1);
+    public void stepInputsFollowTheMethodsInputs() throws Exception {
+        File old = copyBundle();   // a revision < 5 bundle: three inputs
+        dropInput(old, "soft_embeds", -1);
+        dropInput(old, "attend_len", -1);
         assertEquals(false, Manifest.load(old).attendLen);
-        File mixed = copyBundle();   // prefill without it, decode with it: refused, naming the field
-        dropAttendLen(mixed, 1);
-        expectRefusal(mixed, false, "methods.decode.inputs", "expected no attend_len", "found attend_len");
+        assertEquals(0, Manifest.load(old).softEmbedsWidth);
+        File five = copyBundle();   // revision 5: attend_len, no soft_embeds
+        dropInput(five, "soft_embeds", -1);
+        assertEquals(true, Manifest.load(five).attendLen);
+        assertEquals(0, Manifest.load(five).softEmbedsWidth);
+        File mixed = copyBundle();   // prefill without soft_embeds, decode with it: refused, naming the field
+        dropInput(mixed, "soft_embeds", 1);
+        expectRefusal(mixed, false, "methods.decode.inputs", "expected attend_len, as methods.prefill.inputs",
+                "found attend_len, soft_embeds");
         File renamed = copyBundle();   // inputs this host would feed by position under other names: refused
-        editManifest(renamed, "\"attend_len\"", "\"some_other_input\"");
+        editManifest(renamed, "\"soft_embeds\"", "\"some_other_input\"");
         expectRefusal(renamed, false, "methods.prefill.inputs", "expected names [tokens, input_pos, ple_rows]",
-                "found [tokens, input_pos, ple_rows, some_other_input]");
+                "found [tokens, input_pos, ple_rows, attend_len, some_other_input]");
     }
 
     @Test

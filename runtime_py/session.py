@@ -81,6 +81,8 @@ class RunStats:
     prompt_fetches: int = 0            # batched fetches for the prompt: exactly 1
     token_fetches: int = 0             # fetch_one calls: one per decoded token
     prefill_chunks: int = 0
+    images: int = 0                    # images in the prompt
+    encode_s: float = 0.0              # their tower runs (load, encode, release), part of ttft_s
     fetch_s: float = 0.0               # the prompt's batched fetch
     prefill_s: float = 0.0
     ttft_s: float = 0.0
@@ -285,10 +287,10 @@ class Session:
 
         `images`: paths, RGB8 arrays [h, w, 3] or PIL images, each `image_budget` soft tokens at most; the
         prompt holds one image placeholder id per image (or none: the images go first), expanded here to
-        each image's span. The images are encoded before the prompt's one batched PLE fetch."""
-        soft = None
+        each image's span. The images are encoded (after every check) before the prompt's one batched PLE fetch."""
+        prepared = None
         if len(images):
-            token_ids, soft = self._with_images(self._check_ids(token_ids).tolist(), list(images), image_budget)
+            token_ids, prepared = self._expand_images(self._check_ids(token_ids).tolist(), list(images), image_budget)
         ids = self._check_ids(token_ids)
         if not _is_int(max_new_tokens) or max_new_tokens < 1:
             raise GenerationError("max_new_tokens",
@@ -298,11 +300,10 @@ class Session:
                                              f"{len(ids) + max_new_tokens} tokens, expected ≤ max_context "
                                              f"{self.max_context}")
         sampler = Sampler(temperature, top_k, top_p, seed)
-        return self._loop(ids, max_new_tokens, sampler, stop_on_eos, soft)
+        return self._loop(ids, max_new_tokens, sampler, stop_on_eos, prepared)
 
-    def _with_images(self, ids: list[int], images: list, budget: int) -> tuple[list[int], np.ndarray]:
-        """The prompt with each image's span, and soft_embeds [T, H]: the images' soft tokens at their
-        placeholders in order, zeros elsewhere."""
+    def _expand_images(self, ids: list[int], images: list, budget: int) -> tuple[list[int], list]:
+        """The prompt with each image's span, and the images preprocessed (the tower not yet run)."""
         from .image import load_image, preprocess
         from .vision import expand_prompt
 
@@ -311,21 +312,30 @@ class Session:
             raise GenerationError("images", f"images: {where} has no vision tower (export a checkpoint with one, "
                                             "without --no-vision)")
         prepared = [preprocess(load_image(im) if isinstance(im, (str, Path)) else im, budget) for im in images]
-        full = expand_prompt(ids, [p.soft_tokens for p in prepared], self.image_tokens, self.bos_token_id)
+        return expand_prompt(ids, [p.soft_tokens for p in prepared], self.image_tokens, self.bos_token_id), prepared
+
+    def _soft_embeds(self, ids: np.ndarray, prepared: list) -> np.ndarray:
+        """soft_embeds [T, H]: the images' soft tokens at their placeholders in order, zeros elsewhere; the
+        tower is released as soon as they are encoded."""
+        assert self.vision is not None and self.image_tokens is not None
         try:
             rows = [self.vision.encode(p) for p in prepared]
         finally:
-            self.vision.release()  # the tower's weights go as soon as the images are encoded
-        soft = np.zeros((len(full), self.config.hidden_size), np.float32)
-        soft[np.asarray(full) == self.image_tokens.image] = np.concatenate(rows)
-        return full, soft
+            self.vision.release()
+        soft = np.zeros((len(ids), self.config.hidden_size), np.float32)
+        soft[ids == self.image_tokens.image] = np.concatenate(rows)
+        return soft
 
     def _loop(self, ids: np.ndarray, max_new: int, sampler: Sampler, stop_on_eos: bool,
-              soft: np.ndarray | None = None) -> Iterator[GeneratedToken]:
+              prepared: list | None = None) -> Iterator[GeneratedToken]:
         st = RunStats(prompt_tokens=len(ids))
         self.last_run = st
         stream = TextStream(self.tokenizer)
         t0 = time.perf_counter()
+        soft = None
+        if prepared:
+            soft = self._soft_embeds(ids, prepared)
+            st.images, st.encode_s = len(prepared), time.perf_counter() - t0
         # ONE batched fetch: [T, L, P]; an image placeholder's token half is the pad row (transformers' splice)
         fetched = ids
         if soft is not None and self.image_tokens is not None:
@@ -335,7 +345,7 @@ class Session:
         if self.ple is not None and self.ple.fetch_log:
             st.prompt_fetch = self.ple.fetch_log[-1]
         t1 = time.perf_counter()
-        st.fetch_s = t1 - t0
+        st.fetch_s = t1 - t0 - st.encode_s
         logits = None
         for start in range(0, len(ids), self.prefill_chunk):
             end = min(len(ids), start + self.prefill_chunk)

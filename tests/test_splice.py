@@ -162,7 +162,9 @@ def test_session_generates_from_images_as_transformers(spliced, spliced_path):
                            do_sample=False, min_new_tokens=12)[0, full.shape[1]:].tolist()
     with Session.from_checkpoint(spliced_path, max_context=256, prefill_chunk=8) as s:
         got = [t.token for t in s.generate(text, 12, images=pics, image_budget=70, stop_on_eos=False)]
-        assert s.last_run.prompt_tokens == full.shape[1] and s.last_run.prompt_fetches == 1
+        st = s.last_run
+        assert st.prompt_tokens == full.shape[1] and st.prompt_fetches == 1 and st.images == 2
+        assert 0 < st.encode_s < st.ttft_s
         assert s.vision._tower is None  # released after encoding
     assert got == want
 
@@ -187,6 +189,10 @@ def test_session_refuses_image_prompts_it_cannot_run(spliced, spliced_path, tiny
             list(s.generate([2, tokens.boi, 5], 2, images=[pic], image_budget=70))
         with pytest.raises(ValueError, match="image budget: expected one of 70, 140, 280, 560, 1120, found 100"):
             list(s.generate([2, 5], 2, images=[pic], image_budget=100))
+        # the context rule counts the image's tokens, and refuses before the tower is loaded
+        with pytest.raises(GenerationError, match=r"context: prompt 67 \+ max_new_tokens 250"):
+            s.generate([2, 5], 250, images=[pic], image_budget=70)
+        assert s.vision._tower is None
     with Session.from_checkpoint(tiny_checkpoint, max_context=64, prefill_chunk=8) as s:
         with pytest.raises(GenerationError, match="has no vision tower"):
             list(s.generate([2, 5], 2, images=[pic]))

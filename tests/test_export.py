@@ -40,17 +40,18 @@ def load_methods(bundle):
 def run_pte(bundle, ids: torch.Tensor, chunk: int, prompt: int) -> tuple[torch.Tensor, list[int]]:
     """Prefill `prompt` tokens in chunks, then decode the rest one by one; logits [N, V] at `positions`."""
     prefill, decode = load_methods(bundle)
+    hidden = read_manifest(bundle)["config"]["hidden_size"]
     with open_ple(bundle / "model.ple") as ple:
         rows = torch.from_numpy(ple.fetch(ids[0].tolist()))[None]
     out, positions = [], []
     for a in range(0, prompt, chunk):
         b = min(prompt, a + chunk)
         out.append(prefill.execute([ids[:, a:b], torch.arange(a, b), rows[:, a:b].contiguous(),
-                                    torch.empty(b, dtype=torch.long)])[0][0])
+                                    torch.empty(b, dtype=torch.long), torch.zeros(1, b - a, hidden)])[0][0])
         positions.append(b - 1)
     for t in range(prompt, ids.shape[1]):
         out.append(decode.execute([ids[:, t:t + 1], torch.tensor([t]), rows[:, t:t + 1].contiguous(),
-                                   torch.empty(t + 1, dtype=torch.long)])[0][0])
+                                   torch.empty(t + 1, dtype=torch.long), torch.zeros(1, 1, hidden)])[0][0])
         positions.append(t)
     return torch.stack(out), positions
 
@@ -100,15 +101,17 @@ def test_attention_reads_the_attended_slots_inside_xnnpack(gqa):
     worst = 0.0
     for a, b in [(0, 6), (6, 12), (12, 13), *[(t, t + 1) for t in range(13, 20)]]:
         step = [ids[:, a:b], torch.arange(a, b), rows[:, a:b].contiguous()]
-        got = tight.execute([*step, torch.empty(b, dtype=torch.long)])[0]
-        ref = every.execute([*step, torch.empty(64, dtype=torch.long)])[0]   # max_context: every slot
+        soft = torch.zeros(1, b - a, cfg.hidden_size)  # a text step's soft_embeds
+        got = tight.execute([*step, torch.empty(b, dtype=torch.long), soft])[0]
+        ref = every.execute([*step, torch.empty(64, dtype=torch.long), soft])[0]   # max_context: every slot
         worst = max(worst, (got - ref).abs().max().item())
     assert worst <= 1e-5
     # The length is what bounds the reads: the last step again (rewriting the same keys), attending only
     # its first 10 positions, gives other logits.
     again = [ids[:, 19:20], torch.tensor([19]), rows[:, 19:20].contiguous()]
-    assert torch.allclose(tight.execute([*again, torch.empty(20, dtype=torch.long)])[0], got, atol=1e-6)
-    assert (tight.execute([*again, torch.empty(10, dtype=torch.long)])[0] - got).abs().max() > 1e-3
+    soft = torch.zeros(1, 1, cfg.hidden_size)
+    assert torch.allclose(tight.execute([*again, torch.empty(20, dtype=torch.long), soft])[0], got, atol=1e-6)
+    assert (tight.execute([*again, torch.empty(10, dtype=torch.long), soft])[0] - got).abs().max() > 1e-3
 
 
 @pytest.mark.slow  # the gqa fixture lowers and ONNX-exports a model

@@ -73,12 +73,13 @@ def test_native_logits_equal_the_python_runtime_bit_for_bit(exe, tiny_bundle, th
     assert res["threads"] == threads
 
 
-@pytest.fixture(scope="module")
-def three_input_bundle(tiny_checkpoint, tiny_bundle, tmp_path_factory) -> Path:
-    """tiny_bundle with a program of revision < 5's interface: (tokens, input_pos, ple_rows) -> logits, no
-    attend_len. Its step attends every cache slot (attend_len fixed at max_context), so the masks alone
-    hide the unwritten ones, as before revision 5. Built from the same checkpoint with the exporter's own
-    stages; the manifest describes the new program."""
+@pytest.fixture(scope="module", params=[3, 4])
+def old_bundle(request, tiny_checkpoint, tiny_bundle, tmp_path_factory) -> Path:
+    """tiny_bundle with a program of an older interface: revision < 5's (tokens, input_pos, ple_rows) -> logits,
+    no attend_len, or revision 5's, attend_len and no soft_embeds. The three-input step attends every cache slot
+    (attend_len fixed at max_context), so the masks alone hide the unwritten ones, as before revision 5. Built
+    from the same checkpoint with the exporter's own stages; the manifest describes the new program."""
+    arity = request.param
     import json
 
     import torch
@@ -98,14 +99,22 @@ def three_input_bundle(tiny_checkpoint, tiny_bundle, tmp_path_factory) -> Path:
         def forward(self, tokens, input_pos, ple_rows):
             return self.step(tokens, input_pos, ple_rows, torch.empty(settings.max_context, dtype=torch.long))
 
+    class FourInputStep(ThreeInputStep):
+        def forward(self, tokens, input_pos, ple_rows, attend_len):
+            return self.step(tokens, input_pos, ple_rows, attend_len)
+
     t = torch.export.Dim("T", min=1, max=settings.prefill_chunk)
+    shapes = {"tokens": {1: t}, "input_pos": {0: t}, "ple_rows": {1: t}}
+    args = (torch.zeros(1, 2, dtype=torch.long), torch.arange(2, 4),
+            torch.zeros(1, 2, cfg.num_hidden_layers, cfg.hidden_size_per_layer_input))
+    if arity == 4:
+        shapes["attend_len"] = {0: torch.export.Dim("N", min=1, max=settings.max_context)}
+        args = (*args, torch.zeros(4, dtype=torch.long))
     with torch.no_grad():
-        program = torch.export.export(ThreeInputStep().eval(), (
-            torch.zeros(1, 2, dtype=torch.long), torch.arange(2, 4), torch.zeros(1, 2, cfg.num_hidden_layers,
-                                                                                  cfg.hidden_size_per_layer_input)),
-            dynamic_shapes={"tokens": {1: t}, "input_pos": {0: t}, "ple_rows": {1: t}}, strict=False,
-            prefer_deferred_runtime_asserts_over_guards=True)
-    bundle = tmp_path_factory.mktemp("rev4") / "tiny-3in"
+        program = torch.export.export((FourInputStep if arity == 4 else ThreeInputStep)().eval(), args,
+                                      dynamic_shapes=shapes, strict=False,
+                                      prefer_deferred_runtime_asserts_over_guards=True)
+    bundle = tmp_path_factory.mktemp(f"rev{arity + 1}") / f"tiny-{arity}in"
     shutil.copytree(tiny_bundle, bundle)
     with open(bundle / bf.PROGRAM_FILE, "wb") as f:
         lower_to_executorch({bf.STEP_METHOD: program}).write_to_file(f)
@@ -113,24 +122,25 @@ def three_input_bundle(tiny_checkpoint, tiny_bundle, tmp_path_factory) -> Path:
     manifest["files"]["program"].update(bytes=(bundle / bf.PROGRAM_FILE).stat().st_size,
                                         sha256=bf.sha256_file(bundle / bf.PROGRAM_FILE))
     for method in manifest["methods"].values():
-        method["inputs"] = [i for i in method["inputs"] if i["name"] != "attend_len"]
-    manifest["export"]["program_revision"] = 4
+        method["inputs"] = method["inputs"][:arity]
+    manifest["export"]["program_revision"] = arity + 1
     (bundle / bf.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     return bundle
 
 
-@pytest.mark.slow  # lowers a three-input program of its own
-def test_revision4_bundle_still_runs(exe, three_input_bundle, tiny_bundle):
-    # A program of revision < 5's interface (three inputs, no attend_len) from the same checkpoint as
-    # tiny_bundle: both hosts still run it, bit-identical to each other, and it computes what the current
-    # program does — the same arithmetic up to fp32 summation order.
-    old = bf.read_manifest(three_input_bundle)
-    assert old["export"]["program_revision"] == 4 and len(old["methods"]["prefill"]["inputs"]) == 3
-    assert bf.read_manifest(tiny_bundle)["export"]["program_revision"] >= 5
+@pytest.mark.slow  # lowers an older program of its own
+def test_older_bundles_still_run(exe, old_bundle, tiny_bundle):
+    # A program of revision 4's interface (three inputs) or revision 5's (four: no soft_embeds) from the same
+    # checkpoint as tiny_bundle: both hosts still run it, bit-identical to each other, and it computes what the
+    # current program does — the same arithmetic up to fp32 summation order.
+    old = bf.read_manifest(old_bundle)
+    arity = len(old["methods"]["prefill"]["inputs"])
+    assert old["export"]["program_revision"] == arity + 1 and arity in (3, 4)
+    assert bf.read_manifest(tiny_bundle)["export"]["program_revision"] == bf.PROGRAM_REVISION
     new = 30
     ref = python_logits(tiny_bundle, PROMPT, new, 1)
-    py_old = python_logits(three_input_bundle, PROMPT, new, 1)
-    nat_old = native.run(three_input_bundle, PROMPT, new, threads=1, with_logits=True, exe=exe)["logits"]
+    py_old = python_logits(old_bundle, PROMPT, new, 1)
+    nat_old = native.run(old_bundle, PROMPT, new, threads=1, with_logits=True, exe=exe)["logits"]
     assert np.array_equal(nat_old, py_old)
     assert np.abs(py_old - ref).max() <= 1e-5 * np.abs(ref).max()
     assert py_old.argmax(-1).tolist() == ref.argmax(-1).tolist()

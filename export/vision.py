@@ -203,8 +203,35 @@ def rotate_axial(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
                       rotate(x[..., h:], cos[..., h:], sin[..., h:])], dim=-1)
 
 
+def attend_in_query_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor,
+                           block_q: int) -> torch.Tensor:
+    """Attention scaled by 1.0 of q [B, heads, N, D] against all of k/v [B, heads, N, D], keys masked where
+    key_valid [B, N] is False, `block_q` query rows at a time: the largest score matrix is [B, heads, block_q, N]
+    instead of [B, heads, N, N] (12·N²·4 bytes fp32 per layer: 4.9 GB at 1120 soft tokens). Each query row's
+    softmax reads all keys, as sdpa's does.
+
+    Written out (matmul, additive mask, softmax, matmul) rather than as sdpa: sdpa's decomposition guards
+    fully-masked rows with five ops over every score matrix that XNNPACK does not take (`eq`, `logical_not`,
+    `any`, `full_like`, `where`). An image always has a real patch, so no row is fully masked; the mask is
+    fp32-min, not -inf, so a row that were would average all keys instead of becoming NaN."""
+    b, heads, n, d = q.shape
+    bias = torch.where(key_valid, 0.0, torch.finfo(q.dtype).min).to(q.dtype)[:, None, None, :]  # [B, 1, 1, N]
+    # bmm over [B·heads, rows, D]: a 4-D matmul exports as expand + bmm, and the expands stay outside XNNPACK
+    # as copies of each operand, the score matrix included.
+    q, kt, v = q.reshape(b * heads, n, d), k.reshape(b * heads, n, d).transpose(1, 2), v.reshape(b * heads, n, d)
+    blocks = []
+    for s in range(0, n, block_q):
+        rows = min(block_q, n - s)
+        scores = torch.bmm(q[:, s:s + rows], kt).view(b, heads, rows, n) + bias
+        blocks.append(torch.bmm(torch.softmax(scores, dim=-1).view(b * heads, rows, n), v))
+    out = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+    return out.view(b, heads, n, d)
+
+
 class VisionAttention(nn.Module):
-    """Bidirectional attention scaled by 1.0 with q/k norms (weighted), v norm (weight-free) and 2-D RoPE."""
+    """Bidirectional attention scaled by 1.0 with q/k norms (weighted), v norm (weight-free) and 2-D RoPE.
+    `block_q` (None by default: sdpa over all queries at once) computes the queries in blocks of that many rows
+    (`attend_in_query_blocks`)."""
 
     def __init__(self, cfg: VisionConfig):
         super().__init__()
@@ -217,6 +244,7 @@ class VisionAttention(nn.Module):
         self.q_norm = RMSNorm(hd, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(hd, cfg.rms_norm_eps)
         self.v_norm = RMSNorm(hd, cfg.rms_norm_eps, with_scale=False)
+        self.block_q: int | None = None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_valid: torch.Tensor):
         b, n, _ = x.shape
@@ -226,7 +254,10 @@ class VisionAttention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, N, head_dim]
         if self.kv_heads != self.heads:  # query head h reads KV head h // G, as transformers' repeat_kv
             k, v = (t.repeat_interleave(self.heads // self.kv_heads, dim=1) for t in (k, v))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_valid[:, None, None, :], scale=1.0)
+        if self.block_q is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_valid[:, None, None, :], scale=1.0)
+        else:
+            out = attend_in_query_blocks(q, k, v, key_valid, self.block_q)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 

@@ -119,10 +119,11 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
             ignored.append(key)
         else:
             files[ours] = (shard, key)
-    return Checkpoint(path, config, files, ignored, raw, _image_tokens(path / "config.json", config))
+    return Checkpoint(path, config, files, ignored, raw, image_tokens_of(path / "config.json", config))
 
 
-def _image_tokens(config_json: Path, cfg: TextConfig) -> ImageTokens | None:
+def image_tokens_of(config_json: Path, cfg: TextConfig) -> ImageTokens | None:
+    """The ids that frame an image, for a config.json with a vision_config (None without one); reads only it."""
     d = read_config_json(config_json)
     if not isinstance(d, dict) or d.get("vision_config") is None:
         return None

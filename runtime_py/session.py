@@ -166,7 +166,7 @@ class Session:
         import torch
 
         from gemma_edge import ple_store
-        from gemma_edge.export.checkpoint import load_checkpoint, open_checkpoint
+        from gemma_edge.export.checkpoint import image_tokens_of, load_checkpoint
 
         checkpoint_dir = Path(checkpoint_dir)
         cfg, model = load_checkpoint(checkpoint_dir, dtype=dtype or torch.float32, load_ple_table=ple_file is None)
@@ -184,11 +184,12 @@ class Session:
             codec = TextCodec(checkpoint_dir / bf.TOKENIZER_FILE, cfg.bos_token_id)
         self._setup(cfg, EagerBackend(model, max_context), ple, codec, max_context, prefill_chunk, None,
                     cfg.eos_token_ids, cfg.bos_token_id)
-        ckpt = open_checkpoint(checkpoint_dir)
-        if ckpt.image_tokens is not None:
+        # config.json alone (load_checkpoint has read every shard's header already)
+        image_tokens = image_tokens_of(checkpoint_dir / "config.json", cfg)
+        if image_tokens is not None:
             from .vision import EagerVisionEncoder
 
-            self.image_tokens, self.vision = ckpt.image_tokens, EagerVisionEncoder(checkpoint_dir)
+            self.image_tokens, self.vision = image_tokens, EagerVisionEncoder(checkpoint_dir)
         return self
 
     @classmethod

@@ -32,6 +32,20 @@ def _parity(args) -> int:
     return 0 if ok else 1
 
 
+def _budgets(text: str) -> list[int]:
+    """`--image-budgets 70,280` -> [70, 280]; each must be a budget the image processor supports."""
+    from gemma_edge.contract.image import SUPPORTED_BUDGETS
+
+    try:
+        budgets = [int(b) for b in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected budgets such as 70,280, found {text!r}") from None
+    bad = [b for b in budgets if b not in SUPPORTED_BUDGETS]
+    if bad or len(set(budgets)) != len(budgets):
+        raise argparse.ArgumentTypeError(f"expected distinct budgets from {list(SUPPORTED_BUDGETS)}, found {text!r}")
+    return budgets
+
+
 def export_settings(args):
     """The ExportSettings the export options build; options not given stay None, filled from the model."""
     from .exporter import ExportSettings
@@ -39,7 +53,9 @@ def export_settings(args):
     formats = ("pte", "onnx") if args.format == "both" else (args.format,)
     return ExportSettings(quant=args.quant, group_size=args.group_size, embedding_quant=args.embedding_quant,
                           ple_dtype=args.ple_dtype, max_context=args.max_context,
-                          prefill_chunk=args.prefill_chunk, formats=formats, methods=args.methods)
+                          prefill_chunk=args.prefill_chunk, formats=formats, methods=args.methods,
+                          vision=not args.no_vision, image_budgets=tuple(args.image_budgets),
+                          vision_quant=args.vision_quant)
 
 
 def _export(args) -> int:
@@ -91,7 +107,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--multimodal", action="store_true")
     p.set_defaults(func=_parity)
 
-    from .exporter import DEFAULT_MAX_CONTEXT, DEFAULT_PREFILL_CHUNK, FORMATS, PLE_DTYPES
+    from gemma_edge.contract.bundle_format import VISION_QUANT
+    from gemma_edge.contract.image import DEFAULT_BUDGET, SUPPORTED_BUDGETS
+
+    from .exporter import DEFAULT_MAX_CONTEXT, DEFAULT_PREFILL_CHUNK, DEFAULT_VISION_QUANT, FORMATS, PLE_DTYPES
     from .rewrites import EMBEDDING_QUANT, LINEAR_QUANT
 
     p = sub.add_parser("export", help="checkpoint folder -> bundle (model.pte + model.ple + manifest.json)")
@@ -119,6 +138,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="pte", choices=FORMATS)
     p.add_argument("--methods", default="one", choices=("one", "two"),
                    help="one dynamic method for prefill and decode (weights packed once), or two methods")
+    p.add_argument("--no-vision", action="store_true",
+                   help="leave the vision tower out (by default a checkpoint with one gets vision.pte, loaded only "
+                        "for prompts with an image)")
+    p.add_argument("--image-budgets", type=_budgets, default=[DEFAULT_BUDGET], metavar="N[,N...]",
+                   help=f"soft tokens per image the vision program takes, one method each, from "
+                        f"{','.join(map(str, SUPPORTED_BUDGETS))} (default {DEFAULT_BUDGET}; more tokens: more "
+                        "detail, slower encode)")
+    p.add_argument("--vision-quant", default=DEFAULT_VISION_QUANT, choices=VISION_QUANT,
+                   help="the vision tower's linears: int8 dynamic activations with int8 (8da8w, default) or int4 "
+                        "weights, or none")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing bundle folder (only a gemma-edge bundle: never another folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -30,11 +30,15 @@ from torch import nn
 
 from gemma_edge.contract import bundle_format as bf
 from gemma_edge.contract.config import TextConfig
+from gemma_edge.contract.image import DEFAULT_BUDGET, PATCH_DIM
 
 from . import rewrites
-from .checkpoint import load_checkpoint, model_hash, open_checkpoint, ple_row_chunks
+from .checkpoint import image_tokens_of, load_checkpoint, model_hash, open_checkpoint, ple_row_chunks
+from .files import ExportError, fsync_dir, fsync_tree, fsync_write, writing
 from .onnx_export import export_onnx
 from .step import InPlaceKVStep, example_inputs
+from .vision_export import DEFAULT_BLOCK_Q, check_budgets
+from .vision_export import DEFAULT_QUANT as DEFAULT_VISION_QUANT
 
 log = logging.getLogger("gemma_edge.export")
 
@@ -42,10 +46,6 @@ PLE_DTYPES = ("fp32", "bf16", "int8", "int4")
 FORMATS = ("pte", "onnx", "both")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "chat_template.jinja", "generation_config.json")
-
-
-class ExportError(ValueError):
-    """An export refused or failed for a reason its message names (the output folder, a file being written)."""
 
 
 # Defaults of the settings that depend on the model, each capped by what the model allows.
@@ -66,6 +66,10 @@ class ExportSettings:
     prefill_chunk: int | None = None  # None: min(DEFAULT_PREFILL_CHUNK, the model's sliding_window, max_context)
     formats: tuple[str, ...] = ("pte",)
     methods: str = "one"  # one dynamic `forward` plays prefill and decode | two: `prefill` + `decode`
+    # The vision tower, lowered to vision.pte whenever the checkpoint has one (False: a text-only bundle).
+    vision: bool = True
+    image_budgets: tuple[int, ...] = (DEFAULT_BUDGET,)  # one static method per budget (soft tokens per image)
+    vision_quant: str = DEFAULT_VISION_QUANT  # 8da8w | 8da4w | none
 
     def __post_init__(self) -> None:
         if self.embedding_quant is None:
@@ -101,6 +105,9 @@ class ExportSettings:
         if not 2 <= self.max_context <= cfg.max_position_embeddings:
             raise ValueError(f"max_context: expected 2..{cfg.max_position_embeddings}, found {self.max_context}")
         bf.method_names_for(self.methods)  # refuses anything but "one" / "two"
+        self.image_budgets = check_budgets(self.image_budgets)
+        if self.vision_quant not in bf.VISION_QUANT:
+            raise ValueError(f"vision_quant: expected one of {bf.VISION_QUANT}, found {self.vision_quant!r}")
         bad = set(self.formats) - {"pte", "onnx"}
         if bad:
             raise ValueError(f"formats: expected pte and/or onnx, found {sorted(bad)}")
@@ -235,13 +242,6 @@ def lower_to_executorch(programs: dict):
         memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False, share_mutable_buffers=True)))
 
 
-def _fsync_write(path: Path, write) -> None:
-    with open(path, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _copy_from(source: Path):
     def write(f) -> None:
         with open(source, "rb") as src:
@@ -255,6 +255,20 @@ def write_ple(checkpoint: Path, path: Path, cfg: TextConfig, dtype: str, mhash: 
     return write(path, ple_row_chunks(checkpoint, chunk_rows=2048), vocab_size=cfg.vocab_size_per_layer_input,
                  num_layers=cfg.num_hidden_layers, ple_dim=cfg.hidden_size_per_layer_input, dtype=dtype,
                  embed_scale=cfg.ple_scale, model_hash=mhash, progress=progress)
+
+
+def write_vision(checkpoint: Path, path: Path, settings: ExportSettings):
+    """Lower the checkpoint's vision tower (mapped, prepared in place: its weights are read once) to `path`."""
+    from .vision import load_vision_tower
+    from .vision_export import write_vision_program
+
+    tower = load_vision_tower(checkpoint, dtype=None)
+    quant = None if settings.vision_quant == "none" else settings.vision_quant
+    written = write_vision_program(tower, path, settings.image_budgets, quant, DEFAULT_BLOCK_Q, in_place=True)
+    for method, ops in written.undelegated.items():
+        if ops:
+            log.info("vision %s: outside XNNPACK: %s", method, ops)
+    return written
 
 
 def reusable_program(bundle_dir: str | Path, mhash: bytes, settings: ExportSettings) -> Path:
@@ -422,47 +436,6 @@ def remove_stale_partials(out_dir: Path) -> list[str]:
     return done
 
 
-def _write_error(path: Path, e: OSError) -> ExportError:
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        try:
-            free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free there"
-        except OSError:
-            free = "free space unknown"
-        return ExportError(f"{path}: no space left on the device ({free}); nothing was written to --out")
-    where = f" ({e.filename})" if e.filename and str(e.filename) != str(path) else ""
-    return ExportError(f"{path}: cannot write{where}: {e.strerror or e}; nothing was written to --out")
-
-
-@contextlib.contextmanager
-def _writing(path: Path):
-    """An OSError (disk full, permission, I/O) while writing `path` becomes one ExportError naming it."""
-    try:
-        yield
-    except OSError as e:
-        raise _write_error(path, e) from e
-
-
-def _fsync_tree(folder: Path) -> None:
-    """Every file in `folder`, then the folder itself, on disk: the bundle survives a power cut once renamed."""
-    for p in folder.iterdir():
-        if p.is_file():
-            with _writing(p):
-                fd = os.open(p, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 _AT_FDCWD = -100
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -486,13 +459,13 @@ def _install(tmp: Path, out_dir: Path, overwrite: bool) -> None:
     exchange (renameat2) — `out_dir` is always one whole bundle, old or new — and deleted afterwards; where
     the filesystem cannot exchange, it is renamed aside (`<out>.replaced-*`, put back if the new one cannot
     be renamed in, restored by the next export if this one dies in between) before the new one moves in."""
-    _fsync_tree(tmp)
+    fsync_tree(tmp)
     if not (out_dir.exists() or out_dir.is_symlink()):
         if not _renameat2(tmp, out_dir, _RENAME_NOREPLACE):
             if out_dir.exists():
                 raise ExportError(f"{out_dir}: appeared while exporting; the new bundle was not installed")
             os.rename(tmp, out_dir)
-        _fsync_dir(out_dir.parent)
+        fsync_dir(out_dir.parent)
         return
     if not overwrite:
         raise ExportError(f"{out_dir}: appeared while exporting; the new bundle was not installed")
@@ -500,7 +473,7 @@ def _install(tmp: Path, out_dir: Path, overwrite: bool) -> None:
     if problem:
         raise ExportError(f"--out {out_dir}: {problem}; --overwrite replaces only a gemma-edge bundle folder")
     if _renameat2(tmp, out_dir, _RENAME_EXCHANGE):
-        _fsync_dir(out_dir.parent)
+        fsync_dir(out_dir.parent)
         shutil.rmtree(tmp, ignore_errors=True)  # the old bundle, now under the partial's name (or the next
         return                                   # export's cleanup takes what is left of it)
     aside = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}{ASIDE_INFIX}{os.getpid()}-", dir=out_dir.parent))
@@ -511,7 +484,7 @@ def _install(tmp: Path, out_dir: Path, overwrite: bool) -> None:
         except BaseException:
             os.rename(aside, out_dir)
             raise
-    _fsync_dir(out_dir.parent)
+    fsync_dir(out_dir.parent)
     shutil.rmtree(aside, ignore_errors=True)
 
 
@@ -534,14 +507,14 @@ def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, settings: Exp
     settings.validate(cfg)
     if reuse_program is not None and "onnx" in settings.formats:
         raise ExportError("--reuse-program: copies a .pte only; export ONNX without it")
-    with _writing(out_dir.parent):
+    with writing(out_dir.parent):
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with _writing(out_dir.parent):
+    with writing(out_dir.parent):
         tmp = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}{PARTIAL_INFIX}{os.getpid()}-", dir=out_dir.parent))
     try:
         with _locked(tmp, wait=True):
             _export_into(tmp, checkpoint, cfg, settings, progress, reuse_program)
-            with _writing(out_dir):
+            with writing(out_dir):
                 _install(tmp, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -560,29 +533,39 @@ def _export_into(tmp: Path, checkpoint: Path, cfg: TextConfig, settings: ExportS
         cfg, model = prepare_model(checkpoint, settings, stages, progress)
     ple_report = None
     if cfg.has_ple:
-        with _writing(tmp / bf.PLE_FILE):
+        with writing(tmp / bf.PLE_FILE):
             ple_report = stages.run("write_ple", write_ple, checkpoint, tmp / bf.PLE_FILE, cfg, settings.ple_dtype,
                                     mhash, progress)
     if reuse_program is not None:
-        with _writing(tmp / bf.PROGRAM_FILE):
-            stages.run("copy_pte", _fsync_write, tmp / bf.PROGRAM_FILE, _copy_from(source))
+        with writing(tmp / bf.PROGRAM_FILE):
+            stages.run("copy_pte", fsync_write, tmp / bf.PROGRAM_FILE, _copy_from(source))
     elif "pte" in settings.formats:
         programs = stages.run("torch_export", export_programs, cfg, model, settings)
         et_program = stages.run("lower_xnnpack", lower_to_executorch, programs)
         del programs
-        with _writing(tmp / bf.PROGRAM_FILE):
-            stages.run("save_pte", _fsync_write, tmp / bf.PROGRAM_FILE, et_program.write_to_file)
+        with writing(tmp / bf.PROGRAM_FILE):
+            stages.run("save_pte", fsync_write, tmp / bf.PROGRAM_FILE, et_program.write_to_file)
         del et_program
     if "onnx" in settings.formats:
-        with _writing(tmp / bf.ONNX_FILE):
+        with writing(tmp / bf.ONNX_FILE):
             stages.run("export_onnx", export_onnx, cfg, model, settings, tmp / bf.ONNX_FILE)
+    vision = None
+    image_tokens = image_tokens_of(checkpoint / "config.json", cfg)
+    if settings.vision and image_tokens is not None and "pte" in settings.formats:
+        with writing(tmp / bf.VISION_FILE):
+            stages.run("lower_vision", write_vision, checkpoint, tmp / bf.VISION_FILE, settings)
+        vision = bf.vision_entry(model_hash=mhash, budgets=settings.image_budgets, hidden_size=cfg.hidden_size,
+                                 patch_dim=PATCH_DIM, image_tokens=image_tokens.manifest_dict(),
+                                 quantization=settings.vision_quant, block_q=DEFAULT_BLOCK_Q)
     for name in TOKENIZER_FILES:
         if (checkpoint / name).exists():
-            with _writing(tmp / name):
+            with writing(tmp / name):
                 shutil.copy2(checkpoint / name, tmp / name)
     manifest = bf.build_manifest(tmp, cfg=cfg, settings=asdict(settings), model_hash=mhash,
-                                 stages=stages.stages, ple_report=ple_report, checkpoint=checkpoint)
+                                 stages=stages.stages, ple_report=ple_report, checkpoint=checkpoint,
+                                 vision=vision)
     if reuse_program is not None:
         manifest["export"]["program_reused_from"] = str(reuse_program)
-    with _writing(tmp / bf.MANIFEST_FILE):
-        _fsync_write(tmp / bf.MANIFEST_FILE, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
+    bf.validate_manifest(manifest, tmp)  # what every runtime will check, before the bundle is installed
+    with writing(tmp / bf.MANIFEST_FILE):
+        fsync_write(tmp / bf.MANIFEST_FILE, lambda f: f.write(json.dumps(manifest, indent=2).encode()))

@@ -23,9 +23,7 @@ The position table stays an fp32 `F.embedding` gather.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,22 +31,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gemma_edge.contract.bundle_format import PER_CHANNEL
+from gemma_edge.contract.bundle_format import PER_CHANNEL, vision_method
 from gemma_edge.contract.image import PATCH, PATCH_DIM, POOL, SUPPORTED_BUDGETS, check_budget, max_patches
 
 from . import rewrites
+from .files import write_atomically
 from .vision import CLIP_BOUNDS, ClippableLinear, Gemma4Vision, VisionAttention
 
-METHOD_PREFIX = "vision_"
 QUANT_SCHEMES = ("8da8w", "8da4w", "8w", None)
 DEFAULT_QUANT = "8da8w"
 # Query rows per attention block: the score matrix per layer is heads × 512 × N fp32 (at 280 soft tokens,
 # 12 × 512 × 2520 × 4 B = 62 MB instead of 305 MB unblocked; at 1120, 248 MB instead of 4.9 GB).
 DEFAULT_BLOCK_Q = 512
-
-
-def method_name(budget: int) -> str:
-    return f"{METHOD_PREFIX}{budget}"
 
 
 def check_budgets(budgets) -> tuple[int, ...]:
@@ -182,7 +176,7 @@ def export_vision(model: Gemma4Vision, budgets) -> dict:
     """torch.export one static method per budget over the same (prepared) tower: {method name: program}."""
     method = EncodeMethod(model).eval()
     with torch.no_grad():
-        return {method_name(b): torch.export.export(method, example_inputs(model, b), strict=False)
+        return {vision_method(b): torch.export.export(method, example_inputs(model, b), strict=False)
                 for b in check_budgets(budgets)}
 
 
@@ -244,24 +238,6 @@ class VisionProgramFile:
     undelegated: dict[str, dict[str, int]]
 
 
-def write_atomically(path: str | Path, data: bytes) -> str:
-    """Write `data` to a temporary name beside `path`, fsync it, rename it over `path` and fsync the folder, so
-    `path` is either what it was or the whole new file; returns the sha256 (hex) of `data`. An OSError becomes
-    an ExportError naming the file, and the temporary file is removed."""
-    from .exporter import _fsync_dir, _fsync_write, _writing
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with _writing(path):
-        try:
-            _fsync_write(tmp, lambda f: f.write(data))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
-    return hashlib.sha256(data).hexdigest()
-
-
 def write_vision_program(model: Gemma4Vision, path: str | Path, budgets=(280,),
                          quantize: str | None = DEFAULT_QUANT, block_q: int | None = DEFAULT_BLOCK_Q,
                          in_place: bool = False) -> VisionProgramFile:
@@ -271,4 +247,4 @@ def write_vision_program(model: Gemma4Vision, path: str | Path, budgets=(280,),
     left = {name: dict(sorted(c.items())) for name, c in undelegated_ops(program).items()}
     buffer = program.buffer
     digest = write_atomically(path, buffer)
-    return VisionProgramFile(digest, len(buffer), tuple(method_name(b) for b in budgets), left)
+    return VisionProgramFile(digest, len(buffer), tuple(vision_method(b) for b in budgets), left)

@@ -6,6 +6,8 @@ import json
 import math
 import sys
 
+from gemma_edge.contract.image import DEFAULT_BUDGET
+
 
 def _at_least(lo: int):
     """An argparse type: an integer ≥ lo (argparse names the flag and the value when it is refused)."""
@@ -39,7 +41,7 @@ def _run(args) -> int:
                    max_new_tokens=args.max_new_tokens,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                    device=args.device, backend=args.backend, validate=args.validate, checkpoint=args.checkpoint,
-                   fit_check=not args.no_fit_check)
+                   fit_check=not args.no_fit_check, images=args.image, image_budget=args.image_budget)
     if args.json:
         print(result_json(r))
     return 0 if r.phone is None or r.phone.ok else 1
@@ -152,6 +154,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ids", help="raw prompt token ids, comma-separated (bos included if wanted)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in Gemma 4's chat template")
     p.add_argument("--max-new-tokens", type=_at_least(1), default=32)
+    p.add_argument("--image", action="append", default=[], metavar="PATH",
+                   help="an image (PNG, JPEG, ...) for the prompt, repeatable: each goes at one image placeholder "
+                        "<|image|> of the prompt in order, or, with none, before the prompt's text (with --chat: the "
+                        "user turn's image item); needs a bundle exported with its vision tower")
+    p.add_argument("--image-budget", type=int, default=DEFAULT_BUDGET,
+                   help=f"soft tokens per image: one of the bundle's vision budgets (default {DEFAULT_BUDGET})")
     p.add_argument("--temperature", type=_finite, default=0.0)
     p.add_argument("--top-k", type=_at_least(0), default=0)
     p.add_argument("--top-p", type=_finite, default=1.0)

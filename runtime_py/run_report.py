@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gemma_edge.contract.image import DEFAULT_BUDGET
 from gemma_edge.procfs import proc_status, reset_peak_rss
 
 from .budget import estimate_bundle, load_devices
@@ -90,8 +91,13 @@ def run_bundle(bundle: str | Path, *, prompt: str | None = None, ids: str | None
                prompt_file: str | Path | None = None,
                max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                seed: int = 0, device: str = "pixel-8", backend: str = "pte", validate: bool = False,
-               checkpoint: str | Path | None = None, out=None, fit_check: bool = True) -> RunResult:
+               checkpoint: str | Path | None = None, out=None, fit_check: bool = True, images=(),
+               image_budget: int = DEFAULT_BUDGET) -> RunResult:
+    """Generate once with `bundle` and report speed, memory, PLE I/O and the phone simulation. `images`: paths
+    of images for the prompt (its image placeholders, or before its text), each of `image_budget` soft tokens."""
     out = sys.stdout if out is None else out   # looked up now: a default bound at import goes stale
+    if validate and images:
+        raise ValueError("--validate: compares text prompts only (leave out --image)")
     devices = load_devices()
     if device not in devices:
         raise ValueError(f"--device: expected one of {sorted(devices)}, found {device!r}")
@@ -113,7 +119,7 @@ def run_bundle(bundle: str | Path, *, prompt: str | None = None, ids: str | None
         ids_list = prompt_ids(session, prompt, ids, chat, prompt_file)
         pieces = []
         for step in session.generate(ids_list, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                     seed=seed):
+                                     seed=seed, images=list(images), image_budget=image_budget):
             pieces.append(step.text)
             print(step.text, end="", file=out, flush=True)
         print(file=out)
@@ -121,15 +127,15 @@ def run_bundle(bundle: str | Path, *, prompt: str | None = None, ids: str | None
         rss_after = proc_status()
         budget = estimate_bundle(bundle, runtime_bytes=rss_before["VmRSS"])
         dev = devices[device]
-        fetched = ids_list + st.tokens[:-1]
+        fetched = st.prompt_fetched + st.tokens[:-1]
         pf = st.prompt_fetch
         row_pages = session.ple.header.layout.pages_per_row if session.ple is not None else 0
-        phone = simulate(dev, prompt_tokens=len(ids_list), prompt_pages=pf.pages_touched if pf else 0,
+        phone = simulate(dev, prompt_tokens=st.prompt_tokens, prompt_pages=pf.pages_touched if pf else 0,
                          row_pages=row_pages,
                          generated=st.generated, weight_bytes=budget.decode_read_bytes,
                          kv_bytes_per_token=kv_bytes_per_token(session.config),
                          ram_needed=estimate_bundle(bundle).ram_bytes,
-                         context_at_end=len(ids_list) + st.generated)
+                         context_at_end=st.prompt_tokens + st.generated)
         check_run(phone, st, session.ple, fetched, None, resident_before)
         result = RunResult(st.tokens, "".join(pieces), st, rss_before, rss_after, budget.ram_bytes, phone,
                            prompt_ids=list(ids_list), peak_reset=peak_reset)
@@ -171,7 +177,9 @@ def report_lines(r: RunResult, session: Session) -> list[str]:
     pf = st.prompt_fetch or FetchStats()
     tf = st.token_fetch
     mib = lambda n: f"{n / 2**20:8.1f} MiB"   # noqa: E731
-    lines = [f"prompt {st.prompt_tokens} tokens, generated {st.generated} (stop: {st.stop_reason})",
+    images = (f" ({st.images} image(s) encoded in {st.encode_s * 1e3:.1f} ms, counted in TTFT)" if st.images
+              else "")
+    lines = [f"prompt {st.prompt_tokens} tokens{images}, generated {st.generated} (stop: {st.stop_reason})",
              f"  prefill {st.prefill_s * 1e3:8.1f} ms  ({st.prefill_tok_s:8.1f} tok/s, {st.prefill_chunks} chunk(s) "
              f"of ≤ {session.prefill_chunk})",
              f"  TTFT    {st.ttft_s * 1e3:8.1f} ms   decode {st.decode_tok_s:8.1f} tok/s",
@@ -199,5 +207,6 @@ def report_lines(r: RunResult, session: Session) -> list[str]:
 def result_json(r: RunResult) -> str:
     st = r.stats
     return json.dumps({"tokens": r.tokens, "text": r.text, "prefill_tok_s": st.prefill_tok_s,
-                       "decode_tok_s": st.decode_tok_s, "ttft_s": st.ttft_s, "peak_rss": r.rss_after["VmHWM"],
+                       "decode_tok_s": st.decode_tok_s, "ttft_s": st.ttft_s, "prompt_tokens": st.prompt_tokens,
+                       "images": st.images, "encode_s": st.encode_s, "peak_rss": r.rss_after["VmHWM"],
                        "predicted_rss": r.predicted_rss, "validation": r.validation}, indent=2)

@@ -76,7 +76,7 @@ class GeneratedToken:
 @dataclass
 class RunStats:
     """Counters and timings of the last generate() call."""
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0             # images' spans included
     generated: int = 0
     prompt_fetches: int = 0            # batched fetches for the prompt: exactly 1
     token_fetches: int = 0             # fetch_one calls: one per decoded token
@@ -92,6 +92,7 @@ class RunStats:
     prompt_fetch: FetchStats | None = None
     token_fetch: FetchStats = field(default_factory=lambda: FetchStats(strategy="total"))
     tokens: list[int] = field(default_factory=list)
+    prompt_fetched: list[int] = field(default_factory=list)  # the ids of the prompt's one batched fetch
 
     @property
     def prefill_tok_s(self) -> float:
@@ -156,6 +157,16 @@ class Session:
                     raise bf.BundleError(f"{ple.path}: header {name} is {found}, the manifest needs {want}")
         self._setup(cfg, runner, ple, codec, m["max_context"], m["prefill_chunk"], prefill_chunk,
                     m["eos_token_ids"], m["bos_token_id"])
+        if "vision" in m:
+            from .vision import ProgramVisionEncoder
+
+            if backend == "pte" and runner.soft_width != m["vision"]["hidden_size"]:
+                raise bf.BundleError(f"{self.bundle_dir / bf.MANIFEST_FILE}: vision.hidden_size: expected "
+                                     f"{runner.soft_width} (the program's soft_embeds width), found "
+                                     f"{m['vision']['hidden_size']}")
+            ids = m["vision"]["image_tokens"]
+            self.image_tokens = ImageTokens(ids["boi"], ids["image"], ids["eoi"])
+            self.vision = ProgramVisionEncoder(self.bundle_dir, m)
 
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: str | Path, *, max_context: int = 1024, prefill_chunk: int = 128,
@@ -304,15 +315,28 @@ class Session:
         return self._loop(ids, max_new_tokens, sampler, stop_on_eos, prepared)
 
     def _expand_images(self, ids: list[int], images: list, budget: int) -> tuple[list[int], list]:
-        """The prompt with each image's span, and the images preprocessed (the tower not yet run)."""
-        from .image import load_image, preprocess
-        from .vision import expand_prompt
+        """The prompt with each image's span, and the images preprocessed (the tower not yet run). The checks of
+        loop.md's "images" step come first, then the budget, then the images are read and resized."""
+        from .image import PreparedImage, load_image, preprocess
+        from .vision import ImagePromptError, check_placeholders, expand_prompt
 
         if self.vision is None or self.image_tokens is None:
             where = self.bundle_dir or "this checkpoint"
             raise GenerationError("images", f"images: {where} has no vision tower (export a checkpoint with one, "
                                             "without --no-vision)")
-        prepared = [preprocess(load_image(im) if isinstance(im, (str, Path)) else im, budget) for im in images]
+        try:
+            check_placeholders(ids, len(images), self.image_tokens)
+        except ImagePromptError as e:
+            raise GenerationError("images", str(e)) from None
+        if budget not in self.vision.budgets:
+            where = f"of {self.bundle_dir}'s vision program" if self.bundle_dir else "the processor supports"
+            raise GenerationError("image_budget", f"image_budget: expected one of {list(self.vision.budgets)} (the "
+                                                  f"budgets {where}), found {budget!r}")
+        prepared = [im if isinstance(im, PreparedImage) else
+                    preprocess(load_image(im) if isinstance(im, (str, Path)) else im, budget) for im in images]
+        if any(p.budget != budget for p in prepared):
+            raise GenerationError("images", f"images: prepared at budgets {[p.budget for p in prepared]}, "
+                                            f"expected image_budget {budget}")
         return expand_prompt(ids, [p.soft_tokens for p in prepared], self.image_tokens, self.bos_token_id), prepared
 
     def _soft_embeds(self, ids: np.ndarray, prepared: list) -> np.ndarray:
@@ -342,7 +366,7 @@ class Session:
         if soft is not None and self.image_tokens is not None:
             fetched = np.where(ids == self.image_tokens.image, self.config.pad_token_id or 0, ids)
         rows = self._fetch(fetched)
-        st.prompt_fetches = 1
+        st.prompt_fetches, st.prompt_fetched = 1, fetched.tolist()
         if self.ple is not None and self.ple.fetch_log:
             st.prompt_fetch = self.ple.fetch_log[-1]
         t1 = time.perf_counter()

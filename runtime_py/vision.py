@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gemma_edge.contract.image import ImageTokens
+from gemma_edge.contract import bundle_format as bf
+from gemma_edge.contract.image import SUPPORTED_BUDGETS, ImageTokens
 
 from .image import PreparedImage
 
@@ -24,18 +25,24 @@ class ImagePromptError(ValueError):
     """An image prompt that cannot be run: says what was expected and what was found."""
 
 
+def check_placeholders(ids: list[int], n_images: int, tokens: ImageTokens) -> None:
+    """Refuse a prompt the expansion cannot take: frame ids in it, or placeholders but not one per image."""
+    if any(t in (tokens.boi, tokens.eoi) for t in ids):
+        raise ImagePromptError(f"images: the prompt holds image frame ids ({tokens.boi} / {tokens.eoi}); expected "
+                               f"one placeholder {tokens.image} per image, which the session expands")
+    marks = sum(t == tokens.image for t in ids)
+    if marks and marks != n_images:
+        raise ImagePromptError(f"images: the prompt has {marks} image placeholder(s) ({tokens.image}) for "
+                               f"{n_images} image(s); expected one per image, or none (images first)")
+
+
 def expand_prompt(ids: list[int], counts: list[int], tokens: ImageTokens, bos: int | None) -> list[int]:
     """`ids` with one `tokens.image` per image (or none: images first) -> the prompt with each image's span."""
+    check_placeholders(ids, len(counts), tokens)
     marks = [i for i, t in enumerate(ids) if t == tokens.image]
-    if any(t in (tokens.boi, tokens.eoi) for t in ids):
-        raise ImagePromptError(f"prompt: holds image frame ids ({tokens.boi} / {tokens.eoi}); expected one "
-                               f"placeholder {tokens.image} per image, which the session expands")
     if not marks:
         at = 1 if ids and ids[0] == bos else 0
         return ids[:at] + [t for n in counts for t in tokens.span(n)] + ids[at:]
-    if len(marks) != len(counts):
-        raise ImagePromptError(f"prompt: {len(marks)} image placeholder(s) ({tokens.image}), expected one per "
-                               f"image ({len(counts)})")
     out, prev = [], 0
     for at, n in zip(marks, counts):
         out += ids[prev:at] + tokens.span(n)
@@ -47,6 +54,7 @@ class EagerVisionEncoder:
     """The checkpoint's tower in our PyTorch, fp32, loaded on first use."""
 
     name = "eager"
+    budgets = SUPPORTED_BUDGETS
 
     def __init__(self, checkpoint_dir: str | Path):
         self.checkpoint_dir = Path(checkpoint_dir)
@@ -65,3 +73,72 @@ class EagerVisionEncoder:
 
     def release(self) -> None:
         self._tower = None
+
+
+class ProgramVisionEncoder:
+    """A bundle's vision program (`vision.pte`, one static method per budget), loaded on the first image —
+    its SHA-256 checked against the manifest first, as a text-only session never reads the file — and let go
+    of by `release`. Soft tokens are the rows the method marks valid; their count must be the image's."""
+
+    name = "pte"
+
+    def __init__(self, bundle_dir: str | Path, manifest: dict):
+        self.path = bf.bundle_file(bundle_dir, manifest, "vision")
+        self.sha256 = manifest["files"]["vision"]["sha256"]
+        v = manifest["vision"]
+        self.methods = {int(b): v["methods"][str(b)] for b in v["budgets"]}
+        self.budgets = tuple(self.methods)
+        self.hidden = v["hidden_size"]
+        self._program = None
+        self._loaded: dict[str, object] = {}
+
+    def _method(self, budget: int):
+        from .backends import ProgramError, executorch_call
+
+        name = self.methods.get(budget)
+        if name is None:
+            raise ImagePromptError(f"image budget {budget}: this bundle's vision program has budgets "
+                                   f"{list(self.budgets)} (export with --image-budgets to add it)")
+        if self._program is None:
+            from executorch.runtime import Runtime, Verification
+
+            digest = bf.sha256_file(self.path)
+            if digest != self.sha256:
+                raise bf.BundleError(f"{self.path}: sha256: expected {self.sha256} (manifest files.vision.sha256), "
+                                     f"found {digest}")
+            bf.check_program_header(self.path)
+            self._program = executorch_call(f"{self.path}: ExecuTorch cannot load this program",
+                                            lambda: Runtime.get().load_program(
+                                                self.path, verification=Verification.InternalConsistency))
+            missing = sorted(set(self.methods.values()) - set(self._program.method_names))
+            if missing:
+                self.release()
+                raise ProgramError(f"{self.path}: methods {missing} missing (manifest vision.methods); the "
+                                   f"program has {sorted(self._program.method_names)}")
+        if name not in self._loaded:
+            self._loaded[name] = executorch_call(f"{self.path}: method {name}: ExecuTorch cannot load it",
+                                                 self._program.load_method, name)
+        return name, self._loaded[name]
+
+    def encode(self, image: PreparedImage) -> np.ndarray:
+        import torch
+
+        from .backends import ProgramError, executorch_call
+
+        name, method = self._method(image.budget)
+        inputs = [torch.from_numpy(image.pixel_values)[None], torch.from_numpy(image.positions)[None]]
+        out = executorch_call(f"{self.path}: method {name}", method.execute, inputs)
+        soft, valid = out[0][0].numpy(), out[1][0].numpy().astype(bool)
+        if soft.shape != (image.budget, self.hidden) or valid.shape != (image.budget,):
+            raise ProgramError(f"{self.path}: method {name}: expected outputs [1, {image.budget}, {self.hidden}] and "
+                               f"[1, {image.budget}], found {list(out[0].shape)} and {list(out[1].shape)}")
+        rows = soft[valid]
+        if len(rows) != image.soft_tokens or not valid[:image.soft_tokens].all():
+            raise ProgramError(f"{self.path}: method {name}: expected the first {image.soft_tokens} soft tokens "
+                               f"valid (the image's), found {int(valid.sum())} valid")
+        return np.ascontiguousarray(rows, dtype=np.float32)
+
+    def release(self) -> None:
+        """Drop the methods and the program (its packed weights go with them)."""
+        self._loaded.clear()
+        self._program = None

@@ -178,17 +178,20 @@ def prompt_with(text: list[int], tokens: ImageTokens, counts: list[int]) -> list
 
 def test_session_refuses_image_prompts_it_cannot_run(spliced, spliced_path, tiny_checkpoint):
     from gemma_edge.runtime.session import GenerationError, Session
-    from gemma_edge.runtime.vision import ImagePromptError
 
     _, _, _, tokens = spliced
     pic = np.zeros((50, 60, 3), np.uint8)
     with Session.from_checkpoint(spliced_path, max_context=256, prefill_chunk=8) as s:
-        with pytest.raises(ImagePromptError, match=r"2 image placeholder\(s\) \(510\), expected one per image \(1\)"):
+        with pytest.raises(GenerationError, match=r"2 image placeholder\(s\) \(510\) for 1 image\(s\); "
+                                                  "expected one per image") as e:
             list(s.generate([2, tokens.image, tokens.image], 2, images=[pic], image_budget=70))
-        with pytest.raises(ImagePromptError, match="holds image frame ids"):
+        assert e.value.field == "images"
+        with pytest.raises(GenerationError, match="holds image frame ids"):
             list(s.generate([2, tokens.boi, 5], 2, images=[pic], image_budget=70))
-        with pytest.raises(ValueError, match="image budget: expected one of 70, 140, 280, 560, 1120, found 100"):
+        with pytest.raises(GenerationError, match=r"image_budget: expected one of \[70, 140, 280, 560, 1120\] "
+                                                  r"\(the budgets the processor supports\), found 100") as e:
             list(s.generate([2, 5], 2, images=[pic], image_budget=100))
+        assert e.value.field == "image_budget"
         # the context rule counts the image's tokens, and refuses before the tower is loaded
         with pytest.raises(GenerationError, match=r"context: prompt 67 \+ max_new_tokens 250"):
             s.generate([2, 5], 250, images=[pic], image_budget=70)

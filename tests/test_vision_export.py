@@ -14,6 +14,7 @@ import pytest
 import torch
 from test_vision import build_tower
 
+from gemma_edge.contract import bundle_format as bf
 from gemma_edge.export import vision_export as ve
 from gemma_edge.export.exporter import ExportError
 from gemma_edge.export.vision import CLIP_BOUNDS, ClippableLinear
@@ -94,7 +95,7 @@ def test_methods_are_the_budgets_each_with_static_shapes(tower, lowered):
     assert program.method_names == set(written.methods)
     hidden = tower.cfg.text_hidden_size
     for budget in BUDGETS:
-        meta = program.metadata(ve.method_name(budget))
+        meta = program.metadata(bf.vision_method(budget))
         assert (meta.num_inputs(), meta.num_outputs()) == (2, 2)
         shapes = [(list(t.sizes()), t.dtype()) for t in (meta.input_tensor_meta(0), meta.input_tensor_meta(1),
                                                           meta.output_tensor_meta(0), meta.output_tensor_meta(1))]
@@ -106,7 +107,7 @@ def test_methods_are_the_budgets_each_with_static_shapes(tower, lowered):
 @pytest.mark.parametrize("budget", BUDGETS)
 def test_every_budget_matches_the_eager_tower(tower, lowered, budget):
     _, _, program = lowered
-    method = program.load_method(ve.method_name(budget))
+    method = program.load_method(bf.vision_method(budget))
     for pixels, positions, n in images(budget):
         soft, valid = method.execute([pixels, positions])
         with torch.no_grad():
@@ -225,7 +226,7 @@ def test_blocked_graph_has_no_full_score_matrix(tower):
 
     def biggest(block_q):
         prepared = ve.prepare_vision(tower, None, block_q)
-        ep = ve.export_vision(prepared, (budget,))[ve.method_name(budget)].run_decompositions()
+        ep = ve.export_vision(prepared, (budget,))[bf.vision_method(budget)].run_decompositions()
         return max(n.meta["val"].numel() for n in ep.graph.nodes
                    if n.op == "call_function" and isinstance(n.meta.get("val"), torch.Tensor)
                    and any("encoder.layers" in path for path, _ in n.meta.get("nn_module_stack", {}).values()))

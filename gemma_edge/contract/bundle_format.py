@@ -22,6 +22,7 @@ import stat
 from pathlib import Path, PurePosixPath
 
 from .config import is_int
+from .image import SUPPORTED_BUDGETS
 
 FORMAT = "gemma-edge-bundle"
 FORMAT_VERSION = 1
@@ -36,6 +37,9 @@ PROGRAM_REVISION = 6
 PROGRAM_FILE = "model.pte"
 PLE_FILE = "model.ple"
 ONNX_FILE = "model.onnx"
+VISION_FILE = "vision.pte"   # the image tower (optional): loaded only for a prompt with an image
+VISION_METHOD_PREFIX = "vision_"  # one static method per image budget: vision_280 takes 9 · 280 patches
+VISION_QUANT = ("8da8w", "8da4w", "none")
 PER_CHANNEL = 0  # quantization.group_size meaning one scale per output channel (LiteRT-LM's gemma4_mixed48 too)
 
 
@@ -52,7 +56,12 @@ INPUT_NAMES = ("tokens", "input_pos", "ple_rows", "attend_len", "soft_embeds")
 OUTPUT_NAMES = ("logits",)
 REQUIRED_KEYS = ("model_hash", "config", "max_context", "prefill_chunk", "bos_token_id", "eos_token_ids",
                  "vocab_size", "num_layers", "ple_dim", "quantization", "files", "methods")
-FILE_ROLES = {"program": PROGRAM_FILE, "ple": PLE_FILE, "onnx": ONNX_FILE, "tokenizer": TOKENIZER_FILE}
+FILE_ROLES = {"program": PROGRAM_FILE, "ple": PLE_FILE, "onnx": ONNX_FILE, "tokenizer": TOKENIZER_FILE,
+              "vision": VISION_FILE}
+# Files whose hash is checked when they are first read rather than at every session start (verify="fast"):
+# the .ple (its header and identity are checked instead) and the vision program (hashed by its loader
+# before ExecuTorch parses it, so a text-only run never reads it).
+LAZY_ROLES = ("ple", "vision")
 
 
 class BundleError(ValueError):
@@ -93,6 +102,20 @@ def method_names_for(methods: str) -> dict[str, str]:
     raise ValueError(f"methods: expected 'one' or 'two', found {methods!r}")
 
 
+def vision_method(budget: int) -> str:
+    """The vision program's method for an image budget (soft tokens per image)."""
+    return f"{VISION_METHOD_PREFIX}{budget}"
+
+
+def vision_entry(*, model_hash: bytes, budgets, hidden_size: int, patch_dim: int, image_tokens: dict,
+                 quantization: str, block_q: int | None) -> dict:
+    """The manifest's `vision` object for a vision program with one method per budget, bound to `model_hash`."""
+    return {"model_hash": model_hash.hex(), "budgets": sorted(budgets),
+            "methods": {str(b): vision_method(b) for b in sorted(budgets)},
+            "hidden_size": hidden_size, "patch_dim": patch_dim, "image_tokens": dict(image_tokens),
+            "quantization": quantization, "block_q": block_q}
+
+
 def role_methods(manifest: dict) -> dict[str, str]:
     """The program method that plays each role, from a manifest."""
     out = {}
@@ -105,8 +128,9 @@ def role_methods(manifest: dict) -> dict[str, str]:
 
 
 def build_manifest(bundle_dir: Path, *, cfg, settings: dict, model_hash: bytes, stages: list[dict],
-                   ple_report=None, checkpoint: Path | None = None) -> dict:
-    """The manifest for the files now in `bundle_dir` (hashes and sizes computed here)."""
+                   ple_report=None, checkpoint: Path | None = None, vision: dict | None = None) -> dict:
+    """The manifest for the files now in `bundle_dir` (hashes and sizes computed here); `vision`: the
+    vision program's entry (`vision_entry`) when `bundle_dir` has one."""
     files = {}
     for role, name in FILE_ROLES.items():
         path = bundle_dir / name
@@ -140,6 +164,7 @@ def build_manifest(bundle_dir: Path, *, cfg, settings: dict, model_hash: bytes, 
                            "max_tokens": settings["prefill_chunk"] if t == "T" else 1}
                     for role, t in ((PREFILL_ROLE, "T"), (DECODE_ROLE, 1))},
         "chat_template": chat_template,
+        **({"vision": vision} if vision is not None else {}),
         "export": {"stages": stages, "source_checkpoint": str(checkpoint) if checkpoint else None,
                    "program_revision": PROGRAM_REVISION},
     }
@@ -317,6 +342,47 @@ def _check_methods(methods, where: str, prefill_chunk: int) -> None:
                 _expect(ok, where, f"methods.{role}.{side}[{i}]", "an object with name, dtype and shape", t)
 
 
+def _check_vision(m: dict, cfg, vocab: int, where: str) -> None:
+    """The `vision` entry and `files.vision`: both or neither; bound to the model hash; budgets, methods,
+    widths and image ids the decoder agrees with."""
+    has_file, v = "vision" in m["files"], m.get("vision")
+    if v is None and not has_file:
+        return
+    if v is None or not has_file:
+        missing, present = ("vision", "files.vision") if v is None else ("files.vision", "vision")
+        raise BundleError(f"{where}: {missing}: missing, but {present} is present (a vision program needs both)")
+    _expect(isinstance(v, dict), where, "vision", "an object", v)
+    revision = m.get("export", {}).get("program_revision", 1) if isinstance(m.get("export"), dict) else 1
+    _expect(is_int(revision) and revision >= 6, where, "export.program_revision",
+            "≥ 6 (a step that takes soft_embeds) for a bundle with a vision program", revision)
+    _expect(v.get("model_hash") == m["model_hash"], where, "vision.model_hash",
+            f"{m['model_hash']} (the manifest's model_hash: the tower of the same checkpoint)", v.get("model_hash"))
+    budgets = v.get("budgets")
+    ok = (isinstance(budgets, list) and len(budgets) > 0 and all(is_int(b) and b in SUPPORTED_BUDGETS for b in budgets)
+          and budgets == sorted(set(budgets)))
+    _expect(ok, where, "vision.budgets", f"a sorted list of distinct budgets from {list(SUPPORTED_BUDGETS)}", budgets)
+    methods = v.get("methods")
+    _expect(isinstance(methods, dict) and sorted(methods) == sorted(str(b) for b in budgets), where,
+            "vision.methods", f"one method per budget, keys {[str(b) for b in budgets]}", methods)
+    for b in budgets:
+        name = methods[str(b)]
+        _expect(isinstance(name, str) and name != "", where, f"vision.methods.{b}", "a method name", name)
+    _expect(v.get("hidden_size") == cfg.hidden_size and is_int(v.get("hidden_size")), where, "vision.hidden_size",
+            f"{cfg.hidden_size} (config.hidden_size: soft tokens replace embeddings)", v.get("hidden_size"))
+    _int(v, "patch_dim", where, "vision.patch_dim", 1)
+    ids = v.get("image_tokens")
+    _expect(isinstance(ids, dict), where, "vision.image_tokens", "an object with boi, image and eoi", ids)
+    for key in ("boi", "image", "eoi"):
+        _expect(is_int(ids.get(key)) and 0 <= ids[key] < vocab, where, f"vision.image_tokens.{key}",
+                f"a token id in [0, {vocab})", ids.get(key))
+    _expect(len({ids["boi"], ids["image"], ids["eoi"]}) == 3, where, "vision.image_tokens",
+            "three distinct ids", ids)
+    _expect(v.get("quantization") in VISION_QUANT, where, "vision.quantization", " or ".join(VISION_QUANT),
+            v.get("quantization"))
+    bq = v.get("block_q")
+    _expect(bq is None or (is_int(bq) and bq >= 1), where, "vision.block_q", "a positive row count or null", bq)
+
+
 def validate_manifest(manifest, bundle_dir: str | Path) -> dict:
     """Check every field a runtime reads — types, ranges, shapes, file paths, cross-field agreement — and
     raise BundleError naming the first wrong one (field, expected, found). Returns the manifest."""
@@ -358,6 +424,7 @@ def validate_manifest(manifest, bundle_dir: str | Path) -> dict:
                           f"(config.hidden_size_per_layer_input {cfg.hidden_size_per_layer_input}): without its "
                           "table every PLE row would be zero")
     _check_methods(m["methods"], where, m["prefill_chunk"])
+    _check_vision(m, cfg, vocab, where)
     v = m.get("chat_template")
     _expect(v is None or isinstance(v, str), where, "chat_template", "a string or null", v)
     v = m.get("export", {})
@@ -401,9 +468,10 @@ def verify_bundle(bundle_dir: str | Path, full_hash: bool = True, hash_ple: bool
                   manifest: dict | None = None) -> list[str]:
     """Problems found comparing the files with the manifest (empty list: the bundle is whole).
 
-    Sizes always; SHA-256 when `full_hash` (for the .ple only when `hash_ple`, default `full_hash`: its
-    header, size and identity are checked regardless, and hashing reads the whole table). `manifest`: the
-    bundle's, when the caller has read it already."""
+    Sizes always; SHA-256 when `full_hash` (for the LAZY_ROLES — the .ple and the vision program — only when
+    `hash_ple`, default `full_hash`: the .ple's header, size and identity are checked regardless, and
+    hashing reads the whole table; the vision program is hashed by its loader). `manifest`: the bundle's,
+    when the caller has read it already."""
     bundle_dir = Path(bundle_dir)
     manifest = manifest if manifest is not None else read_manifest(bundle_dir)
     hash_ple = full_hash if hash_ple is None else hash_ple
@@ -425,7 +493,7 @@ def verify_bundle(bundle_dir: str | Path, full_hash: bool = True, hash_ple: bool
             problems.append(f"{path}: size: expected {entry['bytes']} bytes (manifest files.{role}.bytes), "
                             f"found {st.st_size}")
             continue
-        if full_hash and (role != "ple" or hash_ple):
+        if full_hash and (role not in LAZY_ROLES or hash_ple):
             try:
                 digest = sha256_file(path, drop_cache=role == "ple")
             except OSError as e:

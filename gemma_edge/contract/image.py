@@ -66,6 +66,10 @@ class ImageTokens:
     def to_dict(self) -> dict[str, int]:
         return {"boi_token_id": self.boi, "image_token_id": self.image, "eoi_token_id": self.eoi}
 
+    def manifest_dict(self) -> dict[str, int]:
+        """The bundle manifest's `vision.image_tokens`."""
+        return {"boi": self.boi, "image": self.image, "eoi": self.eoi}
+
     def span(self, n_soft_tokens: int) -> list[int]:
         """The prompt ids of one image of n soft tokens: boi, n × image, eoi."""
         if isinstance(n_soft_tokens, bool) or not isinstance(n_soft_tokens, int) or not 1 <= n_soft_tokens <= 1120:

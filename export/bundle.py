@@ -81,6 +81,17 @@ def describe_bundle(path: str | Path, full_hash: bool = True) -> tuple[str, bool
             problems += bad
         lines.append("  methods (program):")
         lines += _program_methods(program) if not bad else ["    (not loaded: it does not match the manifest)"]
+    if "vision" in m:
+        v = m["vision"]
+        lines.append(f"  vision program: budgets {v['budgets']} (soft tokens per image), linears {v['quantization']}, "
+                     f"image ids boi {v['image_tokens']['boi']} / image {v['image_tokens']['image']} / eoi "
+                     f"{v['image_tokens']['eoi']}; loaded only for a prompt with an image")
+        vision = bf.bundle_file(path, m, "vision")
+        bad = [p for p in problems if p.startswith(f"{vision}:")]
+        if not bad and not full_hash and bf.sha256_file(vision) != m["files"]["vision"]["sha256"]:  # before ET reads it
+            bad = [f"{vision}: sha256: expected {m['files']['vision']['sha256']} (manifest files.vision.sha256)"]
+            problems += [p for p in bad if p not in problems]
+        lines += _program_methods(vision) if not bad else ["    (not loaded: it does not match the manifest)"]
     lines.append("  check: " + ("all files match the manifest"
                                 + (" (sha256 verified)" if full_hash else " (sizes only)")
                                 if not problems else f"{len(problems)} problem(s)"))

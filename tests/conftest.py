@@ -10,6 +10,8 @@ from gemma_edge.contract import bundle_format as bf
 
 # Reuse an existing checkpoint / bundle instead of building them (local iteration): both must be set together.
 REUSE_CHECKPOINT, REUSE_BUNDLE = os.environ.get("GEMMA_EDGE_TINY_CHECKPOINT"), os.environ.get("GEMMA_EDGE_TINY_BUNDLE")
+REUSE_VISION_CHECKPOINT = os.environ.get("GEMMA_EDGE_TINY_VISION_CHECKPOINT")
+REUSE_VISION_BUNDLE = os.environ.get("GEMMA_EDGE_TINY_VISION_BUNDLE")
 
 def edit_manifest(bundle: Path, **fields) -> None:
     """Set manifest fields in place (dotted keys reach into objects: files__ple__path); None deletes. Read raw:
@@ -70,3 +72,35 @@ def tiny_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
         return Path(REUSE_BUNDLE)
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     return export_bundle(tiny_checkpoint, out, ExportSettings(**TINY_EXPORT), progress=False)
+
+
+# The multimodal tiny model's export: every program unquantized (the vision program too), two budgets, a context
+# that holds two 280-budget images.
+TINY_VISION_EXPORT = dict(TINY_EXPORT, max_context=600, ple_dtype="fp32", vision_quant="none", image_budgets=(70, 280))
+
+
+@pytest.fixture(scope="session")
+def tiny_vision_checkpoint(tmp_path_factory) -> Path:
+    """`gemma-edge random-checkpoint --preset tiny --multimodal` (fp32): the tiny decoder under
+    model.language_model., the preset's vision tower, a test tokenizer with the image tokens."""
+    from gemma_edge.contract.presets import VISION_PRESETS, preset
+    from gemma_edge.export.random_checkpoint import write_random_checkpoint
+
+    if REUSE_VISION_CHECKPOINT:
+        return Path(REUSE_VISION_CHECKPOINT)
+    import torch
+
+    path = tmp_path_factory.mktemp("tiny-vision") / "checkpoint"
+    return write_random_checkpoint(path, preset("tiny"), dtype=torch.float32, seed=3, multimodal=True,
+                                   vision_config=VISION_PRESETS["tiny"], progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_vision_bundle(tiny_vision_checkpoint, tmp_path_factory) -> Path:
+    """The multimodal tiny checkpoint exported with its vision program (TINY_VISION_EXPORT)."""
+    from gemma_edge.export.exporter import ExportSettings, export_bundle
+
+    if REUSE_VISION_BUNDLE:
+        return Path(REUSE_VISION_BUNDLE)
+    out = tmp_path_factory.mktemp("vision-bundle") / "tiny"
+    return export_bundle(tiny_vision_checkpoint, out, ExportSettings(**TINY_VISION_EXPORT), progress=False)

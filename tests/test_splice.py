@@ -212,8 +212,9 @@ def test_program_takes_soft_tokens(spliced, spliced_path, tmp_path):
     from gemma_edge.runtime.backends import EagerBackend, PteBackend
 
     _, ours, tower, tokens = spliced
-    bundle = export_bundle(spliced_path, tmp_path / "bundle", ExportSettings(**{**TINY_EXPORT, "max_context": 128}),
-                           progress=False)
+    # the step alone: the vision program is tests/test_vision_bundle.py's
+    bundle = export_bundle(spliced_path, tmp_path / "bundle",
+                           ExportSettings(**{**TINY_EXPORT, "max_context": 128, "vision": False}), progress=False)
     m = bf.read_manifest(bundle)
     assert m["export"]["program_revision"] == 6 and m["methods"]["prefill"]["inputs"][4]["name"] == "soft_embeds"
     pixels, positions, counts = images(70, SIZES[:1])

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from gemma_edge.procfs import cpu_isa, isa_line
 
 HERE = Path(__file__).resolve().parent
 MARK = "AB_NATIVE_RESULT "
@@ -40,15 +41,6 @@ print(%r + json.dumps({"load_s": res["load_s"], "peak_rss_bytes": res["memory"][
                        "host_rss_bytes": res["memory"]["host"]["VmRSS"], **{k: res["runs"][0][k] for k in
                        ("ttft_s", "prefill_tok_s", "decode_tok_s", "tokens")}}))
 """ % MARK
-
-
-def isa() -> str:
-    flags = next((ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("flags")), [])
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("model name")), platform.processor())
-    best = next((f for f in ("avx512f", "avx2") if f in flags), "neither AVX-512 nor AVX2")
-    return f"{model}; {best}" + (" + avx512_vnni" if "avx512_vnni" in flags else "")
 
 
 def run_side(root: Path, bundle: Path, ids: list[int], new_tokens: int, threads: int) -> dict:
@@ -94,8 +86,8 @@ def main() -> int:
         a, b = med["a"][k], med["b"][k]
         lo, hi = spread["a"][k]
         print(f"{k:<24}{a:>14.4g}{b:>14.4g}{b / a if a else float('nan'):>9.3f}   ({lo:.4g}-{hi:.4g})")
-    print(f"same greedy tokens: {same_tokens}; ISA: {isa()}")
-    out = {"bundle": str(args.bundle), "a": str(roots["a"]), "b": str(roots["b"]), "isa": isa(),
+    print(f"same greedy tokens: {same_tokens}; ISA: {isa_line()}")
+    out = {"bundle": str(args.bundle), "a": str(roots["a"]), "b": str(roots["b"]), "isa": cpu_isa(),
            "prompt_tokens": args.prompt, "new_tokens": args.new_tokens, "threads": args.threads,
            "rounds": args.rounds, "median": med, "spread": spread,
            "ratio_b_over_a": {k: med["b"][k] / med["a"][k] for k in keys if med["a"][k]},

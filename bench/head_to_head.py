@@ -37,6 +37,8 @@ sys.path.insert(0, str(HERE))
 
 from peers import et_example, litert_lm, ours  # noqa: E402
 
+from gemma_edge.procfs import cpu_isa  # noqa: E402
+
 RESULTS = HERE / "results" / "head_to_head.json"
 SYSTEMS = ("ours", "ours-int8", "ours-py", "litert", "et", "litert-notes")
 # ours / ours-int8 run in the native host (gemma-edge-run: C++, no Python in the process, as on a phone);
@@ -194,7 +196,7 @@ def machine() -> str:
     lines = info.read_text().splitlines() if info.exists() else []
     cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "unknown CPU")
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{platform.machine()}, {cpu}, {os.cpu_count()} cores, {mem:.1f} GiB"
+    return f"{platform.machine()}, {cpu}, {os.cpu_count()} cores, {mem:.1f} GiB; ISA {cpu_isa()['class']}"
 
 
 def ratios(a: dict, b: dict, bytes_a: int, bytes_b: int) -> dict:
@@ -311,7 +313,7 @@ def main() -> None:
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     first = str(min(int(p) for p in summary)) if summary else None
     data[label] = {
-        "model": args.model, "checkpoint": str(ckpt), "machine": machine(),
+        "model": args.model, "checkpoint": str(ckpt), "machine": machine(), "isa": cpu_isa(),
         "ran_on": "every build and run on this machine unless a build says otherwise",
         "date": time.strftime("%Y-%m-%d %H:%M"), "prompts": args.prompts, "new_tokens": args.new_tokens,
         "repeats": args.repeats, "threads": args.threads, "bandwidth": bw,

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from gemma_edge import ple_store
+from gemma_edge.procfs import cpu_isa
 
 V, L, P = 262144, 35, 256            # Gemma 4 E2B's PLE table
 PAGE = 4096
@@ -279,17 +280,17 @@ class BlockCheckReader(ple_store.PleReader):
         self._check_blocks_of(uniq)   # before the rows are used; here after the reads, same I/O
 
 
-def cpu_isa() -> dict:
+def crc_isa() -> dict:
+    """The machine class (gemma_edge.procfs.cpu_isa) and what the CRC's speed depends on: carry-less multiply and
+    the zlib build."""
+    import zlib
+
     flags = set()
     for line in open("/proc/cpuinfo"):
         if line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
             break
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                 platform.processor())
-    import zlib
-    return {"model": model, "isa": "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other",
-            "flags": sorted(flags & {"sse4_2", "pclmulqdq", "vpclmulqdq", "avx2", "avx512f", "avx512bw"}),
+    return {**cpu_isa(), "crc_flags": sorted(flags & {"sse4_2", "pclmulqdq", "vpclmulqdq"}),
             "zlib": zlib.ZLIB_RUNTIME_VERSION}
 
 
@@ -348,7 +349,7 @@ def row_crc_cost(args) -> int:
               f"{1e3 * r['block_first_touch_s']:15.1f} "
               f"{100 * r['block_first_touch_overhead']:+7.0f}% "
               f"{100 * r['check_share_of_unchecked']:+10.1f}%")
-    out = {"machine": {"cpus": os.cpu_count(), "kernel": platform.release(), **cpu_isa()},
+    out = {"machine": {"cpus": os.cpu_count(), "kernel": platform.release(), **crc_isa()},
            "order": "interleaved; the order of the three readers rotates every repeat",
            "shape": {"vocab_size": V, "num_layers": L, "ple_dim": P, "dtype": "int4"}, "repeats": args.repeats,
            "seed": args.seed, "strategy": ple_store.reader.DEFAULT_STRATEGY, "write": write, "fetch": rows}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 from gemma_edge.export import vision_export as ve
 from gemma_edge.export.vision import Gemma4Vision, VisionConfig, random_vision_values, vision_tensor_specs
+from gemma_edge.procfs import cpu_isa
 from gemma_edge.runtime.image import preprocess
 
 HERE = Path(__file__).resolve().parent
@@ -124,8 +124,7 @@ def main() -> None:
           "| eager quantized vs fp32 (max |Δ| / Frobenius)")
     with tempfile.TemporaryDirectory() as tmp:
         rows = [r for t in args.towers.split(",") for r in measure(t, budgets, schemes, Path(tmp))]
-    out = {"bench": "vision_quant_error", "machine": {"cpu": platform.processor() or platform.machine(),
-                                                      "torch": torch.__version__},
+    out = {"bench": "vision_quant_error", "machine": {**cpu_isa(), "torch": torch.__version__},
            "images": [list(s) for s in SIZES], "rows": rows}
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.out}")

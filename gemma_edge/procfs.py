@@ -1,5 +1,6 @@
 """Linux /proc tools, the one home of them: this process's memory (peak and current RSS and their split),
-its file mappings and their resident pages, and dropping clean file pages from RSS.
+its file mappings and their resident pages, dropping clean file pages from RSS, and the CPU's ISA (every
+benchmark figure names the machine class it was measured on).
 
 Imports nothing of the project and nothing outside the standard library, so the exporter, the runtime and
 the benchmark peers' children (which run in other venvs) all use this file.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import platform
 
 PAGE = mmap.PAGESIZE
 STATUS_KEYS = ("VmHWM", "VmRSS", "VmLck", "RssAnon", "RssFile", "RssShmem")
@@ -145,3 +147,42 @@ def release_clean_file_pages(address: int, nbytes: int) -> int:
     if _libc.madvise(start, end - start, _MADV_DONTNEED) != 0:
         return 0  # best effort: memory stays as it was
     return end - start
+
+
+# The CPU features our kernels' speed depends on: x86 (AVX2/FMA, AVX-512 and its VNNI, AVX-VNNI, AMX) and Arm
+# (NEON dot product, i8mm, SVE, SME), as /proc/cpuinfo spells them.
+ISA_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile",
+                "amx_int8", "asimd", "asimddp", "i8mm", "sve", "sve2", "sme")
+
+
+def cpu_isa(cpuinfo: str = "/proc/cpuinfo") -> dict:
+    """{"model", "class", "features", "cores"}: class is "avx512" (AVX-512F), "avx2", "arm-i8mm",
+    "arm-dotprod", "arm" or "other" — the machine classes benchmark figures are kept apart by."""
+    try:
+        lines = open(cpuinfo).read().splitlines()
+    except OSError:
+        lines = []
+    def first(*keys: str) -> str:
+        return next((ln.split(":", 1)[1].strip() for ln in lines if ln.split(":", 1)[0].strip() in keys), "")
+    flags = set(first("flags", "Features").split())
+    features = [f for f in ISA_FEATURES if f in flags]
+    if "avx512f" in flags:
+        cls = "avx512"
+    elif "avx2" in flags:
+        cls = "avx2"
+    elif "i8mm" in flags:
+        cls = "arm-i8mm"
+    elif "asimddp" in flags:
+        cls = "arm-dotprod"
+    elif "asimd" in flags:
+        cls = "arm"
+    else:
+        cls = "other"
+    model = first("model name", "Hardware", "CPU part") or platform.processor() or platform.machine()
+    return {"model": model, "class": cls, "features": features, "cores": os.cpu_count()}
+
+
+def isa_line(isa: dict | None = None) -> str:
+    """One line naming the machine class: "AMD EPYC 9B14; avx512 (avx2 fma avx512f ...); 2 cores"."""
+    isa = isa or cpu_isa()
+    return f"{isa['model']}; {isa['class']} ({' '.join(isa['features'])}); {isa['cores']} cores"

@@ -137,3 +137,19 @@ def test_no_import_circle():
     packages = {m for m, path in files.items() if path.name == "__init__.py"}
     circles = [c for c in circles if not packages & set(c.split(" -> "))]
     assert not circles, "import circles:\n" + "\n".join(circles)
+
+
+def test_cpu_isa_names_the_machine_class(tmp_path):
+    # every benchmark figure records it: an AVX2-only machine must not read as AVX-512, an Arm phone core as other
+    from gemma_edge.procfs import cpu_isa
+
+    cases = {"flags\t\t: fpu sse2 avx2 fma\nmodel name\t: EPYC\n": ("avx2", ["avx2", "fma"]),
+             "model name\t: Xeon\nflags\t\t: avx2 fma avx512f avx512_vnni amx_tile\n":
+                 ("avx512", ["avx2", "fma", "avx512f", "avx512_vnni", "amx_tile"]),
+             "Features\t: fp asimd asimddp i8mm\nCPU part\t: 0xd41\n": ("arm-i8mm", ["asimd", "asimddp", "i8mm"]),
+             "Features\t: fp asimd asimddp\n": ("arm-dotprod", ["asimd", "asimddp"]),
+             "": ("other", [])}
+    for text, (cls, features) in cases.items():
+        (tmp_path / "cpuinfo").write_text(text)
+        isa = cpu_isa(str(tmp_path / "cpuinfo"))
+        assert (isa["class"], isa["features"]) == (cls, features), text

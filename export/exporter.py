@@ -37,7 +37,8 @@ from .checkpoint import image_tokens_of, load_checkpoint, model_hash, open_check
 from .files import ExportError, fsync_dir, fsync_tree, fsync_write, writing
 from .onnx_export import export_onnx
 from .step import InPlaceKVStep, example_inputs
-from .vision_export import DEFAULT_BLOCK_Q, check_budgets
+from .vision import VisionConfig
+from .vision_export import DEFAULT_BLOCK_Q, check_budgets, measure_activations
 from .vision_export import DEFAULT_QUANT as DEFAULT_VISION_QUANT
 
 log = logging.getLogger("gemma_edge.export")
@@ -554,9 +555,13 @@ def _export_into(tmp: Path, checkpoint: Path, cfg: TextConfig, settings: ExportS
     if settings.vision and image_tokens is not None and "pte" in settings.formats:
         with writing(tmp / bf.VISION_FILE):
             stages.run("lower_vision", write_vision, checkpoint, tmp / bf.VISION_FILE, settings)
+            activations = stages.run("measure_vision", measure_activations, tmp / bf.VISION_FILE,
+                                     settings.image_budgets)
         vision = bf.vision_entry(model_hash=mhash, budgets=settings.image_budgets, hidden_size=cfg.hidden_size,
                                  patch_dim=PATCH_DIM, image_tokens=image_tokens.manifest_dict(),
-                                 quantization=settings.vision_quant, block_q=DEFAULT_BLOCK_Q)
+                                 quantization=settings.vision_quant, block_q=DEFAULT_BLOCK_Q,
+                                 config=VisionConfig.from_json(checkpoint / "config.json").to_dict(),
+                                 activation_bytes=activations)
     for name in TOKENIZER_FILES:
         if (checkpoint / name).exists():
             with writing(tmp / name):

@@ -112,6 +112,7 @@ class Budget:
     activations: int = 0
     runtime: int = 0
     flash_ple: int = 0
+    vision: VisionBudget | None = None                        # the vision program at its largest budget, if any
 
     @property
     def weight_bytes(self) -> int:
@@ -138,9 +139,22 @@ class Budget:
         return self.weights.get("head", 0)
 
     @property
-    def ram_bytes(self) -> int:
-        """Peak resident bytes: weights as held, KV caches, activations, runtime, and the load transient."""
+    def text_ram_bytes(self) -> int:
+        """Peak of a text prompt: weights as held, KV caches, activations, runtime, and the load transient."""
         return self.resident_weight_bytes + self.kv_cache + self.activations + self.runtime + self.load_transient
+
+    @property
+    def image_ram_bytes(self) -> int:
+        """Peak of an image prompt: the decoder loaded (weights, KV caches, runtime) while the vision program
+        loads and encodes; it is released before the prefill, whose peak is the text one."""
+        if self.vision is None:
+            return 0
+        return self.resident_weight_bytes + self.kv_cache + self.runtime + self.vision.peak_bytes
+
+    @property
+    def ram_bytes(self) -> int:
+        """Peak resident bytes of any prompt the bundle takes (an image prompt's where it has a vision program)."""
+        return max(self.text_ram_bytes, self.image_ram_bytes)
 
     def verdict(self, device: dict) -> dict:
         usable = int(device["ram_bytes"] * device["app_ram_fraction"])
@@ -151,8 +165,76 @@ class Budget:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(weight_bytes=self.weight_bytes, resident_weight_bytes=self.resident_weight_bytes,
-                 load_transient=self.load_transient, ram_bytes=self.ram_bytes)
+                 load_transient=self.load_transient, text_ram_bytes=self.text_ram_bytes,
+                 image_ram_bytes=self.image_ram_bytes, ram_bytes=self.ram_bytes)
+        if self.vision is not None:
+            d["vision"].update(peak_bytes=self.vision.peak_bytes)
         return d
+
+
+@dataclass
+class VisionBudget:
+    """The vision program at one image budget, while it encodes (it is loaded for an image and released after).
+
+    weights: the linears as vision.pte stores them (8da8w: int8 + an fp32 scale per output channel; none:
+    fp32) and the fp32 position table (a gather: only the rows an image's positions touch are paged in);
+    packed: XNNPACK's repacked linears (anonymous memory; the serialized blobs are released after loading);
+    transient: the largest delegate's blob while it is packed (one encoder layer's linears);
+    activations: what the method allocates while it encodes — for a bundle, measured when its program was
+    written (manifest vision.activation_bytes: XNNPACK's workspace is in no metadata); for a named model, the
+    live tensors of one encoder layer at N = 9 · budget patches — the residual stream and its normed copy,
+    q/k/v/attention output, the MLP's gate and up halves, one block of attention scores and their softmax
+    (heads × block_q × N, fp32) — plus the inputs and the output (a lower bound);
+    preprocess: the image resized and patchified — pixel_values [N, 768] fp32, the fp32 resize before it
+    and one copy in between (the decoded source image comes on top: 3 bytes a pixel)."""
+
+    budget: int
+    quant: str
+    weights: dict[str, int] = field(default_factory=dict)
+    packed: int = 0
+    transient: int = 0
+    activations: int = 0
+    preprocess: int = 0
+    flops: float = 0.0
+
+    @property
+    def peak_bytes(self) -> int:
+        """Resident while the tower loads and encodes (table rows aside)."""
+        return self.packed + self.transient + self.activations + self.preprocess
+
+    def encode_seconds(self, device: dict) -> float | None:
+        """FLOPs at the device's int8 GEMM rate (devices.json `int8_gemm_ops`; None where a profile has none)."""
+        rate = device.get("int8_gemm_ops")
+        return self.flops / rate if rate else None
+
+
+def vision_budget(vision_config: dict, budget: int, *, quant: str = "8da8w", text_hidden: int = 1536,
+                  block_q: int | None = 512) -> VisionBudget:
+    """The vision program's bytes and FLOPs for images of `budget` soft tokens (transformers' vision_config)."""
+    from gemma_edge.contract.image import PATCH_DIM, check_budget, max_patches
+
+    check_budget(budget)
+    v = vision_config
+    d, inter, layers = v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"]
+    heads, kv_heads, hd = v["num_attention_heads"], v["num_key_value_heads"], v["head_dim"]
+    n = max_patches(budget)
+    per_layer = [(heads * hd, d), (kv_heads * hd, d), (kv_heads * hd, d), (d, heads * hd),
+                 (inter, d), (inter, d), (d, inter)]
+
+    def stored(n_out: int, n_in: int) -> int:
+        return linear_bytes(n_out, n_in, quant, 0)   # one scale per output channel, as vision_export quantizes
+    layer_bytes = sum(stored(o, i) for o, i in per_layer)
+    weights = {"encoder_linears": layers * layer_bytes, "patch_embedder": stored(d, PATCH_DIM),
+               "embed_vision": stored(text_hidden, d),
+               "position_table": 2 * v["position_embedding_size"] * d * 4}
+    linears = weights["encoder_linears"] + weights["patch_embedder"] + weights["embed_vision"]
+    q_rows = n if block_q is None else min(block_q, n)
+    acts = 4 * (n * (2 * d + (heads + 2 * kv_heads) * hd + d + 2 * inter) + 2 * heads * q_rows * n)
+    acts += n * PATCH_DIM * 4 + n * 2 * 8 + budget * (text_hidden * 4 + 1)
+    flops = 2.0 * n * sum(o * i for o, i in per_layer) * layers + layers * 4.0 * n * n * heads * hd
+    flops += 2.0 * n * PATCH_DIM * d + 2.0 * budget * d * text_hidden
+    return VisionBudget(budget=budget, quant=quant, weights=weights, packed=linears, transient=layer_bytes,
+                        activations=acts, preprocess=3 * n * PATCH_DIM * 4, flops=flops)
 
 
 def kv_cache_bytes(cfg: TextConfig, context: int, chunk: int = 128, dtype_bytes: int = 4) -> int:
@@ -229,8 +311,9 @@ def estimate(model: str | TextConfig, *, quant: str = "8da4w", group_size: int =
 
 
 def estimate_bundle(bundle_dir: str | Path, context: int | None = None, runtime_bytes: int = RUNTIME_OVERHEAD,
-                    packed_copies: int | None = None) -> Budget:
-    """The budget of an exported bundle, from its manifest (config, quantization, max_context, methods)."""
+                    packed_copies: int | None = None, image_budget: int | None = None) -> Budget:
+    """The budget of an exported bundle, from its manifest (config, quantization, max_context, methods); with a
+    vision program, an image of `image_budget` soft tokens (default: its largest budget) counted too."""
     from gemma_edge.contract import bundle_format as bf
 
     m = bf.read_manifest(bundle_dir)
@@ -242,6 +325,14 @@ def estimate_bundle(bundle_dir: str | Path, context: int | None = None, runtime_
                  context=m["max_context"] if context is None else context,
                  prefill_chunk=m["prefill_chunk"], runtime_bytes=runtime_bytes, packed_copies=packed_copies)
     b.model = str(bundle_dir)
+    v = m.get("vision")
+    if v is not None and "config" in v:
+        budget = max(v["budgets"]) if image_budget is None else image_budget
+        b.vision = vision_budget(v["config"], budget, quant=v["quantization"], text_hidden=v["hidden_size"],
+                                 block_q=v["block_q"])
+        measured = (v.get("activation_bytes") or {}).get(str(budget))
+        if measured is not None:   # the program's own, measured when it was written (XNNPACK's workspace)
+            b.vision.activations = measured
     return b
 
 
@@ -263,8 +354,19 @@ def format_budget(b: Budget, devices: dict[str, dict]) -> str:
               "shared layers free)",
               f"    activations          {gib(b.activations)}  (one prefill chunk)",
               f"    runtime              {gib(b.runtime)}",
-              f"    total                {gib(b.ram_bytes)}",
+              f"    total                {gib(b.text_ram_bytes)}  (a text prompt)",
               f"  flash: .ple file       {gib(b.flash_ple)}  (not resident: one batched read per prompt)"]
+    if b.vision is not None:
+        v = b.vision
+        lines += [f"  image prompt ({v.budget} soft tokens; the vision program is loaded for it, released after):",
+                  f"    vision weights       {gib(sum(v.weights.values()))}  (vision.pte, linears {v.quant}; the "
+                  f"position table {gib(v.weights['position_table']).strip()} stays in the file)",
+                  f"    packed linears       {gib(v.packed)}",
+                  f"    load transient       {gib(v.transient)}  (one encoder layer's blob while it is packed)",
+                  f"    activations          {gib(v.activations)}  ({9 * v.budget} patches)",
+                  f"    preprocessing        {gib(v.preprocess)}  (the resized image and its patches)",
+                  f"    total                {gib(b.image_ram_bytes)}  (decoder loaded + vision at its peak; "
+                  f"{v.flops / 1e9:.0f} GFLOP per image)"]
     for key, dev in devices.items():
         v = b.verdict(dev)
         lines.append(f"  {key:<13} {'fits' if v['fits'] else 'DOES NOT FIT':<13} usable "

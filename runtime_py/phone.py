@@ -27,6 +27,8 @@ class PhoneReport:
     decode_tok_s: float             # 1 / (decode_ram_s + decode_fetch_s)
     ram_needed: int
     ram_usable: int
+    encode_s: float | None = None   # the images' tower runs at the device's int8 GEMM rate (None: no image)
+    images: int = 0
     checks: dict[str, tuple[bool, str]] = field(default_factory=dict)
 
     @property
@@ -42,6 +44,10 @@ class PhoneReport:
                f"  decode per token: RAM-bound {ms(self.decode_ram_s)} + PLE row {ms(self.decode_fetch_s)} → "
                f"{self.decode_tok_s:6.1f} tok/s",
                f"  RAM needed {self.ram_needed / 2**30:.3f} GiB of {self.ram_usable / 2**30:.2f} GiB usable"]
+        if self.images:
+            out.append(f"  vision encode: {self.images} image(s) "
+                       + (f"{self.encode_s * 1e3:8.1f} ms at the profile's int8 GEMM rate (an estimate)"
+                          if self.encode_s is not None else "(the profile has no int8 GEMM rate)"))
         for name, (ok, detail) in self.checks.items():
             out.append(f"  [{'ok' if ok else 'FAIL'}] {name}: {detail}")
         return out
@@ -53,8 +59,10 @@ def fetch_seconds(pages: int, device: dict, queue_depth: int) -> float:
 
 
 def simulate(device: dict, *, prompt_tokens: int, prompt_pages: int, row_pages: int, generated: int,
-             weight_bytes: int, kv_bytes_per_token: int, ram_needed: int, context_at_end: int) -> PhoneReport:
-    """Costs on `device` for one prompt of `prompt_tokens` whose unique rows touch `prompt_pages` pages."""
+             weight_bytes: int, kv_bytes_per_token: int, ram_needed: int, context_at_end: int,
+             images: int = 0, encode_flops: float = 0.0) -> PhoneReport:
+    """Costs on `device` for one prompt of `prompt_tokens` whose unique rows touch `prompt_pages` pages, and of
+    its `images` (`encode_flops` each: budget.VisionBudget.flops) through the vision tower."""
     bw = device["mem_bandwidth_Bps"]
     avg_ctx = max(1, context_at_end - generated // 2)
     decode_ram = (weight_bytes + kv_bytes_per_token * avg_ctx) / bw
@@ -65,7 +73,9 @@ def simulate(device: dict, *, prompt_tokens: int, prompt_pages: int, row_pages: 
         per_token_fetch_s=fetch_seconds(prompt_pages, device, 1),
         sequential_floor_s=prompt_pages * PAGE / device["flash_seq_read_Bps"],
         decode_fetch_s=decode_fetch, decode_ram_s=decode_ram, decode_tok_s=1.0 / (decode_ram + decode_fetch),
-        ram_needed=ram_needed, ram_usable=int(device["ram_bytes"] * device["app_ram_fraction"]))
+        ram_needed=ram_needed, ram_usable=int(device["ram_bytes"] * device["app_ram_fraction"]),
+        images=images, encode_s=images * encode_flops / device["int8_gemm_ops"] if images and
+        device.get("int8_gemm_ops") else None)
 
 
 def kv_bytes_per_token(cfg, dtype_bytes: int = 4) -> int:

@@ -124,3 +124,63 @@ def test_budget_cli_counts_packed_copies_per_method(capsys):
     assert ram["one"]["packed_copies"] == 1 and ram["two"]["packed_copies"] == 2
     b = estimate("e2b")
     assert ram["two"]["ram_bytes"] - ram["one"]["ram_bytes"] == b.linear_bytes  # the linears packed once more
+
+
+def test_vision_flops_equal_the_flop_counters():
+    # ../shared/docs/gemma4-multimodal.md §4: torch.utils.flop_counter on the E2B tower, N = 9 · budget patches
+    from gemma_edge.contract.presets import VISION_PRESETS
+    from gemma_edge.runtime.budget import vision_budget
+
+    counted = {70: 210e9, 140: 460e9, 280: 1076e9, 560: 2777e9, 1120: 8050e9}
+    for budget, flops in counted.items():
+        v = vision_budget(VISION_PRESETS["e2b"], budget)
+        assert abs(v.flops - flops) / flops < 0.005, (budget, v.flops)
+
+
+def test_vision_bytes_by_hand():
+    from gemma_edge.contract.presets import VISION_PRESETS
+    from gemma_edge.runtime.budget import vision_budget
+
+    e = VISION_PRESETS["e2b"]
+    v = vision_budget(e, 280, quant="8da8w", text_hidden=1536)
+    layer = 4 * (768 * 768 + 4 * 768) + 2 * (3072 * 768 + 4 * 3072) + 768 * 3072 + 4 * 768   # int8 + fp32 scales
+    assert v.weights["encoder_linears"] == 16 * layer and v.transient == layer
+    assert v.weights["position_table"] == 2 * 10240 * 768 * 4
+    assert v.packed == 16 * layer + (768 * 768 + 4 * 768) + (1536 * 768 + 4 * 1536)
+    fp32 = vision_budget(e, 280, quant="none")
+    assert fp32.weights["encoder_linears"] == 16 * 4 * (4 * 768 * 768 + 3 * 768 * 3072)
+    # blocked queries bound the score matrices: unblocked, 1120's attention alone is heads × N² × 4 B = 4.9 GB
+    blocked, unblocked = vision_budget(e, 1120), vision_budget(e, 1120, block_q=None)
+    assert blocked.activations < 1.2e9 < 2 * 12 * 10080**2 * 4 < unblocked.activations
+    assert vision_budget(e, 70).activations < v.activations < blocked.activations
+
+
+def test_image_prompt_peak_counts_the_tower_over_the_loaded_decoder():
+    from gemma_edge.contract.presets import VISION_PRESETS
+    from gemma_edge.runtime.budget import estimate, vision_budget
+
+    b = estimate("e2b")
+    text = b.ram_bytes
+    b.vision = vision_budget(VISION_PRESETS["e2b"], 1120)
+    assert b.text_ram_bytes == text
+    assert b.image_ram_bytes == b.resident_weight_bytes + b.kv_cache + b.runtime + b.vision.peak_bytes
+    assert b.ram_bytes == max(text, b.image_ram_bytes) > text
+    dev = load_devices()["pixel-8"]
+    assert b.vision.encode_seconds(dev) == b.vision.flops / dev["int8_gemm_ops"]
+    r = simulate(dev, prompt_tokens=300, prompt_pages=10, row_pages=1, generated=4, weight_bytes=1,
+                 kv_bytes_per_token=1, ram_needed=b.ram_bytes, context_at_end=304, images=2,
+                 encode_flops=b.vision.flops)
+    assert r.encode_s == 2 * b.vision.flops / dev["int8_gemm_ops"]
+    assert any("vision encode: 2 image(s)" in line for line in r.lines())
+
+
+@pytest.mark.slow  # measures a child process's peak RSS
+def test_predicted_rss_within_10_percent_of_measured_on_an_image_prompt(tiny_vision_bundle, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(__import__("numpy").full((300, 90, 3), 128, "uint8")).save(tmp_path / "pic.png")
+    out = subprocess.run([sys.executable, "-m", "gemma_edge.cli", "run", str(tiny_vision_bundle), "--ids", "2,5,6",
+                          "--image", str(tmp_path / "pic.png"), "--image-budget", "280", "--max-new-tokens", "8",
+                          "--json"], capture_output=True, text=True, check=True).stdout
+    r = json_at_end(out)
+    assert r["images"] == 1 and abs(r["peak_rss"] / r["predicted_rss"] - 1) < 0.10, r

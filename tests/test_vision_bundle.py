@@ -28,7 +28,11 @@ def vision_entry(tiny_bundle) -> dict:
     m["vision"] = bf.vision_entry(model_hash=bytes.fromhex(m["model_hash"]), budgets=[70, 280],
                                   hidden_size=m["config"]["hidden_size"], patch_dim=768,
                                   image_tokens={"boi": vocab - 3, "image": vocab - 2, "eoi": vocab - 1},
-                                  quantization="8da8w", block_q=512)
+                                  quantization="8da8w", block_q=512,
+                                  config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                              num_attention_heads=2, num_key_value_heads=2, head_dim=16,
+                                              position_embedding_size=10240),
+                                  activation_bytes={70: 1 << 20, 280: 1 << 24})
     return m
 
 
@@ -48,6 +52,10 @@ def vision_entry(tiny_bundle) -> dict:
     (lambda m: m["vision"].__setitem__("block_q", 0), "vision.block_q: expected a positive row count"),
     (lambda m: m["export"].__setitem__("program_revision", 5), "export.program_revision: expected ≥ 6"),
     (lambda m: m["files"]["vision"].__setitem__("path", "../vision.pte"), "files.vision.path"),
+    (lambda m: m["vision"].pop("config"), "vision.config: expected the tower's vision_config"),
+    (lambda m: m["vision"]["config"].__setitem__("head_dim", 0), "vision.config.head_dim"),
+    (lambda m: m["vision"]["activation_bytes"].pop("70"), "vision.activation_bytes: expected bytes per budget"),
+    (lambda m: m["vision"]["activation_bytes"].__setitem__("70", -1), "vision.activation_bytes.70"),
 ])
 def test_manifest_vision_entry_is_validated(tiny_bundle, edit, message):
     m = vision_entry(tiny_bundle)
@@ -70,6 +78,7 @@ def test_export_writes_the_vision_program(tiny_vision_bundle, tiny_vision_checkp
     assert v["quantization"] == "none" and v["hidden_size"] == m["config"]["hidden_size"]
     assert bf.sha256_file(tiny_vision_bundle / bf.VISION_FILE) == m["files"]["vision"]["sha256"]
     assert [s["stage"] for s in m["export"]["stages"]].count("lower_vision") == 1
+    assert 0 < v["activation_bytes"]["70"] < v["activation_bytes"]["280"]
     program = Runtime.get().load_program(tiny_vision_bundle / bf.VISION_FILE)
     assert program.method_names == {"vision_70", "vision_280"}
     for b in (70, 280):
@@ -124,6 +133,7 @@ def test_bundle_generates_from_images_as_transformers(tiny_vision_bundle, tiny_v
         st = s.last_run
         assert st.prompt_tokens == len(full) and st.images == 2 and st.prompt_fetches == 1
         assert st.prompt_fetched == [m["pad_token_id"] or 0 if tok == t["image"] else tok for tok in full]
+        assert st.prompt_fetch.unique_rows == len(set(st.prompt_fetched))   # each image costs one row, row 0
         assert 0 < st.encode_s < st.ttft_s
         assert s.vision._program is None and not s.vision._loaded   # released after encoding
     assert got == want

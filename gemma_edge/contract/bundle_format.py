@@ -107,10 +107,18 @@ def vision_method(budget: int) -> str:
     return f"{VISION_METHOD_PREFIX}{budget}"
 
 
+VISION_CONFIG_INTS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                      "num_key_value_heads", "head_dim", "position_embedding_size")
+
+
 def vision_entry(*, model_hash: bytes, budgets, hidden_size: int, patch_dim: int, image_tokens: dict,
-                 quantization: str, block_q: int | None) -> dict:
-    """The manifest's `vision` object for a vision program with one method per budget, bound to `model_hash`."""
-    return {"model_hash": model_hash.hex(), "budgets": sorted(budgets),
+                 quantization: str, block_q: int | None, config: dict,
+                 activation_bytes: dict[int, int] | None = None) -> dict:
+    """The manifest's `vision` object for a vision program with one method per budget, bound to `model_hash`;
+    `config`: the tower's vision_config and `activation_bytes` (budget -> bytes, measured when the program was
+    written: vision_export.measure_activations) are what the memory budget reads."""
+    extra = {} if activation_bytes is None else {"activation_bytes": {str(b): n for b, n in activation_bytes.items()}}
+    return {**extra, "model_hash": model_hash.hex(), "budgets": sorted(budgets), "config": config,
             "methods": {str(b): vision_method(b) for b in sorted(budgets)},
             "hidden_size": hidden_size, "patch_dim": patch_dim, "image_tokens": dict(image_tokens),
             "quantization": quantization, "block_q": block_q}
@@ -381,6 +389,16 @@ def _check_vision(m: dict, cfg, vocab: int, where: str) -> None:
             v.get("quantization"))
     bq = v.get("block_q")
     _expect(bq is None or (is_int(bq) and bq >= 1), where, "vision.block_q", "a positive row count or null", bq)
+    c = v.get("config")
+    _expect(isinstance(c, dict), where, "vision.config", "the tower's vision_config (an object)", c)
+    for key in VISION_CONFIG_INTS:
+        _int(c, key, where, f"vision.config.{key}", 1)
+    acts = v.get("activation_bytes")
+    if acts is not None:
+        _expect(isinstance(acts, dict) and sorted(acts) == sorted(str(b) for b in budgets), where,
+                "vision.activation_bytes", f"bytes per budget, keys {[str(b) for b in budgets]}", acts)
+        for b in budgets:
+            _int(acts, str(b), where, f"vision.activation_bytes.{b}", 0, 2**63 - 1)
 
 
 def validate_manifest(manifest, bundle_dir: str | Path) -> dict:

@@ -136,7 +136,8 @@ def _write(out_dir: Path, cfg: TextConfig, dtype: torch.dtype, seed: int, shard_
         if tokenizer:
             from gemma_edge.export.random_tokenizer import write_test_tokenizer
 
-            write_test_tokenizer(tmp, cfg.vocab_size)
+            image_tokens = ImageTokens.for_vocab(cfg.vocab_size) if multimodal and vision is not None else None
+            write_test_tokenizer(tmp, cfg.vocab_size, image_tokens)  # "<|image|>" in a prompt is its id
         os.rename(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

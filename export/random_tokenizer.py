@@ -1,11 +1,13 @@
 """A Gemma-style test tokenizer for random checkpoints (`gemma-edge random-checkpoint`) and tests: byte-fallback
-BPE with Gemma's special and turn tokens at their ids, merges trained on a small built-in corpus."""
+BPE with Gemma's special and turn tokens at their ids (and, for a model that reads images, its image tokens at
+the model's image ids), merges trained on a small built-in corpus."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 from gemma_edge.contract.chat import SPACE, SPECIALS, TURN_TOKENS
+from gemma_edge.contract.image import BOI, EOI, IMAGE, ImageTokens
 
 # A small varied corpus for the test tokenizer's merges: prose, code, numbers, several scripts.
 _CORPUS = """\
@@ -36,12 +38,15 @@ def _byte_order() -> list[int]:
     return first + [b for b in range(256) if b not in first]
 
 
-def build_test_tokenizer(vocab_size: int):
+def build_test_tokenizer(vocab_size: int, image_tokens: ImageTokens | None = None):
     """A Gemma-style byte-fallback BPE with exactly `vocab_size` ids (256 .. 262144).
 
     ids 0..3 <pad> <eos> <bos> <unk>; when vocab_size >= 512, Gemma's turn tokens at 105.. (4..104 are
     <unusedN>); then "▁"; then the <0xXX> byte tokens (all 256 when they fit, else the most common bytes first);
-    then characters and merges trained on a small built-in corpus; the rest <unusedN>.
+    then characters and merges trained on a small built-in corpus; the rest <unusedN>. With `image_tokens`
+    (a multimodal model's ids, e.g. ImageTokens.for_vocab(vocab_size)), Gemma's image specials <|image>,
+    <|image|>, <image|> are special tokens at its boi, image and eoi ids, so a chat's image item encodes to the
+    placeholder id the model splices at.
     """
     from tokenizers import Tokenizer, decoders, normalizers
     from tokenizers.models import BPE
@@ -49,15 +54,30 @@ def build_test_tokenizer(vocab_size: int):
 
     if not 256 <= vocab_size <= 262_144:
         raise TokenizerError(f"vocab_size: expected 256..262144, found {vocab_size}")
+    turns = vocab_size >= 512
+    fixed = {i: t for i, t in enumerate(SPECIALS)} | (dict(TURN_TOKENS) if turns else {})
+    placed: dict[int, str] = {}   # tokens at ids the model fixes, inserted when the running id reaches them
+    if image_tokens is not None:
+        for name, token, i in (("boi", BOI, image_tokens.boi), ("image", IMAGE, image_tokens.image),
+                               ("eoi", EOI, image_tokens.eoi)):
+            if not 0 <= i < vocab_size or i in fixed or i in placed:
+                raise TokenizerError(f"image_tokens.{name}: expected an id in [0, {vocab_size}) that no special or "
+                                     f"turn token holds, found {i}")
+            placed[i] = token
     vocab: dict[str, int] = {}
     unused = 0
 
     def add(token: str) -> None:
+        while len(vocab) in placed:
+            vocab[placed[len(vocab)]] = len(vocab)
         vocab[token] = len(vocab)
+
+    def room() -> int:
+        """Ids left for tokens of no fixed id."""
+        return vocab_size - len(vocab) - sum(1 for i in placed if i >= len(vocab))
 
     for tok in SPECIALS:
         add(tok)
-    turns = vocab_size >= 512
     if turns:
         while len(vocab) < min(TURN_TOKENS):
             add(f"<unused{unused}>")
@@ -65,9 +85,9 @@ def build_test_tokenizer(vocab_size: int):
         for i in sorted(TURN_TOKENS):
             add(TURN_TOKENS[i])
     add(SPACE)   # the space marker is a token of its own (else it would decode as bytes, after Replace)
-    for b in _byte_order()[: max(0, min(256, vocab_size - len(vocab)))]:
+    for b in _byte_order()[: max(0, min(256, room()))]:
         add(f"<0x{b:02X}>")
-    budget = vocab_size - len(vocab)
+    budget = room()
     merges: list[tuple[str, str]] = []
     if budget > 0:
         trainer = BpeTrainer(vocab_size=budget, show_progress=False, min_frequency=2, limit_alphabet=min(budget, 200))
@@ -76,28 +96,32 @@ def build_test_tokenizer(vocab_size: int):
         learner.train_from_iterator(_CORPUS.splitlines(keepends=True), trainer=trainer)
         learned = json.loads(learner.to_str())["model"]
         for tok, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1]):
-            if len(vocab) < vocab_size and tok not in vocab:
+            if room() > 0 and tok not in vocab:
                 add(tok)
         for m in learned["merges"]:
             a, b = m if isinstance(m, list) else m.split(" ", 1)
             if a in vocab and b in vocab and a + b in vocab:
                 merges.append((a, b))
-    while len(vocab) < vocab_size:
+    while room() > 0:
         add(f"<unused{unused}>")
         unused += 1
+    while len(vocab) in placed:   # fixed ids after the last free one (for_vocab's: the last three)
+        vocab[placed[len(vocab)]] = len(vocab)
     tok = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     tok.normalizer = normalizers.Replace(" ", SPACE)
     tok.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()])
-    tok.add_special_tokens(list(SPECIALS) + ([TURN_TOKENS[i] for i in sorted(TURN_TOKENS)] if turns else []))
+    tok.add_special_tokens(list(SPECIALS) + ([TURN_TOKENS[i] for i in sorted(TURN_TOKENS)] if turns else [])
+                           + [placed[i] for i in sorted(placed)])
     if tok.get_vocab_size() != vocab_size:
         raise TokenizerError(f"test tokenizer: expected {vocab_size} ids, built {tok.get_vocab_size()}")
     return tok
 
 
-def write_test_tokenizer(directory: str | Path, vocab_size: int) -> Path:
-    """Write `tokenizer.json` (and a small tokenizer_config.json) for `vocab_size` into `directory`."""
+def write_test_tokenizer(directory: str | Path, vocab_size: int, image_tokens: ImageTokens | None = None) -> Path:
+    """Write `tokenizer.json` (and a small tokenizer_config.json) for `vocab_size` into `directory`; with
+    `image_tokens`, the image specials at those ids (build_test_tokenizer)."""
     directory = Path(directory)
-    tok = build_test_tokenizer(vocab_size)
+    tok = build_test_tokenizer(vocab_size, image_tokens)
     path = directory / "tokenizer.json"
     tok.save(str(path))
     config = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",

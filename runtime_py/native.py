@@ -2,6 +2,7 @@
 
     exe = build()                                        # cmake against the ExecuTorch wheel's runtime libraries
     res = run(bundle, ids=[2, 818, ...], new_tokens=64)  # one child process; its JSON (runs, memory)
+    res = run(bundle, ids, 64, images=["cat.png"], image_budget=280)  # a bundle with a vision program
 
 The C++ side is a runner library an app embeds (manifest reader, program load + verify + step, the
 generation loop against an abstract step, the sampler of sampling.py, the bundle's tokenizer through the HF
@@ -19,7 +20,10 @@ The host reads the bundle's manifest itself: the program file with its size and 
 program that is not the manifest's before ExecuTorch parses it), the PLE file and its identity, the method
 per role, prefill_chunk, max_context, the vocabulary, bos and eos. The prompt goes in as text through a file
 or stdin (`--prompt-file`, tokenized by the host) or as ids (`--ids-file`), never on argv, whose length the
-kernel limits; `run` passes ids, so that both hosts run the very ids Python tokenized.
+kernel limits; `run` passes ids, so that both hosts run the very ids Python tokenized. Images go as files
+(`--image`, PNG or JPEG, in prompt order, at `--image-budget` soft tokens): the host decodes and preprocesses
+them itself (image.cpp, bit-identical to runtime_py/image.py) and encodes them with the bundle's vision program,
+which it loads for that and releases after; the prompt holds one image placeholder per image, or none.
 
 XNNPACK's packed weights go to a cache file beside the program (`weight_cache_path`), as LiteRT-LM keeps
 its `.xnnpack_cache`: the first load packs into it, every later load maps it, and no source weights are
@@ -138,10 +142,12 @@ def write_ids(path: Path, ids) -> Path:
 def command(exe: Path, bundle: Path, ids, new_tokens: int, *, ids_file: Path, threads: int = 0, repeats: int = 1,
             warmup: int = 0, stop_on_eos: bool = False, logits_out: Path | None = None,
             weight_cache: bool = True, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-            seed: int = 0) -> list[str]:
+            seed: int = 0, images=(), image_budget: int | None = None) -> list[str]:
     """The argv that runs `bundle` on prompt `ids`, which are written to `ids_file` (the caller's to remove);
-    weight_cache: pack into / map from `weight_cache_path(bundle)`. The host reads the manifest itself; it is
-    read here too, so that a bundle that is not one fails with Python's BundleError before a child starts."""
+    weight_cache: pack into / map from `weight_cache_path(bundle)`; `images`: image files (PNG or JPEG) in
+    prompt order, at `image_budget` soft tokens each (None: the host's default, 280). The host reads the
+    manifest itself; it is read here too, so that a bundle that is not one fails with Python's BundleError
+    before a child starts."""
     from gemma_edge.contract import bundle_format as bf
 
     bundle = Path(bundle)
@@ -157,6 +163,14 @@ def command(exe: Path, bundle: Path, ids, new_tokens: int, *, ids_file: Path, th
         cmd += ["--logits-out", str(logits_out)]
     if weight_cache:
         cmd += ["--weight-cache-dir", str(weight_cache_path(bundle, manifest).parent)]
+    for image in images:
+        if not isinstance(image, (str, Path)):  # the host reads files; an array has no path to give it
+            raise ValueError(f"images: expected image file paths for the native host, found {type(image).__name__}")
+        cmd += ["--image", str(image)]
+    if image_budget is not None:
+        if not images:
+            raise ValueError("image_budget: needs images (a budget is per image)")
+        cmd += ["--image-budget", str(int(image_budget))]
     return cmd
 
 
@@ -186,15 +200,17 @@ def parse_result(stdout: str, stderr: str, rc: int, cmd: list[str]) -> dict:
 def run(bundle: Path, ids, new_tokens: int, *, threads: int = 0, repeats: int = 1, warmup: int = 0,
         stop_on_eos: bool = False, with_logits: bool = False, exe: Path | None = None,
         weight_cache: bool = True, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-        seed: int = 0) -> dict:
+        seed: int = 0, images=(), image_budget: int | None = None) -> dict:
     """Run `gemma-edge-run` once on `bundle` and return its JSON; with_logits adds "logits" [steps, V]
-    (the first timed run's, every step). Greedy unless temperature > 0 (sampling.Sampler's algorithm)."""
+    (the first timed run's, every step). Greedy unless temperature > 0 (sampling.Sampler's algorithm).
+    `images`: files in prompt order, encoded at `image_budget` by the bundle's vision program (`command`)."""
     exe = exe or build()
     with tempfile.TemporaryDirectory() as tmp:
         logits_path = Path(tmp) / "logits.bin" if with_logits else None
         cmd = command(exe, bundle, ids, new_tokens, ids_file=Path(tmp) / "ids.txt", threads=threads,
                       repeats=repeats, warmup=warmup, stop_on_eos=stop_on_eos, logits_out=logits_path,
-                      weight_cache=weight_cache, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+                      weight_cache=weight_cache, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                      images=images, image_budget=image_budget)
         p = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
         res = parse_result(p.stdout, p.stderr, p.returncode, cmd)
         # what the host decided on its own, such as discarding a weight cache that failed its checksum

@@ -62,7 +62,7 @@ def parse_ids(ids: str) -> list[int]:
 
 
 def prompt_ids(session: Session, prompt: str | None, ids: str | None, chat: bool,
-               prompt_file: str | Path | None = None) -> list[int]:
+               prompt_file: str | Path | None = None, images: int = 0) -> list[int]:
     given = [name for name, v in (("--prompt", prompt), ("--ids", ids), ("--prompt-file", prompt_file))
              if v is not None]
     if len(given) != 1:
@@ -74,7 +74,7 @@ def prompt_ids(session: Session, prompt: str | None, ids: str | None, chat: bool
         from .tokenizer import read_prompt_file
 
         prompt = read_prompt_file(prompt_file)
-    return session.encode(prompt, chat=chat)
+    return session.encode(prompt, chat=chat, images=images if chat else 0)
 
 
 def check_fit(bundle: str | Path, device: dict) -> None:
@@ -116,7 +116,7 @@ def run_bundle(bundle: str | Path, *, prompt: str | None = None, ids: str | None
         if session.ple is not None:
             session.ple.evict()
             resident_before = session.ple.resident_pages().tolist()
-        ids_list = prompt_ids(session, prompt, ids, chat, prompt_file)
+        ids_list = prompt_ids(session, prompt, ids, chat, prompt_file, images=len(images))
         pieces = []
         for step in session.generate(ids_list, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                      seed=seed, images=list(images), image_budget=image_budget):
@@ -125,7 +125,10 @@ def run_bundle(bundle: str | Path, *, prompt: str | None = None, ids: str | None
         print(file=out)
         st = session.last_run
         rss_after = proc_status()
-        budget = estimate_bundle(bundle, runtime_bytes=rss_before["VmRSS"])
+        budget = estimate_bundle(bundle, runtime_bytes=rss_before["VmRSS"], image_budget=image_budget if images
+                                 else None)
+        if not images:
+            budget.vision = None   # a text prompt: the vision program was never loaded
         dev = devices[device]
         fetched = st.prompt_fetched + st.tokens[:-1]
         pf = st.prompt_fetch
@@ -135,7 +138,8 @@ def run_bundle(bundle: str | Path, *, prompt: str | None = None, ids: str | None
                          generated=st.generated, weight_bytes=budget.decode_read_bytes,
                          kv_bytes_per_token=kv_bytes_per_token(session.config),
                          ram_needed=estimate_bundle(bundle).ram_bytes,
-                         context_at_end=st.prompt_tokens + st.generated)
+                         context_at_end=st.prompt_tokens + st.generated, images=st.images,
+                         encode_flops=budget.vision.flops if budget.vision is not None else 0.0)
         check_run(phone, st, session.ple, fetched, None, resident_before)
         result = RunResult(st.tokens, "".join(pieces), st, rss_before, rss_after, budget.ram_bytes, phone,
                            prompt_ids=list(ids_list), peak_reset=peak_reset)

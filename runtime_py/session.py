@@ -287,10 +287,12 @@ class Session:
             raise ValueError(f"prompt: {len(ids)} tokens exceed max_context {self.max_context}")
         return self.backend.all_logits(ids, self._fetch(ids))
 
-    def encode(self, text: str, chat: bool = False, system: str | None = None) -> list[int]:
+    def encode(self, text: str, chat: bool = False, system: str | None = None, images: int = 0) -> list[int]:
+        """The prompt's ids; with `chat`, in Gemma 4's chat template, `images` image items opening the user turn
+        (one placeholder each, which generate() expands); a raw prompt gets its images first from generate()."""
         if self.tokenizer is None:
             raise ValueError(f"{self.bundle_dir or 'checkpoint'}: no tokenizer.json; pass token ids instead")
-        return self.tokenizer.encode_chat(text, system) if chat else self.tokenizer.encode(text)
+        return self.tokenizer.encode_chat(text, system, images=images) if chat else self.tokenizer.encode(text)
 
     def generate(self, token_ids, max_new_tokens: int = 32, *, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int = 0, stop_on_eos: bool = True, images=(),

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gemma_edge.contract.chat import TURN_CLOSE, TURN_OPEN, ChatError, render_gemma4_chat  # noqa: F401
+from gemma_edge.contract.image import IMAGE
 
 
 class TokenizerError(ValueError):
@@ -64,10 +65,14 @@ class TextCodec:
         ids = self.tok.encode(text, add_special_tokens=False).ids
         return ([self.bos_token_id] if add_bos else []) + ids
 
-    def chat_prompt(self, user: str, system: str | None = None) -> str:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-        for m in messages:
-            check_text(m["content"], f"chat {m['role']} message")
+    def chat_prompt(self, user: str, system: str | None = None, images: int = 0) -> str:
+        """The chat prompt of one user turn; with `images`, that many image items before its text (the order
+        transformers' processor examples use), each one `<|image|>` placeholder."""
+        check_text(user, "chat user message")
+        if system:
+            check_text(system, "chat system message")
+        content = user if not images else [{"type": "image"}] * images + [{"type": "text", "text": user}]
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
         if self.chat_template:
             import jinja2
             from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -83,13 +88,26 @@ class TextCodec:
             return check_text(text, "chat_template's output")
         return render_gemma4_chat(messages)
 
-    def encode_chat(self, user: str, system: str | None = None) -> list[int]:
+    def encode_chat(self, user: str, system: str | None = None, images: int = 0) -> list[int]:
+        """The chat prompt's ids (chat_prompt); an image item becomes the tokenizer's `<|image|>` id, which the
+        session expands to the image's span."""
         for special in (TURN_OPEN, TURN_CLOSE):
             if self.tok.token_to_id(special) is None:
                 raise TokenizerError(f"{self.path}: --chat needs the Gemma 4 turn token {special!r}, which this "
                                      "tokenizer does not have (a base or tiny-vocabulary model: use a raw prompt)")
-        text = self.chat_prompt(user, system)
+        if images:
+            self.image_placeholder_id()
+        text = self.chat_prompt(user, system, images)
         return self.tok.encode(text, add_special_tokens=False).ids   # "<bos>" in the text is the bos token
+
+    def image_placeholder_id(self) -> int:
+        """The id `<|image|>` encodes to; refused unless it is one special token (spelled out in bytes, the
+        placeholder would reach the model as text and no image would be spliced)."""
+        ids = self.tok.encode(IMAGE, add_special_tokens=False).ids
+        if len(ids) != 1 or self.tok.token_to_id(IMAGE) != ids[0]:
+            raise TokenizerError(f"{self.path}: a chat with an image needs the Gemma 4 special token {IMAGE!r}, "
+                                 f"which this tokenizer does not have (the text encodes to ids {ids[:8]})")
+        return ids[0]
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=True)

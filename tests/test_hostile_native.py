@@ -312,3 +312,84 @@ def test_an_eos_first_token_ends_the_answer_as_in_the_python_session(exe, bundle
         want = [t.token for t in s.generate(PROMPT, 6)]
     run = native.run(bundle, PROMPT, 6, threads=1, stop_on_eos=True, exe=exe, weight_cache=False)["runs"][0]
     assert run["tokens"] == want == [clean_tokens[0]] and run["stop_reason"] == "eos"
+
+
+# ---------------------------------------------------------------------------------------------------- images
+@pytest.fixture
+def vision_bundle(tiny_vision_bundle, tmp_path) -> Path:
+    """A private copy of the tiny multimodal bundle (vision.pte, budgets 70 and 280), free to damage."""
+    out = tmp_path / "vision-bundle"
+    shutil.copytree(tiny_vision_bundle, out, ignore=shutil.ignore_patterns("*.xnnpack_cache*"))
+    return out
+
+
+@pytest.fixture
+def image(tmp_path) -> Path:
+    from PIL import Image
+
+    y, x = np.mgrid[0:90, 0:200]
+    path = tmp_path / "wide.png"   # 60 soft tokens at budget 70
+    Image.fromarray(np.stack([x, y, x ^ y], -1).astype(np.uint8)).save(path)
+    return path
+
+
+def resign_vision(bundle: Path) -> None:
+    """Make the manifest describe vision.pte as it is now."""
+    m = json.loads((bundle / bf.MANIFEST_FILE).read_text())
+    path = bundle / m["files"]["vision"]["path"]
+    m["files"]["vision"].update(bytes=path.stat().st_size, sha256=bf.sha256_file(path))
+    (bundle / bf.MANIFEST_FILE).write_text(json.dumps(m, indent=2))
+
+
+def image_run(exe, bundle: Path, image: Path, tmp_path: Path, budget: int = 70) -> subprocess.CompletedProcess:
+    return subprocess.run([str(exe), *host_args(bundle, tmp_path / "ids"), "--image", str(image), "--image-budget",
+                           str(budget)], capture_output=True, text=True)
+
+
+def test_a_self_consistent_but_broken_vision_program_fails_verification_not_the_process(exe, vision_bundle, image,
+                                                                                          tmp_path):
+    path = vision_bundle / "vision.pte"
+    raw = bytearray(path.read_bytes())
+    raw[64:4096] = bytes(4096 - 64)   # the flatbuffer's tables gone, the manifest re-signed to match
+    path.write_bytes(raw)
+    resign_vision(vision_bundle)
+    p = image_run(exe, vision_bundle, image, tmp_path)
+    assert p.returncode == 2 and "vision.pte: not a program this runtime can run" in last_line(p), p.stderr
+
+
+def test_a_vision_method_of_another_budget_or_none_is_refused_by_its_signature(exe, vision_bundle, image, tmp_path):
+    # the manifest's method for budget 70 is the 280 one: its inputs are 9·280 patches, not 9·70 — refused
+    # before it runs, naming the input; a method the program does not have is named too
+    edit_manifest(vision_bundle, vision__methods__70="vision_280")
+    p = image_run(exe, vision_bundle, image, tmp_path)
+    assert p.returncode == 2, p.stderr
+    assert "method 'vision_280' input 0 (pixel_values): expected float32 [1, 630, 768]" in last_line(p)
+    assert "found [1, 2520, 768]" in last_line(p)
+    edit_manifest(vision_bundle, vision__methods__70="vision_71")
+    p = image_run(exe, vision_bundle, image, tmp_path)
+    assert p.returncode == 2 and "cannot load method 'vision_71'" in last_line(p), p.stderr
+
+
+@pytest.mark.slow  # lowers a program of its own
+def test_a_vision_program_marking_other_rows_valid_is_refused(exe, vision_bundle, image, tmp_path):
+    # a program with the right signature whose valid mask is not the preprocessor's grid (every row valid,
+    # padding included): its soft tokens are not the image's, and the host says so instead of splicing them
+    import torch
+    from executorch.exir import to_edge
+
+    hidden = bf.read_manifest(vision_bundle)["vision"]["hidden_size"]
+
+    class EveryRowValid(torch.nn.Module):
+        def forward(self, pixel_values, pixel_position_ids):
+            soft = pixel_values[:, :70, :hidden] * 2.0
+            return soft, pixel_position_ids[:, :70, 0] > -2   # padding positions are -1: valid too
+
+    args = (torch.zeros(1, 630, 768), torch.zeros(1, 630, 2, dtype=torch.long))
+    program = to_edge({"vision_70": torch.export.export(EveryRowValid(), args)}).to_executorch()
+    (vision_bundle / "vision.pte").write_bytes(program.buffer)
+    resign_vision(vision_bundle)
+    edit_manifest(vision_bundle, vision__budgets=[70], vision__methods={"70": "vision_70"})
+    p = image_run(exe, vision_bundle, image, tmp_path)
+    assert p.returncode == 1, p.stderr
+    assert "method 'vision_70' marks 70 soft tokens valid for image 0" in last_line(p)
+    assert "expected the first 60 (the preprocessor's)" in last_line(p)

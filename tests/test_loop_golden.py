@@ -80,6 +80,14 @@ def test_loop_golden_replay_can_fail():
     c = json.loads(json.dumps(refused))
     c["error"]["field"] = "prompt"
     bad.append(("refusal field", c))
+    img = next(c for c in g["cases"] if c["name"] == "two_images_across_chunks")
+    for key, edit in (("expanded_prompt", lambda e: e["expanded_prompt"].__setitem__(3, 7)),
+                      ("encode_calls", lambda e: e["encode_calls"].reverse()),
+                      ("prefill_soft", lambda e: e["prefill_soft"][2].__setitem__(0, 2.0)),
+                      ("image fetch", lambda e: e["fetches"][0].__setitem__(3, e["expanded_prompt"][3]))):
+        c = json.loads(json.dumps(img))
+        edit(c["expect"])
+        bad.append((key, c))
     for what, c in bad:
         assert problem(c) != "", f"a wrong {what} passed"
 
@@ -102,11 +110,35 @@ def test_loop_golden_covers_the_rules():
         default = {"temperature": 0.0, "top_k": 0, "top_p": 1.0}[key]
         assert any(c["sampler"][key] != default and c["sampler"]["temperature"] > 0 and c["sampler"]["top_k"] != 1
                    for c in ran), f"sampling with {key}"
-    assert {c["error"]["field"] for c in cases.values() if "error" in c} == {"context", "max_new_tokens", "prompt"}
+    assert {c["error"]["field"] for c in cases.values() if "error" in c} == {"context", "max_new_tokens", "prompt",
+                                                                             "images"}
     for c in ran:
         e = c["expect"]
-        assert e["fetches"][0] == c["prompt"] and e["fetches"][1:] == [[t] for t in e["tokens"][:-1]], c["name"]
-        assert e["decode_calls"] == [[t, len(c["prompt"]) + i] for i, t in enumerate(e["tokens"][:-1])], c["name"]
+        prompt = e.get("expanded_prompt", c["prompt"])
+        image = (c.get("image_tokens") or {}).get("image")
+        fetched = [c["pad_token_id"] if t == image else t for t in prompt]
+        assert e["fetches"][0] == fetched and e["fetches"][1:] == [[t] for t in e["tokens"][:-1]], c["name"]
+        assert e["decode_calls"] == [[t, len(prompt) + i] for i, t in enumerate(e["tokens"][:-1])], c["name"]
+    # images: expanded at placeholders and first, one and two per prompt, spans cut by chunks, the soft rows at
+    # exactly the placeholders in image order, the context counting the expanded prompt
+    shown = [c for c in ran if "images" in c]
+    assert any(c["image_tokens"]["image"] in c["prompt"] for c in shown)
+    assert any(c["image_tokens"]["image"] not in c["prompt"] and c["prompt"][0] == mlg.BOS for c in shown)
+    assert any(c["image_tokens"]["image"] not in c["prompt"] and c["prompt"][0] != mlg.BOS for c in shown)
+    assert any(len(c["images"]) == 2 for c in shown)
+    for c in shown:
+        e, t = c["expect"], c["image_tokens"]
+        assert e["encode_calls"] == c["images"]
+        soft = [v for chunk in e["prefill_soft"] for v in chunk]
+        owner = [0.0] * len(e["expanded_prompt"])
+        at = [i for i, tok in enumerate(e["expanded_prompt"]) if tok == t["image"]]
+        for k, n in enumerate(c["images"]):
+            for i in at[sum(c["images"][:k]):sum(c["images"][:k + 1])]:
+                owner[i] = float(k + 1)
+        assert soft == owner, c["name"]
+        assert e["expanded_prompt"].count(t["boi"]) == e["expanded_prompt"].count(t["eoi"]) == len(c["images"])
+    assert any(len(c["expect"]["expanded_prompt"]) + c["max_new_tokens"] == c["max_context"] for c in shown)
+    assert any(c.get("error", {}).get("field") == "context" and "images" in c for c in cases.values())
 
 
 def test_sampler_refuses_an_infinite_largest_logit():
@@ -128,13 +160,14 @@ CHAT_CASES = json.loads((HERE / "golden" / "chat_cases.json").read_text())["case
 
 @pytest.fixture(scope="module")
 def chat_tokenizers(tmp_path_factory):
-    """The Gemma-style test tokenizer (turn tokens at Gemma's ids), raw and as transformers' tokenizer
-    carrying Gemma 4's chat template."""
+    """The Gemma-style test tokenizer (turn tokens at Gemma's ids, image tokens at a tiny model's), raw and as
+    transformers' tokenizer carrying Gemma 4's chat template."""
     from transformers import PreTrainedTokenizerFast
 
+    from gemma_edge.contract.image import ImageTokens
     from gemma_edge.export.random_tokenizer import build_test_tokenizer
 
-    tok = build_test_tokenizer(512)
+    tok = build_test_tokenizer(512, ImageTokens.for_vocab(512))
     path = tmp_path_factory.mktemp("chat") / "tokenizer.json"
     tok.save(str(path))
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
@@ -151,12 +184,16 @@ def hf_chat(hf, case, tokenize: bool):
 
 @pytest.mark.parametrize("case", CHAT_CASES, ids=[c["name"] for c in CHAT_CASES])
 def test_gemma4_chat_equals_apply_chat_template(chat_tokenizers, case):
-    from gemma_edge.contract.chat import render_gemma4_chat
+    from gemma_edge.contract.chat import count_images, render_gemma4_chat
+    from gemma_edge.contract.image import ImageTokens
 
     tok, hf, _ = chat_tokenizers
     text = render_gemma4_chat(case["messages"], thinking=case["thinking"])
     assert text == hf_chat(hf, case, False)
-    assert tok.encode(text, add_special_tokens=False).ids == hf_chat(hf, case, True)
+    ids = tok.encode(text, add_special_tokens=False).ids
+    assert ids == hf_chat(hf, case, True)
+    # each image item is the one placeholder id the session expands (never the placeholder spelled out)
+    assert ids.count(ImageTokens.for_vocab(512).image) == count_images(case["messages"])
 
 
 def test_text_codec_chat_prompt_equals_apply_chat_template(chat_tokenizers):
@@ -187,3 +224,10 @@ def test_chat_cases_cover_the_format():
     assert any(m["role"] == "assistant" for c in CHAT_CASES for m in c["messages"]), "a model turn"
     assert any(c["messages"][0]["role"] == "system" and len(c["messages"]) > 2 for c in CHAT_CASES), "multi-turn"
     assert "thinking_system_multi_turn" in names
+    images = [c for c in CHAT_CASES if any(isinstance(m["content"], list) for m in c["messages"])]
+    kinds = [[item["type"] for m in c["messages"] if isinstance(m["content"], list) for item in m["content"]]
+             for c in images]
+    assert any(k[0] == "image" for k in kinds), "an image-first user turn"
+    assert any("image" in k[1:-1] and k[0] == k[-1] == "text" for k in kinds), "an image between texts"
+    assert any(k.count("image") >= 2 for k in kinds), "two images"
+    assert any(m["role"] in ("assistant", "model") for c in images for m in c["messages"]), "a model turn after one"

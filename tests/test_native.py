@@ -457,3 +457,223 @@ def test_cli_run_native_generates_what_the_python_session_does(exe, tiny_bundle)
     res = json_at_end(p.stdout)
     assert res["runs"][0]["tokens"] == want    # same greedy continuation, EOS stops both
     assert "[native] prompt" in p.stderr and "peak RSS" in p.stderr
+
+
+# ---------------------------------------------------------------------------------------------------- images
+@pytest.fixture(scope="module")
+def vision_bundle(tiny_vision_bundle, tmp_path_factory) -> Path:
+    """The session's tiny multimodal bundle (vision.pte with its budgets), copied: the host writes its weight
+    cache beside the program, and some tests corrupt their copy."""
+    out = tmp_path_factory.mktemp("native-vision") / "tiny-vision"
+    shutil.copytree(tiny_vision_bundle, out, ignore=shutil.ignore_patterns("*.xnnpack_cache*"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory) -> dict[str, Path]:
+    """Two PNGs of different aspect ratios (wide, tall) with structure at every scale, so that the tower's
+    soft tokens, and so the answer, depend on which image it is."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(7)
+    out = {}
+    for name, (h, w) in {"wide": (90, 200), "tall": (170, 64)}.items():
+        y, x = np.mgrid[0:h, 0:w]
+        rgb = np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x * y) % 256], -1) + rng.integers(0, 48, (h, w, 3))
+        out[name] = d / f"{name}.png"
+        Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(out[name])
+    return out
+
+
+def python_image_run(bundle: Path, ids, images, budget: int, new: int, threads: int):
+    """Session(bundle).generate with images, greedy and past eos, at `threads`: its tokens, every step's
+    logits (what the back-end returned for the last prefill chunk and each decode) and the prefilled ids."""
+    from executorch.extension.pybindings import portable_lib
+
+    from gemma_edge.runtime import Session
+
+    old = portable_lib._threadpool_get_thread_count()
+    portable_lib._unsafe_reset_threadpool(threads)
+    try:
+        with Session(bundle) as s:
+            steps, prefilled = [], []
+            prefill, decode = s.backend.prefill, s.backend.decode
+
+            def record_prefill(tokens, start, rows, soft=None):
+                prefilled.extend(int(t) for t in tokens)
+                out = prefill(tokens, start, rows, soft)
+                if start + len(tokens) == len(prefilled) and len(prefilled) == s.last_run.prompt_tokens:
+                    steps.append(np.array(out))
+                return out
+
+            def record_decode(token, pos, row):
+                out = decode(token, pos, row)
+                steps.append(np.array(out))
+                return out
+
+            s.backend.prefill, s.backend.decode = record_prefill, record_decode
+            tokens = [t.token for t in s.generate(ids, new, images=images, image_budget=budget, stop_on_eos=False)]
+    finally:
+        portable_lib._unsafe_reset_threadpool(old)
+    return tokens, np.stack(steps), prefilled
+
+
+@pytest.mark.slow  # the vision program runs on both hosts, at every budget the bundle exports
+def test_native_image_prompts_equal_the_python_session_bit_for_bit(exe, vision_bundle, image_files):
+    # one image at its placeholder, two images of different aspect ratios first (no placeholder), at every
+    # budget: the same prefilled ids (each image's span from the same preprocessing), the same logits at every
+    # step (the tower's soft tokens spliced identically), the same greedy tokens
+    m = bf.read_manifest(vision_bundle)
+    v = m["vision"]
+    image_id = v["image_tokens"]["image"]
+    wide, tall = str(image_files["wide"]), str(image_files["tall"])
+    cases = {"one at its placeholder": ([2, 10, image_id, 20, 30], [wide]),
+             "two first": ([2, 10, 20], [wide, tall])}
+    new = 6
+    seen = {}
+    for budget in v["budgets"]:
+        for name, (ids, images) in cases.items():
+            want, want_logits, prefilled = python_image_run(vision_bundle, ids, images, budget, new, threads=1)
+            res = native.run(vision_bundle, ids, new, threads=1, with_logits=True, exe=exe, images=images,
+                             image_budget=budget)
+            where = f"budget {budget}, {name}"
+            assert res["prompt_tokens"] == prefilled, where
+            assert res["image_budget"] == budget and len(res["images"]) == len(images), where
+            assert np.array_equal(res["logits"], want_logits), where
+            assert res["runs"][0]["tokens"] == want, where
+            # loaded for the encode and released after: the file is no longer mapped when the answer is decoded
+            assert res["vision"]["loads"] == 1 and not res["runs"][0]["vision"]["mapped_after"], where
+            seen[budget, name] = want
+    # the images decide the answer (a host that dropped the soft tokens would not fail the checks above
+    # only by chance): the two cases, and each case across budgets, continue differently
+    assert len(set(map(tuple, seen.values()))) == len(seen), seen
+    text = native.run(vision_bundle, [2, 10, 20], new, threads=1, exe=exe)["runs"][0]["tokens"]
+    assert text not in seen.values()
+
+
+def test_native_text_prompt_never_reads_the_vision_program(exe, vision_bundle, image_files, tmp_path):
+    # a text prompt on a multimodal bundle runs with its vision.pte corrupted (the file is not opened), and
+    # reports no vision program; the same bundle refuses an image prompt on the digest, before ExecuTorch
+    # parses the file
+    bundle = edited_copy(vision_bundle, tmp_path / "corrupt")
+    raw = bytearray((bundle / "vision.pte").read_bytes())
+    raw[len(raw) // 2] ^= 0x40
+    (bundle / "vision.pte").write_bytes(raw)
+    res = native.run(bundle, [2, 10, 20], 4, threads=1, exe=exe)
+    assert "vision" not in res and "images" not in res
+    intact = native.run(vision_bundle, [2, 10, 20], 4, threads=1, exe=exe)
+    assert res["runs"][0]["tokens"] == intact["runs"][0]["tokens"]
+    digest = r"vision\.pte: sha256: expected [0-9a-f]{64} \(the manifest's files\.vision\), found [0-9a-f]{64}"
+    with pytest.raises(ValueError, match=digest):
+        native.run(bundle, [2, 10, 20], 4, threads=1, exe=exe, images=[image_files["wide"]], image_budget=70)
+
+
+def test_native_refuses_bad_image_requests_as_the_python_session_does(exe, vision_bundle, tiny_bundle, image_files,
+                                                                       tmp_path):
+    # each refusal names loop.md's field and phrase, as Python's GenerationError does, and exits 2 before any
+    # work; the order of the checks is loop.md's (images before the budget, the budget before the files)
+    from gemma_edge.runtime import Session
+    from gemma_edge.runtime.session import GenerationError
+
+    m = bf.read_manifest(vision_bundle)
+    t = m["vision"]["image_tokens"]
+    budgets = m["vision"]["budgets"]
+    unsupported = next(b for b in (70, 140, 280, 560, 1120) if b not in budgets)
+    wide = image_files["wide"]
+    cases = {  # name: (bundle, ids, images, budget, new tokens, field, phrase)
+        "text-only bundle": (tiny_bundle, [2, 10], [wide], None, 4, "images", "has no vision tower"),
+        "frame id": (vision_bundle, [2, t["boi"], 10], [wide], None, 4, "images", "image frame ids"),
+        "eoi id": (vision_bundle, [2, 10, t["eoi"]], [wide], None, 4, "images", "image frame ids"),
+        "placeholders": (vision_bundle, [2, t["image"], t["image"]], [wide], None, 4, "images", "one per image"),
+        "frame id before budget": (vision_bundle, [2, t["boi"]], [wide], unsupported, 4, "images", "image frame ids"),
+        "budget": (vision_bundle, [2, 10], [wide], unsupported, 4, "image_budget",
+                   f"expected one of [{', '.join(map(str, budgets))}]"),
+        "not a budget": (vision_bundle, [2, 10], [wide], 100, 4, "image_budget", "expected one of"),
+        "context": (vision_bundle, [2, 10], [wide, wide], budgets[-1], m["max_context"], "context",
+                    "tokens, expected ≤ max_context"),
+    }
+    for name, (bundle, ids, images, budget, new, field, phrase) in cases.items():
+        with pytest.raises(ValueError) as native_error:
+            native.run(bundle, ids, new, threads=1, exe=exe, images=images, image_budget=budget)
+        line = str(native_error.value)
+        assert f"gemma-edge-run: {field}: " in line and phrase in line, (name, line)
+        with Session(bundle) as s, pytest.raises(GenerationError) as py_error:
+            list(s.generate(ids, new, images=images, **({} if budget is None else {"image_budget": budget})))
+        assert py_error.value.field == field and phrase in str(py_error.value), (name, py_error.value)
+
+    (tmp_path / "ids").write_text("2,10\n")
+    (tmp_path / "not.png").write_bytes(b"GIF89a not an image")
+    for args, message in (
+            (["--image-budget", "70"], "--image-budget: needs --image"),
+            (["--image", tmp_path / "missing.png"], "missing.png"),
+            (["--image", tmp_path / "not.png"], "not.png"),
+            (["--image", wide, "--image-budget", "x"], "--image-budget: expected an integer")):
+        p = run_exe(exe, vision_bundle, "--ids-file", tmp_path / "ids", *args)
+        assert p.returncode == 2 and message in p.stderr.strip().splitlines()[-1], (args, p.stderr)
+
+
+VISION_MANIFEST_EDITS = {  # field named in the refusal: the manifest edit
+    "vision": {"vision": None},
+    "files.vision": {"files__vision": None},
+    "export.program_revision": {"export__program_revision": 5},
+    "vision.model_hash": {"vision__model_hash": "ab" * 32},
+    "vision.budgets": {"vision__budgets": [280, 70]},
+    "vision.budgets ": {"vision__budgets": [100]},
+    "vision.budgets  ": {"vision__budgets": []},
+    "vision.methods": {"vision__methods": {"70": "vision_70"}},
+    "vision.methods.70": {"vision__methods__70": ""},
+    "vision.hidden_size": {"vision__hidden_size": 32},
+    "vision.patch_dim": {"vision__patch_dim": 0},
+    "vision.image_tokens": {"vision__image_tokens": [509, 510, 511]},
+    "vision.image_tokens.boi": {"vision__image_tokens__boi": 10 ** 6},
+    "vision.image_tokens ": {"vision__image_tokens__eoi": 510},
+    "vision.quantization": {"vision__quantization": "int4"},
+    "vision.block_q": {"vision__block_q": 0},
+}
+
+
+def test_native_manifest_reader_checks_the_vision_entry_as_python_does(exe, vision_bundle, tmp_path):
+    # every wrong field of the vision entry is refused by both readers, naming the same field — a text
+    # prompt included: a manifest that is not valid is not run at all
+    (tmp_path / "ids").write_text("2,3\n")
+    assert bf.read_manifest(vision_bundle)["vision"]["budgets"] == [70, 280]   # the edits below assume it
+    for i, (field, edit) in enumerate(VISION_MANIFEST_EDITS.items()):
+        field = field.strip()
+        bundle = edited_copy(vision_bundle, tmp_path / str(i), **edit)
+        with pytest.raises(bf.BundleError, match=rf"manifest\.json: {field}: "):
+            bf.read_manifest(bundle)
+        p = run_exe(exe, bundle, "--ids-file", tmp_path / "ids", "--new-tokens", 2)
+        line = p.stderr.strip().splitlines()[-1]
+        assert p.returncode == 2 and f"manifest.json: {field}: " in line, (field, p.stderr)
+
+
+def test_native_loop_golden_replays_the_image_cases(exe, tmp_path):
+    # the suite's image cases are there and replayed; a recording whose expansion, encoder calls, soft rows
+    # or one fetch differ from what the loop does fails
+    golden = json.loads(GOLDEN_LOOP.read_text())
+    image_cases = [c for c in golden["cases"] if "images" in c]
+    ok = [c for c in image_cases if "expect" in c and len(c["images"]) > 1]
+    assert ok and any("error" in c for c in image_cases)
+    p = subprocess.run([str(native.tool("gemma-edge-loop-golden")), str(GOLDEN_LOOP)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout
+    for c in image_cases:
+        assert f"ok   {c['name']}" in p.stdout
+
+    def wrong(edit):
+        case = json.loads(json.dumps(ok[0]))
+        edit(case["expect"])
+        return case
+
+    cases = {
+        "expanded_prompt": wrong(lambda e: e["expanded_prompt"].insert(1, e["expanded_prompt"][1])),
+        "encode_calls": wrong(lambda e: e["encode_calls"].reverse()),
+        "prefill_soft": wrong(lambda e: e["prefill_soft"][1].__setitem__(0, e["prefill_soft"][1][0] + 1)),
+        "fetches": wrong(lambda e: e["fetches"][0].__setitem__(e["expanded_prompt"].index(
+            ok[0]["image_tokens"]["image"]), ok[0]["image_tokens"]["image"])),
+    }
+    for key, case in cases.items():
+        (tmp_path / "g.json").write_text(json.dumps({**golden, "cases": [case]}))
+        p = subprocess.run([str(native.tool("gemma-edge-loop-golden")), str(tmp_path / "g.json")],
+                           capture_output=True, text=True)
+        assert p.returncode == 1 and f"FAIL {case['name']}: {key}: expected" in p.stdout, (key, p.stdout)

@@ -40,4 +40,5 @@ kotlin {
 dependencies {
     implementation(project(":core"))
     implementation(libs.executorch.android)
+    implementation(libs.androidx.activity)   // ComponentActivity + the photo picker contract (PickVisualMedia)
 }

@@ -1,8 +1,8 @@
 """Gemma 4's chat format and special tokens: the one statement of it that every host is checked against.
 
-Gemma 4 chat format, text-only, as the E2B/E4B chat template renders it (tests/golden/: llama.cpp's
-copy of Gemma 4's template, and its E2B/E4B form; tests/test_loop_golden.py checks this function against
-transformers' `apply_chat_template` over the latter, and the Java core's Chat.java against the same ids):
+Gemma 4 chat format, as the E2B/E4B chat template renders it (tests/golden/: llama.cpp's copy of Gemma 4's
+template, and its E2B/E4B form; tests/test_loop_golden.py checks this function against transformers'
+`apply_chat_template` over the latter, and the Java core's Chat.java against the same ids):
 
     <bos><|turn>system\n{system}<turn|>\n<|turn>user\n{user}<turn|>\n<|turn>model\n
 
@@ -15,8 +15,16 @@ prompt ends at `<|turn>model\n` (Google's thinking guide, ai.google.dev/gemma/do
 table "Template Structure": E2B/E4B off `<|turn>user\n[Prompt]<turn|>\n<|turn>model`); the 26B/31B
 template, llama.cpp's copy, closes an empty thought channel `<|channel>thought\n<channel|>` there. A
 bundle's own `chat_template` (jinja) wins when it has one.
+
+A user or model message's content may instead be a list of items, `{"type": "text", "text": ...}` and
+`{"type": "image"}`, rendered in order with no separator: each text item as a string content is (stripped;
+a model turn's thinking dropped), each image as `\n\n<|image|>\n\n` — the one placeholder the session
+expands to the image's span (boi, its soft tokens, eoi). `<|image|>` must be a special token of the
+tokenizer (Gemma's id 258880), or the placeholder would be spelled out in bytes.
 """
 from __future__ import annotations
+
+from .image import IMAGE
 
 TURN_OPEN, TURN_CLOSE, THINK = "<|turn>", "<turn|>", "<|think|>"
 SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>")            # ids 0..3, as in Gemma
@@ -40,13 +48,50 @@ def strip_thinking(text: str) -> str:
     return "".join(out).strip()
 
 
+IMAGE_ITEM = f"\n\n{IMAGE}\n\n"   # how the template writes an image item of a message's content
+
+
+def _check_content(content, role: str, i: int) -> None:
+    """A message's content: text, or (not in a system turn, which the template trims as text) a list of
+    text and image items."""
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list) or role in ("system", "developer"):
+        want = "text" if role in ("system", "developer") else "text or a list of text and image items"
+        raise ChatError(f"chat message {i} content: expected {want}, found {type(content).__name__}")
+    for k, item in enumerate(content):
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "image":
+            continue
+        if kind != "text":
+            raise ChatError(f"chat message {i} content[{k}]: expected {{'type': 'text', 'text': ...}} or "
+                            f"{{'type': 'image'}}, found {item!r}")
+        if not isinstance(item.get("text"), str):
+            raise ChatError(f"chat message {i} content[{k}].text: expected text, found "
+                            f"{type(item.get('text')).__name__}")
+
+
+def count_images(messages: list[dict]) -> int:
+    """Image items in the messages' contents: the images a chat prompt needs, in order."""
+    return sum(1 for m in messages if isinstance(m.get("content"), list)
+               for item in m["content"] if isinstance(item, dict) and item.get("type") == "image")
+
+
+def _render_content(content, model: bool) -> str:
+    text = strip_thinking if model else str.strip
+    if isinstance(content, str):
+        return text(content)
+    return "".join(IMAGE_ITEM if item["type"] == "image" else text(item["text"]) for item in content)
+
+
 def render_gemma4_chat(messages: list[dict], *, thinking: bool = False, add_generation_prompt: bool = True) -> str:
-    """The Gemma 4 text-only chat prompt, as its chat template renders it; starts with <bos>."""
+    """The Gemma 4 chat prompt, as its chat template renders it; starts with <bos>. A content may be a list of
+    text and image items (one `<|image|>` placeholder per image)."""
     for i, m in enumerate(messages):
         if m.get("role") not in ROLES:
             raise ChatError(f"chat message {i} role: expected one of {', '.join(ROLES)}, found {m.get('role')!r}")
-        if not isinstance(m.get("content"), str):
-            raise ChatError(f"chat message {i} content: expected text, found {type(m.get('content')).__name__}")
+        first_system = i == 0 and m["role"] in ("system", "developer")
+        _check_content(m.get("content"), m["role"] if first_system else "user", i)
     out = ["<bos>"]
     rest = list(messages)
     has_system = bool(rest) and rest[0]["role"] in ("system", "developer")
@@ -55,8 +100,7 @@ def render_gemma4_chat(messages: list[dict], *, thinking: bool = False, add_gene
                    + (rest.pop(0)["content"].strip() if has_system else "") + f"{TURN_CLOSE}\n")
     for m in rest:
         role = "model" if m["role"] == "assistant" else m["role"]
-        text = strip_thinking(m["content"]) if role == "model" else m["content"].strip()
-        out.append(f"{TURN_OPEN}{role}\n{text}{TURN_CLOSE}\n")
+        out.append(f"{TURN_OPEN}{role}\n{_render_content(m['content'], role == 'model')}{TURN_CLOSE}\n")
     if add_generation_prompt:
         out.append(f"{TURN_OPEN}model\n")
     return "".join(out)

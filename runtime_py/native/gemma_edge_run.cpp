@@ -1,6 +1,7 @@
 // gemma-edge-run: the runner library's command line — a bundle run by a native host, no Python, no libtorch.
 //
 //   gemma-edge-run BUNDLE_DIR (--prompt-file F|- [--chat] | --ids-file F|-) [--new-tokens 32]
+//       [--image PATH ... [--image-budget 280]]
 //       [--temperature 0 --top-k 0 --top-p 1 --seed 0] [--ignore-eos] [--threads N] [--repeats 1]
 //       [--warmup 0] [--weight-cache-dir DIR] [--logits-out FILE] [--json]
 //   gemma-edge-run --ple B/model.ple --ids 2,818,... --rows-out FILE [--ple-identity HEX]   (the fetch alone)
@@ -8,7 +9,10 @@
 // Everything about the bundle comes from its manifest.json (files with size and SHA-256, the method per
 // role, prefill_chunk, max_context, vocab_size, bos and eos ids); the prompt is UTF-8 text tokenized by the
 // bundle's tokenizer.json ("-": stdin), or ids (decimal, comma-separated) for a caller that tokenized it.
-// --chat wraps the prompt in Gemma 4's chat format. Prints the generated text (EOS excluded); with --json,
+// --chat wraps the prompt in Gemma 4's chat format. --image (repeatable, in prompt order) adds a PNG or JPEG at
+// --image-budget soft tokens, one of the manifest's vision.budgets: the prompt holds one image placeholder id
+// per image, or none (the images then go after <bos>); the bundle's vision program encodes them (loaded for that
+// and released after, at every run). Prints the generated text (EOS excluded); with --json,
 // one JSON object instead: load time, each timed run (TTFT, prefill / decode tok/s, tokens, the prompt's
 // fetch) and this process's memory from /proc — before loading (the host), after loading and at the end —
 // with the program's file mapping released after the load (XNNPACK holds packed copies of its weights).
@@ -39,6 +43,7 @@
 #include <vector>
 
 #include "errors.h"
+#include "image.h"
 #include "loop.h"
 #include "manifest.h"
 #include "ple_file.h"
@@ -46,6 +51,7 @@
 #include "sampler.h"
 #include "text_file.h"
 #include "tokenizer.h"
+#include "vision_program.h"
 
 namespace {
 
@@ -107,6 +113,8 @@ uint64_t parse_seed(const std::string& s) {
 
 struct Args {
   std::string bundle, prompt_file, ids_file, logits_out, weight_cache_dir;
+  std::vector<std::string> images;
+  int image_budget = gemma_edge::kDefaultImageBudget;
   bool chat = false, json = false, ignore_eos = false;
   int new_tokens = 32, repeats = 1, warmup = 0, threads = 0;
   float temperature = 0.0f, top_p = 1.0f;
@@ -130,6 +138,10 @@ Args parse(int argc, char** argv) {
       continue;
     }
     if (k.rfind("--", 0) != 0 || i + 1 >= argc) throw BadInput("expected --flag VALUE pairs, found '" + k + "'");
+    if (k == "--image") {  // the one repeated flag: each image in prompt order
+      a.images.push_back(argv[++i]);
+      continue;
+    }
     kv[k] = argv[++i];
   }
   auto take = [&](const char* k) -> std::string {
@@ -141,6 +153,7 @@ Args parse(int argc, char** argv) {
   };
   a.rows_out = take("--rows-out");
   if (!a.rows_out.empty()) {  // the fetch alone
+    if (!a.images.empty()) throw BadInput("--image: not taken with --rows-out (a fetch, no program)");
     a.ple = take("--ple");
     a.identity = take("--ple-identity");
     a.ids = take("--ids");
@@ -164,6 +177,10 @@ Args parse(int argc, char** argv) {
   if (std::string v = take("--temperature"); !v.empty()) a.temperature = parse_float("--temperature", v);
   if (std::string v = take("--top-p"); !v.empty()) a.top_p = parse_float("--top-p", v);
   if (std::string v = take("--seed"); !v.empty()) a.seed = parse_seed(v);
+  if (std::string v = take("--image-budget"); !v.empty()) {
+    if (a.images.empty()) throw BadInput("--image-budget: needs --image (a budget is per image)");
+    a.image_budget = parse_int("--image-budget", v, 1);
+  }
   a.logits_out = take("--logits-out");
   a.weight_cache_dir = take("--weight-cache-dir");
   if (!kv.empty()) throw BadInput(kv.begin()->first + ": unknown flag");
@@ -286,16 +303,48 @@ int run(const Args& args) {
   const std::vector<int64_t> ids = prompt_ids(args, manifest, tok);
   gemma_edge::LoopSettings settings{args.new_tokens, manifest.max_context, manifest.prefill_chunk,
                                     manifest.eos_token_ids, !args.ignore_eos};
-  // the context rule before anything is loaded (the loop checks it again, before any fetch)
-  if (int64_t(ids.size()) + args.new_tokens > manifest.max_context)
-    throw gemma_edge::LoopError("context", "context: prompt " + std::to_string(ids.size()) + " + max_new_tokens " +
-                                std::to_string(args.new_tokens) + " = " + std::to_string(ids.size() + size_t(args.new_tokens)) +
+  // The images: decoded and preprocessed now (their soft-token counts size the prompt); the vision program is
+  // read only when the loop encodes them, after every check.
+  std::vector<gemma_edge::PreparedImage> prepared;
+  std::unique_ptr<gemma_edge::VisionProgram> vision;
+  gemma_edge::LoopImages images;
+  json images_json = json::array();
+  if (!args.images.empty()) {
+    // loop.md's order: the prompt's ids (the program checks them against its own vocabulary again once
+    // loaded), the images check, then the budget, then the files are read
+    for (size_t i = 0; i < ids.size(); ++i)
+      if (ids[i] >= manifest.vocab_size)
+        throw gemma_edge::LoopError("prompt", "prompt id " + std::to_string(ids[i]) + " at position " +
+                                    std::to_string(i) + ": expected 0 ≤ id < vocab_size " +
+                                    std::to_string(manifest.vocab_size) + " (the manifest's vocab_size)");
+    const std::optional<gemma_edge::ImageTokens> tokens =
+        manifest.vision ? std::optional(manifest.vision->image_tokens) : std::nullopt;
+    gemma_edge::check_image_prompt(ids, args.images.size(), tokens, manifest.dir);
+    vision = std::make_unique<gemma_edge::VisionProgram>(manifest, args.image_budget, prepared);
+    for (const std::string& path : args.images) {
+      prepared.push_back(gemma_edge::preprocess_image(gemma_edge::decode_image_file(path), args.image_budget));
+      const gemma_edge::PreparedImage& p = prepared.back();
+      images.soft_tokens.push_back(p.soft_tokens);
+      images_json.push_back({{"path", path}, {"resized", {p.height, p.width}}, {"soft_tokens", p.soft_tokens}});
+    }
+    images.tokens = manifest.vision->image_tokens;
+    images.pad_id = manifest.pad_token_id;
+    images.bos = manifest.bos_token_id;
+    images.encoder = vision.get();
+    images.model = manifest.dir;
+  }
+  // the images and context rules before anything is loaded (the loop checks them again, before any work)
+  const std::vector<int64_t> expanded = gemma_edge::expand_image_prompt(ids, images);
+  if (int64_t(expanded.size()) + args.new_tokens > manifest.max_context)
+    throw gemma_edge::LoopError("context", "context: prompt " + std::to_string(expanded.size()) + " + max_new_tokens " +
+                                std::to_string(args.new_tokens) + " = " +
+                                std::to_string(expanded.size() + size_t(args.new_tokens)) +
                                 " tokens, expected ≤ max_context " + std::to_string(manifest.max_context));
   gemma_edge::Sampler probe(args.temperature, args.top_k, args.top_p, args.seed);  // bad settings refused here
 
   auto t0 = Clock::now();
   gemma_edge::Program program(manifest, {args.weight_cache_dir, args.threads});
-  program.check_prompt(ids);
+  program.check_prompt(expanded);
   const double load_s = seconds_since(t0);
   auto [pte_before, pte_after] = release_file_mapping(program.program_path());
   json after_load = proc_status();
@@ -308,12 +357,15 @@ int run(const Args& args) {
     const bool keep = r == args.warmup && !args.logits_out.empty();
     gemma_edge::TokenObserver observe;
     if (keep) observe = [&](int64_t, const float* l, size_t V) { logits.insert(logits.end(), l, l + V); };
-    gemma_edge::Generation g = gemma_edge::generate(program, sampler, ids, settings, observe);
+    gemma_edge::Generation g = gemma_edge::generate(program, sampler, ids, settings, observe, images);
     if (r < args.warmup) continue;
     runs.push_back({{"ttft_s", g.ttft_s}, {"fetch_s", g.prompt_fetch.wall_s}, {"prefill_s", g.prefill_s},
-                    {"decode_s", g.decode_s}, {"prefill_tok_s", double(ids.size()) / g.prefill_s},
+                    {"decode_s", g.decode_s}, {"prefill_tok_s", double(g.prompt.size()) / g.prefill_s},
                     {"decode_tok_s", g.tokens.size() > 1 ? double(g.tokens.size() - 1) / g.decode_s : 0.0},
                     {"prompt_fetch", fetch_json(g.prompt_fetch)}, {"stop_reason", g.stop_reason}, {"tokens", g.tokens}});
+    if (vision)  // the encode counts the vision program's load (verification included): it is loaded per run
+      runs.back()["vision"] = {{"encode_s", g.encode_s}, {"load_s", vision->load_s()}, {"verify_s", vision->verify_s()},
+                               {"released", !vision->loaded()}, {"mapped_after", vision->mapped()}};
     last_tokens = g.tokens;
   }
   if (!logits.empty()) {
@@ -353,7 +405,12 @@ int run(const Args& args) {
   }
   o["memory"] = {{"host", host}, {"after_load", after_load}, {"end", end}};
   o["program_resident_bytes"] = mapping_resident_bytes(program.program_path());
-  o["prompt_tokens"] = ids;
+  o["prompt_tokens"] = expanded;  // what was prefilled: with images, each one's span in place
+  if (vision) {
+    o["images"] = images_json;
+    o["image_budget"] = args.image_budget;
+    o["vision"] = {{"path", vision->path()}, {"method", vision->method()}, {"loads", vision->loads()}};
+  }
   if (tok) o["text"] = text;
   o["runs"] = runs;
   // the line opens with `{"runtime": ` as it always has: bench/peers/ours.py finds the report by that mark

@@ -8,13 +8,75 @@ namespace gemma_edge {
 namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// The encoder gives its weights back however encoding ends (the Python session's try/finally).
+struct ReleaseAfter {
+  ImageEncoder* encoder;
+  ~ReleaseAfter() {
+    if (encoder) encoder->release();
+  }
+};
+
+std::string count_of(size_t n, const char* what) { return std::to_string(n) + " " + what + (n == 1 ? "" : "s"); }
 }  // namespace
 
-Generation generate(Step& step, Sampler& sampler, const std::vector<int64_t>& prompt, const LoopSettings& s,
-                    const TokenObserver& observe) {
-  // The checks of gemma_edge/contract/loop.md, in its order: prompt, max_new_tokens, context.
-  if (prompt.empty()) throw LoopError("prompt", "prompt: expected at least one token");
-  step.check_prompt(prompt);
+void check_image_prompt(const std::vector<int64_t>& prompt, size_t n_images,
+                        const std::optional<ImageTokens>& tokens, const std::string& model) {
+  if (n_images == 0) return;
+  if (!tokens)
+    throw LoopError("images", "images: " + model + " has no vision tower (export a checkpoint with one, "
+                              "without --no-vision)");
+  const ImageTokens& t = *tokens;
+  for (size_t i = 0; i < prompt.size(); ++i)
+    if (prompt[i] == t.boi || prompt[i] == t.eoi)
+      throw LoopError("images", "images: the prompt holds image frame ids (" + std::to_string(t.boi) + " / " +
+                                    std::to_string(t.eoi) + ", first at position " + std::to_string(i) +
+                                    "); expected one placeholder " + std::to_string(t.image) +
+                                    " per image, which the loop expands");
+  const size_t marks = size_t(std::count(prompt.begin(), prompt.end(), t.image));
+  if (marks != 0 && marks != n_images)
+    throw LoopError("images", "images: the prompt has " + count_of(marks, "image placeholder") + " (" +
+                                  std::to_string(t.image) + ") for " + count_of(n_images, "image") +
+                                  "; expected one per image, or none (images first)");
+}
+
+std::vector<int64_t> expand_image_prompt(const std::vector<int64_t>& prompt, const LoopImages& images) {
+  if (images.soft_tokens.empty()) return prompt;
+  check_image_prompt(prompt, images.soft_tokens.size(), images.tokens, images.model);
+  const ImageTokens& t = *images.tokens;
+  const size_t marks = size_t(std::count(prompt.begin(), prompt.end(), t.image));
+  auto span = [&](std::vector<int64_t>& out, int n) {
+    out.push_back(t.boi);
+    out.insert(out.end(), size_t(n), t.image);
+    out.push_back(t.eoi);
+  };
+  std::vector<int64_t> out;
+  if (marks == 0) {
+    const size_t at = !prompt.empty() && prompt[0] == images.bos ? 1 : 0;
+    out.assign(prompt.begin(), prompt.begin() + long(at));
+    for (int n : images.soft_tokens) span(out, n);
+    out.insert(out.end(), prompt.begin() + long(at), prompt.end());
+    return out;
+  }
+  size_t k = 0;
+  for (int64_t id : prompt) {
+    if (id == t.image)
+      span(out, images.soft_tokens[k++]);
+    else
+      out.push_back(id);
+  }
+  return out;
+}
+
+Generation generate(Step& step, Sampler& sampler, const std::vector<int64_t>& request, const LoopSettings& s,
+                    const TokenObserver& observe, const LoopImages& images) {
+  // The checks of gemma_edge/contract/loop.md, in its order: prompt, images, max_new_tokens, context.
+  if (request.empty()) throw LoopError("prompt", "prompt: expected at least one token");
+  step.check_prompt(request);
+  Generation g;
+  g.prompt = expand_image_prompt(request, images);
+  const std::vector<int64_t>& prompt = g.prompt;
+  if (prompt.size() != request.size()) step.check_prompt(prompt);  // the image ids too
   if (s.max_new_tokens < 1)
     throw LoopError("max_new_tokens", "max_new_tokens: expected an integer ≥ 1, found " +
                                           std::to_string(s.max_new_tokens));
@@ -25,18 +87,43 @@ Generation generate(Step& step, Sampler& sampler, const std::vector<int64_t>& pr
                                    " tokens, expected ≤ max_context " + std::to_string(s.max_context));
   if (s.prefill_chunk < 1)
     throw LoopError("prefill_chunk", "prefill_chunk: expected an integer ≥ 1, found " + std::to_string(s.prefill_chunk));
+  const bool with_images = !images.soft_tokens.empty();
+  if (with_images && !images.encoder) throw std::logic_error("generate: images without an encoder");
 
-  Generation g;
   const size_t rv = step.row_values(), V = step.vocab_size();
   auto t0 = Clock::now();
+  // soft [T, H]: zeros, each image's rows at its placeholders, in order
+  std::vector<float> soft;
+  size_t H = 0;
+  if (with_images) {
+    ReleaseAfter release{images.encoder};
+    H = images.encoder->width();
+    soft.assign(prompt.size() * H, 0.0f);
+    std::vector<float> rows;
+    size_t at = 0;  // the next placeholder position to fill
+    for (size_t k = 0; k < images.soft_tokens.size(); ++k) {
+      const size_t n = size_t(images.soft_tokens[k]);
+      rows.resize(n * H);
+      images.encoder->encode(k, rows.data());
+      for (size_t r = 0; r < n; ++r, ++at) {
+        while (prompt[at] != images.tokens->image) ++at;  // the expansion put n_k placeholders per image
+        std::copy_n(rows.data() + r * H, H, soft.data() + at * H);
+      }
+    }
+    g.encode_s = seconds_since(t0);
+  }
+  // ONE batched fetch of the prompt; a placeholder's token half is the pad row (transformers' splice)
+  std::vector<int64_t> fetched = prompt;
+  if (with_images) std::replace(fetched.begin(), fetched.end(), images.tokens->image, images.pad_id);
   std::vector<float> rows(prompt.size() * rv);
-  g.prompt_fetch = step.fetch(prompt.data(), prompt.size(), rows.data());
+  g.prompt_fetch = step.fetch(fetched.data(), fetched.size(), rows.data());
   const float* logits = nullptr;
   for (size_t start = 0; start < prompt.size(); start += size_t(s.prefill_chunk)) {
     const size_t n = std::min(prompt.size() - start, size_t(s.prefill_chunk));
-    logits = step.prefill(prompt.data() + start, n, int64_t(start), rows.data() + start * rv);
+    logits = step.prefill(prompt.data() + start, n, int64_t(start), rows.data() + start * rv,
+                          with_images ? soft.data() + start * H : nullptr);
   }
-  g.prefill_s = seconds_since(t0) - g.prompt_fetch.wall_s;
+  g.prefill_s = seconds_since(t0) - g.encode_s - g.prompt_fetch.wall_s;
   auto is_eos = [&](int64_t t) { return s.stop_on_eos && std::find(s.eos.begin(), s.eos.end(), t) != s.eos.end(); };
   std::vector<float> row(rv);
   int64_t position = int64_t(prompt.size());

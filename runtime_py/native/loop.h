@@ -2,14 +2,16 @@
 // (gemma-edge-loop-golden over tests/golden/loop.json) and an app with the bundle's program (Program).
 //
 // The loop every host implements (Session._loop in Python, Generator in Java): refuse up front — before any
-// fetch — a prompt that is empty, max_new_tokens < 1, or len(prompt) + max_new_tokens > max_context; fetch
-// the prompt's PLE rows once; prefill in chunks of prefill_chunk; pick a token from the last chunk's logits;
-// then per token: stop on EOS (when asked; the first token too) or at max_new_tokens, else fetch its row and
-// decode it at the next position.
+// fetch — a prompt that is empty, images the prompt cannot take, max_new_tokens < 1, or len(prompt) +
+// max_new_tokens > max_context (the prompt with its images' spans); encode the images; fetch the prompt's PLE
+// rows once; prefill in chunks of prefill_chunk; pick a token from the last chunk's logits; then per token:
+// stop on EOS (when asked; the first token too) or at max_new_tokens, else fetch its row and decode it at the
+// next position. gemma_edge/contract/loop.md is the specification, its "Images" section the image path.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -30,11 +32,41 @@ class Step {
   // BadInput naming the first id the model cannot take (the loop calls it before any fetch).
   virtual void check_prompt(const std::vector<int64_t>& ids) const = 0;
   virtual FetchStats fetch(const int64_t* ids, size_t n, float* rows) = 0;
-  virtual const float* prefill(const int64_t* tokens, size_t n, int64_t start, const float* rows) = 0;
+  // soft: the chunk's soft tokens [n, H] (the images' rows at their placeholders, zeros elsewhere), or null
+  // for a prompt without images (the step feeds zeros)
+  virtual const float* prefill(const int64_t* tokens, size_t n, int64_t start, const float* rows,
+                               const float* soft) = 0;
   virtual const float* decode(int64_t token, int64_t position, const float* row) = 0;
 };
 
-// A refused request, naming the field the golden suite names ("prompt", "max_new_tokens", "context").
+// The ids that frame an image in a prompt: boi, one `image` placeholder per soft token, eoi.
+struct ImageTokens {
+  int64_t boi = 0, image = 0, eoi = 0;
+};
+
+// What the loop needs of a vision tower: the soft tokens of the request's images, asked for in order after
+// every check, then released (a tower holds its weights only while it encodes).
+class ImageEncoder {
+ public:
+  virtual ~ImageEncoder() = default;
+  virtual size_t width() const = 0;  // H, floats per soft token (the decoder's hidden size)
+  // Image k's soft tokens [n_k, H] into `out`, n_k the count the request gave for it.
+  virtual void encode(size_t k, float* out) = 0;
+  virtual void release() = 0;
+};
+
+// A request's images: what preprocessing at their budget gave (each one's soft-token count) and the model's
+// side of them. `tokens` empty: the model has no vision tower, and an image is refused.
+struct LoopImages {
+  std::vector<int> soft_tokens;        // n_k per image, in prompt order; empty: a text prompt
+  std::optional<ImageTokens> tokens;   // the model's image ids
+  int64_t pad_id = 0;                  // the PLE row fetched at a placeholder (manifest pad_token_id, 0 if null)
+  int64_t bos = -1;                    // a leading <bos> the spans follow when the prompt has no placeholder
+  ImageEncoder* encoder = nullptr;
+  std::string model = "the model";     // names it in a refusal
+};
+
+// A refused request, naming the field the golden suite names ("prompt", "images", "max_new_tokens", "context").
 struct LoopError : BadInput {
   LoopError(std::string f, const std::string& message) : BadInput(message), field(std::move(f)) {}
   std::string field;
@@ -49,16 +81,29 @@ struct LoopSettings {
 };
 
 struct Generation {
+  std::vector<int64_t> prompt;  // the ids prefilled: the request's, each image placeholder expanded to its span
   std::vector<int64_t> tokens;
   std::string stop_reason;  // "eos" or "max_new_tokens"
   FetchStats prompt_fetch;
-  double prefill_s = 0, ttft_s = 0, decode_s = 0;  // prefill_s excludes the fetch; decode_s after the 1st token
+  double encode_s = 0;  // the images through the encoder (its load included); counted in ttft_s
+  double prefill_s = 0, ttft_s = 0, decode_s = 0;  // prefill_s excludes encode and fetch; decode_s after the 1st token
 };
 
 // Called once per generated token with the logits it was picked from (V floats).
 using TokenObserver = std::function<void(int64_t token, const float* logits, size_t vocab)>;
 
+// The images check of loop.md for a prompt with `n_images` images (none: nothing to check): LoopError
+// "images" when the model has no vision tower (`tokens` empty; `model` names it), the prompt holds a boi or
+// eoi id, or it has placeholders but not one per image.
+void check_image_prompt(const std::vector<int64_t>& prompt, size_t n_images, const std::optional<ImageTokens>& tokens,
+                        const std::string& model);
+
+// The prompt with each image's span (boi + n_k × image + eoi): at its placeholder, one per image, or — when
+// the prompt has none — all of them after a leading <bos> (at the start without one), once check_image_prompt
+// let it through. The prompt itself when there are no images.
+std::vector<int64_t> expand_image_prompt(const std::vector<int64_t>& prompt, const LoopImages& images);
+
 Generation generate(Step& step, Sampler& sampler, const std::vector<int64_t>& prompt, const LoopSettings& settings,
-                    const TokenObserver& observe = nullptr);
+                    const TokenObserver& observe = nullptr, const LoopImages& images = {});
 
 }  // namespace gemma_edge

@@ -26,6 +26,8 @@ namespace {
 
 using json = nlohmann::json;
 constexpr int64_t kIntMax = INT_MAX;  // every count and id of a bundle fits an int32
+// contract/image.py SUPPORTED_BUDGETS (image.h's kImageBudgets: the reader needs no image code)
+constexpr int kSupportedImageBudgets[] = {70, 140, 280, 560, 1120};
 
 // A found value for a message, with its JSON type, so that "64" (a string) never reads as 64.
 std::string found(const json& v) {
@@ -99,6 +101,80 @@ std::string confined(const Checker& c, const std::string& dir, const json& name,
   return path;
 }
 
+// The `vision` entry and files.vision, checked as bundle_format._check_vision checks them, in its order.
+void read_vision(const Checker& c, const json& d, Manifest& m) {
+  const bool has_file = m.has_file("vision"), has_entry = d.contains("vision") && !d["vision"].is_null();
+  if (!has_file && !has_entry) return;
+  if (!has_file || !has_entry)
+    throw BadInput(m.where + ": " + (has_entry ? "files.vision" : "vision") + ": missing, but " +
+                   (has_entry ? "vision" : "files.vision") + " is present (a vision program needs both)");
+  const json& v = d["vision"];
+  if (!v.is_object()) c.fail("vision", "an object", v);
+  // a manifest without export.program_revision is of revision 1
+  const json& exp = Checker::at(d, "export");
+  const json revision = exp.is_object() && exp.contains("program_revision") ? exp["program_revision"] : json(1);
+  if (!revision.is_number_integer() || revision.get<int64_t>() < 6)
+    c.fail("export.program_revision", "≥ 6 (a step that takes soft_embeds) for a bundle with a vision program",
+           revision);
+  if (Checker::at(v, "model_hash") != m.model_hash)
+    c.fail("vision.model_hash", m.model_hash + " (the manifest's model_hash: the tower of the same checkpoint)",
+           Checker::at(v, "model_hash"));
+  VisionEntry e;
+  const json& budgets = Checker::at(v, "budgets");
+  std::string supported;
+  for (int b : kSupportedImageBudgets) supported += (supported.empty() ? "" : ", ") + std::to_string(b);
+  const std::string budgets_expected = "a sorted list of distinct budgets from [" + supported + "]";
+  if (!budgets.is_array() || budgets.empty()) c.fail("vision.budgets", budgets_expected, budgets);
+  for (const json& b : budgets) {
+    const bool supported_one = b.is_number_integer() &&
+        std::find(std::begin(kSupportedImageBudgets), std::end(kSupportedImageBudgets), b.get<int64_t>()) !=
+            std::end(kSupportedImageBudgets);
+    if (!supported_one || (!e.budgets.empty() && b.get<int64_t>() <= e.budgets.back()))
+      c.fail("vision.budgets", budgets_expected, budgets);
+    e.budgets.push_back(b.get<int>());
+  }
+  const json& methods = Checker::at(v, "methods");
+  std::string keys;
+  for (int b : e.budgets) keys += (keys.empty() ? "'" : ", '") + std::to_string(b) + "'";
+  const std::string methods_expected = "one method per budget, keys [" + keys + "]";
+  if (!methods.is_object() || methods.size() != e.budgets.size()) c.fail("vision.methods", methods_expected, methods);
+  for (int b : e.budgets)
+    if (!methods.contains(std::to_string(b))) c.fail("vision.methods", methods_expected, methods);
+  for (int b : e.budgets) {
+    const json& name = methods[std::to_string(b)];
+    if (!name.is_string() || name.get<std::string>().empty())
+      c.fail("vision.methods." + std::to_string(b), "a method name", name);
+    e.methods[b] = name.get<std::string>();
+  }
+  // soft tokens replace the decoder's embeddings: as wide as config.hidden_size
+  const json& cfg = Checker::at(d, "config");
+  const json& hidden = cfg.is_object() ? Checker::at(cfg, "hidden_size") : json();
+  const int64_t want = c.integer_value(hidden, "config.hidden_size", 1, kIntMax);
+  const json& h = Checker::at(v, "hidden_size");
+  if (!h.is_number_integer() || h.get<int64_t>() != want)
+    c.fail("vision.hidden_size", std::to_string(want) + " (config.hidden_size: soft tokens replace embeddings)", h);
+  e.hidden_size = int(want);
+  e.patch_dim = int(c.integer(v, "patch_dim", "vision.patch_dim", 1));
+  const json& ids = Checker::at(v, "image_tokens");
+  if (!ids.is_object()) c.fail("vision.image_tokens", "an object with boi, image and eoi", ids);
+  int64_t* dst[3] = {&e.image_tokens.boi, &e.image_tokens.image, &e.image_tokens.eoi};
+  int k = 0;
+  for (const char* key : {"boi", "image", "eoi"}) {
+    const json& id = Checker::at(ids, key);
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= m.vocab_size)
+      c.fail(std::string("vision.image_tokens.") + key, "a token id in [0, " + std::to_string(m.vocab_size) + ")", id);
+    *dst[k++] = id.get<int64_t>();
+  }
+  const ImageTokens& t = e.image_tokens;
+  if (t.boi == t.image || t.boi == t.eoi || t.image == t.eoi) c.fail("vision.image_tokens", "three distinct ids", ids);
+  const json& q = Checker::at(v, "quantization");
+  if (q != "8da8w" && q != "8da4w" && q != "none") c.fail("vision.quantization", "8da8w or 8da4w or none", q);
+  e.quantization = q.get<std::string>();
+  const json& bq = Checker::at(v, "block_q");
+  if (!bq.is_null()) e.block_q = int(c.integer_value(bq, "vision.block_q", 1, kIntMax));
+  m.vision = e;
+}
+
 }  // namespace
 
 const BundleFile& Manifest::file(const std::string& role) const {
@@ -137,6 +213,7 @@ Manifest read_manifest(const std::string& bundle_dir) {
     if (!d.contains(k)) missing += std::string(missing.empty() ? "'" : ", '") + k + "'";
   if (!missing.empty()) throw BadInput(m.where + ": keys [" + missing + "] missing");
 
+  m.model_hash = c.hex64(Checker::at(d, "model_hash"), "model_hash", "64 lowercase hex digits");
   m.max_context = int(c.integer(d, "max_context", "max_context", 1));
   m.prefill_chunk = int(c.integer(d, "prefill_chunk", "prefill_chunk", 1, m.max_context));
   m.vocab_size = int(c.integer(d, "vocab_size", "vocab_size", 1));
@@ -148,6 +225,9 @@ Manifest read_manifest(const std::string& bundle_dir) {
   if (!eos.is_array()) c.fail("eos_token_ids", "an array of token ids in [0, " + std::to_string(m.vocab_size) + ")", eos);
   for (size_t i = 0; i < eos.size(); ++i)
     m.eos_token_ids.push_back(c.integer_value(eos[i], "eos_token_ids[" + std::to_string(i) + "]", 0, m.vocab_size - 1));
+
+  if (!Checker::at(d, "pad_token_id").is_null())
+    m.pad_token_id = c.integer(d, "pad_token_id", "pad_token_id", 0, m.vocab_size - 1);
 
   const json& files = d["files"];
   if (!files.is_object()) c.fail("files", "an object (role -> file entry)", files);
@@ -177,12 +257,13 @@ Manifest read_manifest(const std::string& bundle_dir) {
       c.fail(std::string("methods.") + role + ".method", "a method name", name);
     (std::string(role) == "prefill" ? m.prefill_method : m.decode_method) = name.get<std::string>();
   }
-  const json& tmpl = Checker::at(d, "chat_template");
-  if (!tmpl.is_null() && !tmpl.is_string()) c.fail("chat_template", "a string or null", tmpl);
-  if (tmpl.is_string()) m.chat_template = tmpl.get<std::string>();
   const json& exp = Checker::at(d, "export");
   if (exp.is_object() && Checker::at(exp, "program_revision").is_number_integer())
     m.program_revision = exp["program_revision"].get<int>();
+  read_vision(c, d, m);
+  const json& tmpl = Checker::at(d, "chat_template");
+  if (!tmpl.is_null() && !tmpl.is_string()) c.fail("chat_template", "a string or null", tmpl);
+  if (tmpl.is_string()) m.chat_template = tmpl.get<std::string>();
   return m;
 }
 

@@ -218,6 +218,11 @@ Program::Program(const Manifest& manifest, const LoadOptions& options)
     }
   }
   attend_len_ = arity >= 4;
+  // the images' soft tokens go into soft_embeds as they are: as wide as the vision entry says they are
+  if (manifest.vision && soft_width_ != manifest.vision->hidden_size)
+    throw BadInput(program_ + ": soft_embeds: expected [1, T, " + std::to_string(manifest.vision->hidden_size) +
+                   "] (" + manifest.where + " vision.hidden_size), found " +
+                   (soft_width_ ? "[1, T, " + std::to_string(soft_width_) + "]" : std::string("no such input")));
   if (!cache.path.empty()) seal_weight_cache(cache);
 }
 
@@ -237,7 +242,10 @@ void Program::check_prompt(const std::vector<int64_t>& ids) const {
 // One call of `method` on tokens [T] from position `start`, with their PLE rows; the logits [V] (valid until
 // the next call: the output tensor's own storage, not a copy).
 const float* Program::step(const std::string& method, const int64_t* tokens, size_t T, int64_t start,
-                           const float* r) {
+                           const float* r, const float* soft_rows) {
+  if (soft_rows && soft_width_ == 0)
+    throw BadInput(program_ + ": method '" + method + "' takes no soft_embeds (a revision < 6 program): it cannot "
+                   "read images");
   pos_.resize(T);
   for (size_t i = 0; i < T; ++i) pos_[i] = start + int64_t(i);
   const auto L = int32_t(ple_->num_layers()), P = int32_t(ple_->ple_dim());
@@ -250,7 +258,10 @@ const float* Program::step(const std::string& method, const int64_t* tokens, siz
   auto al = attend_len_ ? from_blob(attend_.data(), {n}, ScalarType::Long) : nullptr;
   if (al) inputs.push_back(*al);
   if (soft_width_ > 0 && soft_.size() < T * size_t(soft_width_)) soft_.resize(T * size_t(soft_width_), 0.0f);
-  auto soft = soft_width_ > 0 ? from_blob(soft_.data(), {1, int32_t(T), int32_t(soft_width_)}, ScalarType::Float)
+  // the images' rows when the chunk has any (the loop's [T, H] slice, H checked against the vision entry when
+  // the bundle was opened), else the zeros of a text step
+  float* soft_data = soft_rows ? const_cast<float*>(soft_rows) : soft_.data();
+  auto soft = soft_width_ > 0 ? from_blob(soft_data, {1, int32_t(T), int32_t(soft_width_)}, ScalarType::Float)
                               : nullptr;
   if (soft) inputs.push_back(*soft);
   auto out = module_->execute(method, inputs);

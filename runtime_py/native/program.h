@@ -42,11 +42,12 @@ class Program : public Step {
   size_t vocab_size() const override { return size_t(vocab_); }
   void check_prompt(const std::vector<int64_t>& ids) const override;
   FetchStats fetch(const int64_t* ids, size_t n, float* rows) override { return ple_->fetch(ids, n, rows); }
-  const float* prefill(const int64_t* tokens, size_t n, int64_t start, const float* rows) override {
-    return step(prefill_method_, tokens, n, start, rows);
+  const float* prefill(const int64_t* tokens, size_t n, int64_t start, const float* rows,
+                       const float* soft) override {
+    return step(prefill_method_, tokens, n, start, rows, soft);
   }
   const float* decode(int64_t token, int64_t position, const float* row) override {
-    return step(decode_method_, &token, 1, position, row);
+    return step(decode_method_, &token, 1, position, row, nullptr);
   }
 
   const std::string& program_path() const { return program_; }  // its real path (as /proc names its mapping)
@@ -54,9 +55,11 @@ class Program : public Step {
   const WeightCacheState& weight_cache() const { return cache_; }
   double verify_s() const { return verify_s_; }  // size + digest checks (and the cache's)
   size_t threads() const;
+  int64_t soft_width() const { return soft_width_; }  // H of its soft_embeds input; 0: it takes none (revision < 6)
 
  private:
-  const float* step(const std::string& method, const int64_t* tokens, size_t n, int64_t start, const float* rows);
+  const float* step(const std::string& method, const int64_t* tokens, size_t n, int64_t start, const float* rows,
+                    const float* soft);
 
   std::string program_, sha256_, prefill_method_, decode_method_;
   int64_t manifest_vocab_ = 0, vocab_ = 0;  // the manifest's, and V of the program's logits [1, V]

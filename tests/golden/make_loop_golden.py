@@ -20,13 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
+from gemma_edge.contract.image import PATCH_DIM, SUPPORTED_BUDGETS, ImageTokens
 from gemma_edge.contract.presets import preset
+from gemma_edge.runtime.image import PreparedImage
 from gemma_edge.runtime.session import GenerationError, Session
 
 GOLDEN = Path(__file__).resolve().parent / "loop.json"
 VOCAB = 96
 EOS = [1, 50]
 BOS = 2
+IMAGE_TOKENS = ImageTokens.for_vocab(VOCAB)    # boi 93, image 94, eoi 95
+IMAGE_BUDGET = 70
 SEED = 20260419
 
 
@@ -60,7 +64,10 @@ class ReplayBackend:
 
     `steps` is a list, or a function of k that makes step k when the loop first asks for it (recording)."""
 
-    def __init__(self, steps, prompt_len: int):
+    def __init__(self, steps, prompt_len: int, image_id: int | None = None, pad_id: int = 0):
+        self.image_id, self.pad_id = image_id, pad_id
+        self.prefill_soft: list[list[float]] = []
+        self.prefill_ids: list[list[int]] = []
         self.make = steps if callable(steps) else None
         self.steps = [] if callable(steps) else [np.asarray(s, np.float32) for s in steps]
         self.prompt_len = prompt_len
@@ -74,10 +81,21 @@ class ReplayBackend:
             raise AssertionError(f"the loop asked for logits step {k}, the case records {len(self.steps)}")
         return self.steps[k]
 
-    def prefill(self, ids, start: int, rows) -> np.ndarray:
+    def prefill(self, ids, start: int, rows, soft=None) -> np.ndarray:
         self.prefill_calls.append([int(start), len(ids)])
-        if not np.array_equal(np.asarray(rows).reshape(-1), np.asarray(ids, np.float32)):
+        self.prefill_ids.append([int(t) for t in ids])
+        fetched = np.asarray(ids)
+        if self.image_id is not None:            # an image placeholder's PLE row is the pad row
+            fetched = np.where(fetched == self.image_id, self.pad_id, fetched)
+        if not np.array_equal(np.asarray(rows).reshape(-1), fetched.astype(np.float32)):
             raise AssertionError(f"prefill at {start}: the rows are not the batched fetch's rows of its tokens")
+        if soft is not None:
+            soft = np.asarray(soft)
+            if soft.shape[0] != len(ids) or not (soft == soft[:, :1]).all():
+                raise AssertionError(f"prefill at {start}: soft rows {soft.shape} are not the replay encoder's")
+            self.prefill_soft.append([float(v) for v in soft[:, 0]])
+        elif self.image_id is not None:
+            self.prefill_soft.append([0.0] * len(ids))
         if start + len(ids) < self.prompt_len:
             return np.full(VOCAB, np.nan, np.float32)
         return self._step(0)
@@ -89,28 +107,74 @@ class ReplayBackend:
         return self._step(len(self.decode_calls))
 
 
+class ReplayEncoder:
+    """A vision encoder whose k-th image's soft tokens are rows all equal to k + 1 (0 is text's soft row),
+    recording the soft-token count of every encode call."""
+
+    budgets = SUPPORTED_BUDGETS
+
+    def __init__(self, hidden: int):
+        self.hidden = hidden
+        self.encode_calls: list[int] = []
+
+    def encode(self, image: PreparedImage) -> np.ndarray:
+        self.encode_calls.append(image.soft_tokens)
+        return np.full((image.soft_tokens, self.hidden), float(len(self.encode_calls)), np.float32)
+
+    def release(self) -> None:
+        pass
+
+
+def replay_image(soft_tokens: int) -> PreparedImage:
+    """An image as the loop sees it once preprocessed: its soft-token count (the pixels are the encoder's)."""
+    return PreparedImage(np.zeros((0, PATCH_DIM), np.float32), np.zeros((0, 2), np.int64), soft_tokens,
+                         (48, 48 * soft_tokens), IMAGE_BUDGET)
+
+
 def session_for(case: dict, backend: ReplayBackend, ple: RecordingPle) -> Session:
     cfg = preset("tiny", vocab_size=VOCAB, vocab_size_per_layer_input=VOCAB, bos_token_id=BOS)
-    return Session.from_parts(cfg, backend, ple, max_context=case["max_context"],
-                              prefill_chunk=case["prefill_chunk"], eos_token_ids=case["eos"])
+    session = Session.from_parts(cfg, backend, ple, max_context=case["max_context"],
+                                 prefill_chunk=case["prefill_chunk"], eos_token_ids=case["eos"])
+    if case.get("image_tokens") is not None:
+        t = case["image_tokens"]
+        session.image_tokens = ImageTokens(t["boi"], t["image"], t["eoi"])
+        session.vision = ReplayEncoder(case["hidden"])
+    return session
 
 
 def run_case(case: dict, steps) -> dict:
     """Runs one case through Session; returns its outcome in the golden's terms (plus the steps used)."""
-    backend, ple = ReplayBackend(steps, len(case["prompt"])), RecordingPle()
+    images = "images" in case
+    tokens_of = case.get("image_tokens") or {}
+    backend, ple = ReplayBackend(steps, -1, tokens_of.get("image"), case.get("pad_token_id", 0)), RecordingPle()
     session = session_for(case, backend, ple)
+    backend.prompt_len = len(case["prompt"])
+    if images and session.image_tokens is not None:   # the expanded prompt's last chunk gives steps[0]
+        from gemma_edge.runtime.vision import expand_prompt
+        try:
+            backend.prompt_len = len(expand_prompt(case["prompt"], case["images"], session.image_tokens, BOS))
+        except ValueError:
+            pass
     s = case["sampler"]
     try:
         tokens = [g.token for g in session.generate(case["prompt"], case["max_new_tokens"],
                                                     temperature=s["temperature"], top_k=s["top_k"],
                                                     top_p=s["top_p"], seed=s["seed"],
-                                                    stop_on_eos=case["stop_on_eos"])]
+                                                    stop_on_eos=case["stop_on_eos"],
+                                                    images=[replay_image(n) for n in case.get("images", [])],
+                                                    image_budget=IMAGE_BUDGET)]
     except GenerationError as e:
+        encoded = session.vision.encode_calls if isinstance(session.vision, ReplayEncoder) else []
         return {"error": {"field": e.field, "message": str(e)}, "fetches": ple.fetches,
-                "prefill_calls": backend.prefill_calls, "steps": backend.steps}
-    return {"expect": {"tokens": tokens, "stop_reason": session.last_run.stop_reason, "fetches": ple.fetches,
-                       "prefill_calls": backend.prefill_calls, "decode_calls": backend.decode_calls},
-            "steps": backend.steps}
+                "prefill_calls": backend.prefill_calls, "encode_calls": encoded, "steps": backend.steps}
+    expect = {"tokens": tokens, "stop_reason": session.last_run.stop_reason, "fetches": ple.fetches,
+              "prefill_calls": backend.prefill_calls, "decode_calls": backend.decode_calls}
+    if images:
+        assert isinstance(session.vision, ReplayEncoder)
+        prompt = [int(t) for c in backend.prefill_ids for t in c]
+        expect.update(expanded_prompt=prompt, encode_calls=session.vision.encode_calls,
+                      prefill_soft=backend.prefill_soft)
+    return {"expect": expect, "steps": backend.steps}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -167,6 +231,34 @@ CASES = [
 ]
 
 
+# name, prompt (B = bos, I = image placeholder, O = boi, C = eoi, X = an id past the vocabulary, else a
+# random text id), soft tokens per image, prefill_chunk, max_context, max_new_tokens, the model has a tower,
+# logits shaping, and what the case is there to show
+IMAGE_CASES = [
+    ("image_first_after_bos", "Btttt", [5], 4, 64, 4, True, {}, "max_new_tokens"),
+    ("image_first_no_bos", "tttt", [3], 4, 64, 3, True, {}, "max_new_tokens"),
+    ("image_at_placeholder", "BttIttt", [6], 4, 64, 4, True, {}, "max_new_tokens"),
+    ("two_images_across_chunks", "BtIttIt", [4, 7], 3, 64, 5, True, {}, "max_new_tokens"),
+    ("two_images_first", "Bttt", [2, 3], 8, 64, 3, True, {}, "max_new_tokens"),
+    ("image_then_eos", "BtIt", [5], 4, 64, 8, True, dict(eos_at=(2,)), "eos"),
+    ("image_fills_context_exactly", "BtIt", [10], 4, 16, 1, True, {}, "max_new_tokens"),
+    ("refuse_images_no_tower", "Bttt", [4], 4, 64, 4, False, {}, ("images", "no vision tower")),
+    ("refuse_image_frame_ids", "BtOtt", [4], 4, 64, 4, True, {}, ("images", "image frame ids")),
+    ("refuse_eoi_in_prompt", "BttC", [4], 4, 64, 4, True, {}, ("images", "image frame ids")),
+    ("refuse_placeholders_not_one_per_image", "BtItIt", [4], 4, 64, 4, True, {}, ("images", "one per image")),
+    ("refuse_context_counts_image_tokens", "BtIt", [10], 4, 16, 4, True, {},
+     ("context", "prompt 15 + max_new_tokens 4 = 19 tokens")),
+    ("refuse_bad_id_before_images", "BtOtX", [4], 4, 64, 4, True, {}, ("prompt", "vocab_size")),
+    ("refuse_images_before_max_new_tokens", "BtOt", [4], 4, 64, 0, True, {}, ("images", "image frame ids")),
+]
+
+
+def image_prompt(pattern: str, rng: np.random.Generator) -> list[int]:
+    marks = {"B": BOS, "I": IMAGE_TOKENS.image, "O": IMAGE_TOKENS.boi, "C": IMAGE_TOKENS.eoi, "X": VOCAB}
+    text = [int(t) for t in rng.integers(3, IMAGE_TOKENS.boi, len(pattern)) if t not in EOS]
+    return [marks.get(c, text[i % len(text)]) for i, c in enumerate(pattern)]
+
+
 def logits_maker(rng: np.random.Generator, eos_at=(), eos_id=EOS[0], tie_at=(), bad_id=None):
     """Step k's logits [V]: multiples of 1/16 (exact in float32, short in JSON), shaped for the case."""
     def make(k: int) -> np.ndarray:
@@ -199,20 +291,38 @@ def build() -> dict:
                             "top_p": f32(sampler["top_p"]), "seed": sampler["seed"]}}
         out = run_case(case, logits_maker(rng, **shaping))
         case["steps"] = [[float(v) for v in s] for s in out["steps"]]
-        if "error" in out:
-            field, text = want
-            got = out["error"]
-            if got["field"] != field or text not in got["message"] or out["fetches"] or out["prefill_calls"]:
-                raise GoldenError(f"{name}: expected a refusal of {field} containing {text!r} before any work, "
-                                 f"the loop gave {got} after fetches {out['fetches']}")
-            case["error"] = {"field": field, "message_contains": text}
-        else:
-            if out["expect"]["stop_reason"] != want:
-                raise GoldenError(f"{name}: expected the case to stop on {want}, it stopped on "
-                                 f"{out['expect']['stop_reason']} ({out['expect']['tokens']})")
-            case["expect"] = out["expect"]
+        check_outcome(name, case, out, want)
         cases.append(case)
-    return {"format": "gemma-edge-loop-golden", "version": 1, "vocab_size": VOCAB, "cases": cases}
+    hidden = preset("tiny").hidden_size
+    for name, pattern, images, chunk, max_context, max_new, tower, shaping, want in IMAGE_CASES:
+        case = {"name": name, "prompt": image_prompt(pattern, rng), "max_new_tokens": max_new,
+                "max_context": max_context, "prefill_chunk": chunk, "eos": EOS, "stop_on_eos": True,
+                "sampler": dict(GREEDY, temperature=0.0, top_p=1.0), "images": images,
+                "image_tokens": IMAGE_TOKENS.manifest_dict() if tower else None, "pad_token_id": 0, "hidden": hidden}
+        out = run_case(case, logits_maker(rng, **shaping))
+        case["steps"] = [[float(v) for v in s] for s in out["steps"]]
+        check_outcome(name, case, out, want)
+        cases.append(case)
+    return {"format": "gemma-edge-loop-golden", "version": 2, "vocab_size": VOCAB, "cases": cases}
+
+
+def check_outcome(name: str, case: dict, out: dict, want) -> None:
+    """Record the outcome in `case`, or GoldenError when it is not the one the case is there to show."""
+    if "error" in out:
+        if isinstance(want, str):
+            raise GoldenError(f"{name}: expected the case to stop on {want}, the loop refused it: {out['error']}")
+        field, text = want
+        got = out["error"]
+        if (got["field"] != field or text not in got["message"] or out["fetches"] or out["prefill_calls"]
+                or out.get("encode_calls")):
+            raise GoldenError(f"{name}: expected a refusal of {field} containing {text!r} before any work, "
+                              f"the loop gave {got} after fetches {out['fetches']}")
+        case["error"] = {"field": field, "message_contains": text}
+        return
+    if out["expect"]["stop_reason"] != want:
+        raise GoldenError(f"{name}: expected the case to stop on {want}, it stopped on "
+                          f"{out['expect']['stop_reason']} ({out['expect']['tokens']})")
+    case["expect"] = out["expect"]
 
 
 def render(golden: dict) -> str:
@@ -230,7 +340,7 @@ def main(argv: list[str]) -> int:
         print(f"make_loop_golden.py: {e}", file=sys.stderr)
         return 1
     out.write_text(text)
-    print(f"{out}: {len(CASES)} cases")
+    print(f"{out}: {len(CASES) + len(IMAGE_CASES)} cases")
     return 0
 
 

@@ -14,6 +14,9 @@ tests/golden/make_loop_golden.py; Java's LoopGoldenTest reads it directly.) Outp
                                                       single draws of gemma_edge.runtime.sampling.Sampler
   OUTDIR/bundle/                                      a small valid bundle (manifest.json by the contract's writer,
                                                       model.pte stand-in, .ple, tokenizer)
+  OUTDIR/exif.json                                    a small image under each EXIF orientation, as PIL turns it upright
+  OUTDIR/bundle_vision/, OUTDIR/vision_refusals.json  the same with a vision program stand-in and entry; damaged
+                                                      vision entries and the field Python's reader names for each
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ import numpy as np
 from gemma_edge import ple_store
 from gemma_edge.contract import bundle_format as bf
 from gemma_edge.contract.chat import TURN_TOKENS
+from gemma_edge.contract.image import BOI, EOI, IMAGE, PATCH_DIM, SUPPORTED_BUDGETS, ImageTokens
 from gemma_edge.contract.presets import preset
 from gemma_edge.ple_store.format import CRC_COVERED
 from gemma_edge.runtime.sampling import Sampler
@@ -288,7 +292,8 @@ def make_tokenizers(out: str) -> str:
     # byte tokens stay in the vocabulary but are not added tokens (they must not be skipped or matched in text)
     base["added_tokens"] = [t for t in base["added_tokens"] if t["content"] in specials]
     nxt = max(base["model"]["vocab"].values()) + 1
-    for k, content in enumerate(TURN_TOKENS[i] for i in sorted(TURN_TOKENS)):   # Gemma 4's turn tokens
+    # Gemma 4's turn tokens, then its image tokens (<|image|>: the chat's image placeholder)
+    for k, content in enumerate([TURN_TOKENS[i] for i in sorted(TURN_TOKENS)] + [BOI, IMAGE, EOI]):
         base["model"]["vocab"][content] = nxt + k
         base["added_tokens"].append({"id": nxt + k, "content": content, "single_word": False, "lstrip": False,
                                      "rstrip": False, "normalized": False, "special": True})
@@ -491,15 +496,19 @@ def make_chat(out: str, tokenizer_path: str) -> None:
 # A small valid bundle, for the manifest reader
 # ---------------------------------------------------------------------------------------------------
 
-def make_bundle(out: str, ple_path: str, tokenizer_path: str) -> None:
+def make_bundle(out: str, ple_path: str, tokenizer_path: str, vision: bool = False) -> None:
     """The manifest is the exporter's own writer's (bf.build_manifest) over the files copied here, plus two
-    keys no reader knows (one top-level, one in config), which every reader must ignore."""
-    d = os.path.join(out, "bundle")
+    keys no reader knows (one top-level, one in config), which every reader must ignore. With `vision`, the
+    bundle is bundle_vision/: a vision program stand-in and the manifest's `vision` entry (bf.vision_entry)."""
+    d = os.path.join(out, "bundle_vision" if vision else "bundle")
     os.makedirs(d, exist_ok=True)
     shutil.copyfile(ple_path, os.path.join(d, bf.PLE_FILE))
     shutil.copyfile(tokenizer_path, os.path.join(d, bf.TOKENIZER_FILE))
     with open(os.path.join(d, bf.PROGRAM_FILE), "wb") as f:
         f.write(b"stand-in for an ExecuTorch program " * 10)
+    if vision:
+        with open(os.path.join(d, bf.VISION_FILE), "wb") as f:
+            f.write(b"stand-in for the vision program " * 12)
     r = ple_store.open(os.path.join(d, bf.PLE_FILE))
     h = r.header
     r.close()
@@ -510,19 +519,113 @@ def make_bundle(out: str, ple_path: str, tokenizer_path: str) -> None:
                  eos_token_id=[1, 106], bos_token_id=2, pad_token_id=0)
     settings = dict(max_context=256, prefill_chunk=32, quant="8da4w", group_size=32, embedding_quant="int8",
                     ple_dtype="int4", methods="one")
-    manifest = bf.build_manifest(Path(d), cfg=cfg, settings=settings, model_hash=h.model_hash, stages=[])
+    entry = None
+    if vision:
+        from gemma_edge.export.vision import VisionConfig
+
+        tower = VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                             num_key_value_heads=2, head_dim=16)
+        entry = bf.vision_entry(model_hash=h.model_hash, budgets=[70, 280], hidden_size=cfg.hidden_size,
+                                patch_dim=PATCH_DIM, image_tokens=ImageTokens.for_vocab(V).manifest_dict(),
+                                quantization="8da8w", block_q=512, config=tower.to_dict())
+    manifest = bf.build_manifest(Path(d), cfg=cfg, settings=settings, model_hash=h.model_hash, stages=[],
+                                 vision=entry)
     manifest["config"]["some_future_field"] = [1, 2]
     manifest["unknown_top_level_key"] = {"ignored": True}
     with open(os.path.join(d, bf.MANIFEST_FILE), "w") as f:
         json.dump(manifest, f, indent=1)
     bf.read_manifest(d)                                          # the Python reader takes what Java is given
+    if vision:
+        write_vision_refusals(out, d, manifest)
+
+
+_REMOVE = {"remove": True}   # a mutation that deletes the key
+
+
+# (dotted path, new value): damage to the vision entry each reader must refuse, naming the same field
+VISION_MUTATIONS = [
+    ("vision", _REMOVE), ("files.vision", _REMOVE), ("vision", "vision.pte"), ("export.program_revision", 5),
+    ("vision.model_hash", "0" * 64),
+    ("vision.budgets", []), ("vision.budgets", [280, 70]), ("vision.budgets", [70, 70]), ("vision.budgets", [71]),
+    ("vision.budgets", [2**32 + 280]), ("vision.budgets", "280"),
+    ("vision.methods", _REMOVE), ("vision.methods", {"70": "vision_70"}),
+    ("vision.methods", {"70": "vision_70", "280": "vision_280", "560": "x"}),
+    ("vision.methods.280", ""), ("vision.methods.280", 280),
+    ("vision.hidden_size", 65), ("vision.hidden_size", "64"), ("vision.patch_dim", 0), ("vision.patch_dim", _REMOVE),
+    ("vision.image_tokens", _REMOVE), ("vision.image_tokens", [1, 2, 3]), ("vision.image_tokens.boi", 3000),
+    ("vision.image_tokens.image", -1), ("vision.image_tokens.eoi", "2999"), ("vision.image_tokens.eoi", _REMOVE),
+    ("vision.image_tokens.eoi", 2997),   # = boi: not three distinct ids
+    ("vision.quantization", "int8"), ("vision.quantization", _REMOVE), ("vision.block_q", 0), ("vision.block_q", 1.5),
+    ("vision.config", _REMOVE), ("vision.config", "gemma4_vision"), ("vision.config.hidden_size", 0),
+    ("vision.config.num_hidden_layers", _REMOVE), ("vision.config.position_embedding_size", 2**31),
+    ("vision.config.head_dim", 16.0),
+]
+
+
+def _mutate(manifest: dict, path: str, value) -> dict:
+    m = json.loads(json.dumps(manifest))
+    *keys, last = path.split(".")
+    at = m
+    for k in keys:
+        at = at[k]
+    if value is _REMOVE:
+        del at[last]
+    else:
+        at[last] = value
+    return m
+
+
+def write_vision_refusals(out: str, bundle_dir: str, manifest: dict) -> None:
+    """VISION_MUTATIONS with the field Python's validate_manifest names for each: Java's Manifest must name the same."""
+    cases = []
+    for path, value in VISION_MUTATIONS:
+        try:
+            bf.validate_manifest(_mutate(manifest, path, value), bundle_dir)
+        except bf.BundleError as e:
+            message = str(e)
+        else:
+            raise AssertionError(f"Python accepted the vision mutation {path} = {value!r}")
+        rest = message.removeprefix(os.path.join(bundle_dir, bf.MANIFEST_FILE) + ": ")
+        field = rest.split(": ")[0]
+        cases.append({"path": path, "remove": value is _REMOVE, "value": None if value is _REMOVE else value,
+                      "field": field, "python": message})
+    with open(os.path.join(out, "vision_refusals.json"), "w") as f:
+        json.dump({"bundle": bundle_dir, "cases": cases}, f, indent=1)
+
+
+def make_exif(out: str) -> None:
+    """A small image under each EXIF orientation (1..8), turned upright by PIL's ImageOps.exif_transpose, as
+    transformers' load_image turns it: the pixels Java's ImagePreprocessor.exifTranspose must give."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    rng = np.random.default_rng(SEED + 2)
+    w, h = 5, 3
+    rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    cases = []
+    for orientation in range(1, 9):
+        im = Image.fromarray(rgb, "RGB")
+        exif = im.getexif()
+        exif[0x0112] = orientation   # Orientation
+        buf = io.BytesIO()
+        im.save(buf, "PNG", exif=exif)   # lossless, with the tag, read back as a file would be
+        upright = ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue())))
+        arr = np.asarray(upright.convert("RGB"))
+        cases.append({"orientation": orientation, "height": arr.shape[0], "width": arr.shape[1],
+                      "rgb": arr.reshape(-1).tolist()})
+    assert cases[5]["rgb"] != cases[7]["rgb"] and cases[5]["width"] == h   # rotations, not the identity
+    with open(os.path.join(out, "exif.json"), "w") as f:
+        json.dump({"height": h, "width": w, "rgb": rgb.reshape(-1).tolist(), "cases": cases}, f)
 
 
 def make_contract(out: str) -> None:
     """The manifest contract's key lists as the Python reader holds them, for Java's copies to be checked against."""
     with open(os.path.join(out, "contract.json"), "w") as f:
         json.dump({"required_keys": list(bf.REQUIRED_KEYS), "config_required_keys": list(bf.CONFIG_REQUIRED_KEYS),
-                   "input_names": list(bf.INPUT_NAMES)}, f)
+                   "input_names": list(bf.INPUT_NAMES), "supported_budgets": list(SUPPORTED_BUDGETS),
+                   "vision_quant": list(bf.VISION_QUANT), "vision_config_ints": list(bf.VISION_CONFIG_INTS),
+                   "image_tokens": {"boi": BOI, "image": IMAGE, "eoi": EOI}}, f)
 
 
 def main(argv: list[str]) -> int:
@@ -538,7 +641,9 @@ def main(argv: list[str]) -> int:
     make_chat(out, tok_path)
     make_generation(out, ple_path)
     make_bundle(out, ple_path, tok_path)
+    make_bundle(out, ple_path, tok_path, vision=True)
     make_contract(out)
+    make_exif(out)
     print(f"golden files written to {out}")
     return 0
 

@@ -1,8 +1,11 @@
 // gemma-edge-loop-golden GOLDEN.json: the runner library's generation loop (loop.h) and sampler driven over
 // the recorded logits of the shared golden suite (tests/golden/loop.json, written from the Python loop):
 // each case's tokens, stop reason, fetch calls, prefill and decode calls — or its refusal — must be the
-// recorded ones. Prints one line per case and exits 1 when any differs.
+// recorded ones; an image case's expanded prompt, encoder calls and the soft tokens each prefill call was
+// handed too. Prints one line per case and exits 1 when any differs.
+#include <algorithm>
 #include <cstdio>
+#include <memory>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -35,8 +38,19 @@ class RecordedStep : public gemma_edge::Step {
     for (size_t i = 0; i < n; ++i) rows[i] = 0.0f;
     return {};
   }
-  const float* prefill(const int64_t*, size_t n, int64_t start, const float*) override {
+  // soft_width > 0 (an image case): each prefill call's soft tokens recorded as one value per position,
+  // its row's first — a row whose values differ is recorded as NaN, which no case holds
+  const float* prefill(const int64_t*, size_t n, int64_t start, const float*, const float* soft) override {
     prefill_calls.push_back({start, int64_t(n)});
+    if (soft_width > 0) {
+      json values = json::array();
+      for (size_t i = 0; i < n && soft; ++i) {
+        const float* r = soft + i * soft_width;
+        const bool same = std::all_of(r, r + soft_width, [&](float v) { return v == r[0]; });
+        values.push_back(same ? json(r[0]) : json("row " + std::to_string(start + int64_t(i)) + " not uniform"));
+      }
+      prefill_soft.push_back(soft ? values : json(nullptr));
+    }
     return next_logits();
   }
   const float* decode(int64_t token, int64_t position, const float*) override {
@@ -44,6 +58,8 @@ class RecordedStep : public gemma_edge::Step {
     return next_logits();
   }
   std::vector<std::vector<int64_t>> fetches, prefill_calls, decode_calls;
+  size_t soft_width = 0;
+  json prefill_soft = json::array();
 
  private:
   // step 0 is what the last prefill chunk returns: every earlier chunk's logits are not read by the loop
@@ -58,19 +74,52 @@ class RecordedStep : public gemma_edge::Step {
   size_t vocab_;
 };
 
+// The suite's image encoder: image k's rows all equal k + 1 (0 in a soft row is text), `hidden` wide; records
+// each call's soft-token count.
+class ReplayEncoder : public gemma_edge::ImageEncoder {
+ public:
+  ReplayEncoder(std::vector<int> counts, size_t hidden) : counts_(std::move(counts)), hidden_(hidden) {}
+  size_t width() const override { return hidden_; }
+  void encode(size_t k, float* out) override {
+    calls.push_back(counts_.at(k));
+    std::fill_n(out, size_t(counts_[k]) * hidden_, float(k + 1));
+  }
+  void release() override { ++releases; }
+  std::vector<int> calls;
+  int releases = 0;
+
+ private:
+  std::vector<int> counts_;
+  size_t hidden_;
+};
+
 std::string show(const json& v) {
   std::string s = v.dump();
   return s.size() > 200 ? s.substr(0, 197) + "..." : s;
 }
 
 // "" when the case holds, else what differs.
-std::string run_case(const json& c, size_t vocab) {
+std::string run_case(const json& c, size_t vocab, int64_t bos) {
   std::vector<std::vector<float>> steps;
   for (const auto& s : c.value("steps", json::array())) {  // a refused case may record none
     steps.push_back(s.get<std::vector<float>>());  // float32-exact numbers: float(double) is exact
     if (steps.back().size() != vocab) return "steps: expected rows of vocab_size " + std::to_string(vocab);
   }
   RecordedStep step(std::move(steps), vocab);
+  // an image case: the images' soft-token counts, the model's image ids (null: no vision tower), pad id
+  gemma_edge::LoopImages images;
+  std::unique_ptr<ReplayEncoder> encoder;
+  if (c.contains("images")) {
+    images.soft_tokens = c.at("images").get<std::vector<int>>();
+    if (const json& t = c.value("image_tokens", json(nullptr)); !t.is_null())
+      images.tokens = gemma_edge::ImageTokens{t.at("boi").get<int64_t>(), t.at("image").get<int64_t>(),
+                                              t.at("eoi").get<int64_t>()};
+    images.pad_id = c.value("pad_token_id", json(nullptr)).is_null() ? 0 : c["pad_token_id"].get<int64_t>();
+    images.bos = bos;
+    step.soft_width = c.at("hidden").get<size_t>();
+    encoder = std::make_unique<ReplayEncoder>(images.soft_tokens, step.soft_width);
+    images.encoder = encoder.get();
+  }
   const json& sm = c.at("sampler");
   gemma_edge::LoopSettings settings{c.at("max_new_tokens").get<int>(), c.at("max_context").get<int>(),
                                     c.at("prefill_chunk").get<int>(), c.at("eos").get<std::vector<int64_t>>(),
@@ -79,13 +128,21 @@ std::string run_case(const json& c, size_t vocab) {
   try {
     gemma_edge::Sampler sampler(sm.at("temperature").get<float>(), sm.at("top_k").get<int64_t>(),
                                 sm.at("top_p").get<float>(), sm.at("seed").get<uint64_t>());
-    gemma_edge::Generation g = gemma_edge::generate(step, sampler, prompt, settings);
+    gemma_edge::Generation g = gemma_edge::generate(step, sampler, prompt, settings, nullptr, images);
     if (c.contains("error")) return "expected a refusal (" + show(c["error"]) + "), generated " + show(json(g.tokens));
     const json& e = c.at("expect");
-    const json got = {{"tokens", g.tokens}, {"stop_reason", g.stop_reason}, {"fetches", step.fetches},
-                      {"prefill_calls", step.prefill_calls}, {"decode_calls", step.decode_calls}};
-    for (const char* k : {"tokens", "stop_reason", "fetches", "prefill_calls", "decode_calls"})
-      if (got[k] != e.at(k)) return std::string(k) + ": expected " + show(e[k]) + ", found " + show(got[k]);
+    json got = {{"tokens", g.tokens}, {"stop_reason", g.stop_reason}, {"fetches", step.fetches},
+                {"prefill_calls", step.prefill_calls}, {"decode_calls", step.decode_calls}};
+    std::vector<std::string> keys{"tokens", "stop_reason", "fetches", "prefill_calls", "decode_calls"};
+    if (encoder) {
+      got["expanded_prompt"] = g.prompt;
+      got["encode_calls"] = encoder->calls;
+      got["prefill_soft"] = step.prefill_soft;
+      keys.insert(keys.end(), {"expanded_prompt", "encode_calls", "prefill_soft"});
+      if (encoder->releases != 1) return "the encoder was released " + std::to_string(encoder->releases) + " times";
+    }
+    for (const auto& k : keys)
+      if (got[k] != e.at(k)) return k + ": expected " + show(e[k]) + ", found " + show(got[k]);
     return "";
   } catch (const gemma_edge::LoopError& err) {
     if (!c.contains("error")) return std::string("refused: ") + err.what();
@@ -95,6 +152,7 @@ std::string run_case(const json& c, size_t vocab) {
     if (std::string(err.what()).find(e.at("message_contains").get<std::string>()) == std::string::npos)
       return "refusal message: expected it to contain " + show(e["message_contains"]) + ", found '" + err.what() + "'";
     if (!step.fetches.empty() || !step.prefill_calls.empty()) return "refused after fetching or stepping";
+    if (encoder && !encoder->calls.empty()) return "refused after encoding an image";
     return "";
   } catch (const gemma_edge::BadInput& err) {  // the sampler's settings
     if (!c.contains("error")) return std::string("refused: ") + err.what();
@@ -119,17 +177,20 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "gemma-edge-loop-golden: %s: %s\n", argv[1], e.what());
     return 2;
   }
-  if (g.value("format", "") != "gemma-edge-loop-golden" || g.value("version", 0) != 1) {
-    std::fprintf(stderr, "gemma-edge-loop-golden: %s: expected format gemma-edge-loop-golden version 1\n", argv[1]);
+  // version 2 added the image cases
+  if (g.value("format", "") != "gemma-edge-loop-golden" || (g.value("version", 0) != 1 && g.value("version", 0) != 2)) {
+    std::fprintf(stderr, "gemma-edge-loop-golden: %s: expected format gemma-edge-loop-golden version 1 or 2\n", argv[1]);
     return 2;
   }
   const size_t vocab = g.at("vocab_size").get<size_t>();
+  // the suite's <bos> (make_loop_golden.BOS), which an image placeholder-free prompt's spans follow
+  const int64_t bos = g.value("bos_token_id", int64_t(2));
   int failed = 0, n = 0;
   for (const auto& c : g.at("cases")) {
     ++n;
     std::string problem;
     try {
-      problem = run_case(c, vocab);
+      problem = run_case(c, vocab, bos);
     } catch (const std::exception& e) {
       problem = std::string("failed: ") + e.what();
     }

@@ -8,11 +8,12 @@ import org.pytorch.executorch.Tensor
 
 /**
  * Wraps `model.pte` (manifest "methods"): prefill(tokens [1, T] int64, input_pos [T] int64,
- * ple_rows [1, T, L, P] float32, attend_len [N] int64) -> logits [1, V]; decode is the same with T = 1.
- * input_pos holds absolute positions; the program keeps its KV cache between calls. attend_len's length
- * N = last position + 1 bounds the cache slots attention reads (its values are not read); a revision < 5
- * program takes no attend_len (manifest: `attendLen` false). Both roles are usually played by one dynamic
- * method ("forward"), so XNNPACK packs the weights once.
+ * ple_rows [1, T, L, P] float32, attend_len [N] int64, soft_embeds [1, T, H] float32) -> logits [1, V]; decode
+ * is the same with T = 1. input_pos holds absolute positions; the program keeps its KV cache between calls.
+ * attend_len's length N = last position + 1 bounds the cache slots attention reads (its values are not read); a
+ * revision < 5 program takes no attend_len (manifest: `attendLen` false). soft_embeds (revision >= 6) carries the
+ * images' soft tokens at their placeholder positions, which the program splices in; a text step gets zeros. Both
+ * roles are usually played by one dynamic method ("forward"), so XNNPACK packs the weights once.
  */
 class EtProgram(
     private val ptePath: String,
@@ -36,12 +37,16 @@ class EtProgram(
     }
 
     override fun prefill(tokens: IntArray, startPos: Int, pleRows: FloatArray): FloatArray =
-        run(prefillMethod, tokens, startPos, pleRows)
+        run(prefillMethod, tokens, startPos, pleRows, null)
+
+    /** A chunk of a prompt with images: [softEmbeds] is its slice of the soft tokens, float[T * H]. */
+    override fun prefill(tokens: IntArray, startPos: Int, pleRows: FloatArray, softEmbeds: FloatArray): FloatArray =
+        run(prefillMethod, tokens, startPos, pleRows, softEmbeds)
 
     override fun decode(token: Int, pos: Int, pleRow: FloatArray): FloatArray =
-        run(decodeMethod, intArrayOf(token), pos, pleRow)
+        run(decodeMethod, intArrayOf(token), pos, pleRow, null)
 
-    private fun run(method: String, tokens: IntArray, startPos: Int, rows: FloatArray): FloatArray {
+    private fun run(method: String, tokens: IntArray, startPos: Int, rows: FloatArray, soft: FloatArray?): FloatArray {
         val t = tokens.size.toLong()
         require(rows.size.toLong() == t * numLayers * pleDim) {
             "$method ple_rows: expected ${t * numLayers * pleDim} floats [1, $t, $numLayers, $pleDim], found ${rows.size}"
@@ -54,8 +59,15 @@ class EtProgram(
             val n = startPos + tokens.size
             inputs.add(EValue.from(Tensor.fromBlob(LongArray(n), longArrayOf(n.toLong()))))
         }
-        if (softEmbedsWidth > 0) {   // a text step: zeros (the program reads soft tokens only at image placeholders)
-            inputs.add(EValue.from(Tensor.fromBlob(FloatArray(tokens.size * softEmbedsWidth),
+        check(soft == null || softEmbedsWidth > 0) {
+            "$ptePath: method \"$method\": expected a soft_embeds input for a prompt with images, found a program without one " +
+                "(revision < 6)"
+        }
+        if (softEmbedsWidth > 0) {   // the images' slice, or zeros in a text step (read only at image placeholders)
+            require(soft == null || soft.size.toLong() == t * softEmbedsWidth) {
+                "$method soft_embeds: expected ${t * softEmbedsWidth} floats [1, $t, $softEmbedsWidth], found ${soft?.size}"
+            }
+            inputs.add(EValue.from(Tensor.fromBlob(soft ?: FloatArray(tokens.size * softEmbedsWidth),
                                                    longArrayOf(1, t, softEmbedsWidth.toLong()))))
         }
         val out = module.execute(method, *inputs.toTypedArray())

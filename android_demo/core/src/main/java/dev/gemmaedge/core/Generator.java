@@ -3,6 +3,7 @@ package dev.gemmaedge.core;
 
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.Collections;
 import java.util.List;
 
 /**
@@ -18,6 +19,13 @@ import java.util.List;
  * { check logits are [vocab_size]; tok = sampler.sample(logits); emit tok; stop if stopOnEos and tok is
  * eos, or max_new_tokens reached; row = fetchOne(tok); logits = decode(tok, pos, row); pos++ }. The first
  * token is checked like every other: an eos straight after the prompt ends generation after one token.
+ *
+ * <p>A prompt may come with images (loop.md "Images"), for a generator given a {@link Vision}: the checks run
+ * prompt (the ids as given) → images (a tower, no frame id in the prompt, none or one placeholder per image) →
+ * image budget → max_new_tokens → context (the expanded prompt); then each placeholder becomes boi + n_k × image +
+ * eoi (no placeholder: every image's span after a leading bos), the images are encoded in order (the encoder is
+ * released right after), the one fetch is of the expanded prompt with each image id as the pad id, and every
+ * prefill chunk gets its slice of the soft tokens (zeros at text positions).
  */
 public final class Generator {
 
@@ -38,6 +46,8 @@ public final class Generator {
         public int promptTokens, generatedTokens;
         public long pleFetchNanos, prefillNanos, firstTokenNanos, decodeNanos, totalNanos;
         public long pleBytesRequested, plePagesTouched;   // filled when the store is a PleFile
+        public int images;                                // images encoded for the prompt
+        public long encodeNanos;                          // their encoding, within firstTokenNanos
         public StopReason stopReason;
 
         /** Decode tokens a second (tokens after the first over the time spent decoding them). */
@@ -47,10 +57,10 @@ public final class Generator {
 
         @Override
         public String toString() {
-            return String.format("prompt %d tok, prefill %.1f ms (%.1f tok/s), PLE fetch %.2f ms, first token %.1f ms, "
-                            + "%d generated, decode %.2f tok/s, PLE %d bytes / %d pages, stop %s",
-                    promptTokens, prefillNanos / 1e6, prefillTokPerS(), pleFetchNanos / 1e6, firstTokenNanos / 1e6,
-                    generatedTokens, decodeTokPerS(), pleBytesRequested, plePagesTouched, stopReason);
+            return String.format("prompt %d tok, %d image(s) encoded in %.1f ms, prefill %.1f ms (%.1f tok/s), PLE fetch %.2f ms, "
+                            + "first token %.1f ms, %d generated, decode %.2f tok/s, PLE %d bytes / %d pages, stop %s",
+                    promptTokens, images, encodeNanos / 1e6, prefillNanos / 1e6, prefillTokPerS(), pleFetchNanos / 1e6,
+                    firstTokenNanos / 1e6, generatedTokens, decodeTokPerS(), pleBytesRequested, plePagesTouched, stopReason);
         }
     }
 
@@ -67,6 +77,49 @@ public final class Generator {
         }
     }
 
+    /**
+     * What the loop needs to take images: the encoder, the ids that frame an image (manifest
+     * {@code vision.image_tokens}), the pad id whose PLE row an image position gets (manifest pad_token_id, 0 when
+     * null), the bos id after which images without placeholders go, the soft-token width H and the budgets the
+     * encoder has a method for.
+     */
+    public static final class Vision {
+        public final VisionEncoder encoder;
+        public final int boi, image, eoi, padId, bosId, hidden;
+        private final int[] budgets;
+
+        public Vision(VisionEncoder encoder, int boi, int image, int eoi, int padId, int bosId, int hidden, int[] budgets) {
+            if (encoder == null) throw new IllegalArgumentException("vision encoder: expected one, found null");
+            if (boi == image || image == eoi || boi == eoi)
+                throw new IllegalArgumentException("image_tokens: expected three distinct ids, found boi " + boi + ", image " + image + ", eoi " + eoi);
+            if (hidden < 1) throw new IllegalArgumentException("vision hidden_size: expected >= 1, found " + hidden);
+            if (budgets.length == 0) throw new IllegalArgumentException("vision budgets: expected at least one, found none");
+            this.encoder = encoder;
+            this.boi = boi;
+            this.image = image;
+            this.eoi = eoi;
+            this.padId = padId;
+            this.bosId = bosId;
+            this.hidden = hidden;
+            this.budgets = budgets.clone();
+        }
+
+        /** The bundle's: its vision entry, pad id and program width (refused unless they agree). */
+        public static Vision forBundle(Manifest m, VisionEncoder encoder) {
+            if (m.vision == null) throw new IllegalArgumentException(m.source + ": vision: expected a vision entry, found none (a text-only bundle)");
+            if (m.softEmbedsWidth != m.vision.hiddenSize)
+                throw new IllegalArgumentException(m.source + ": vision.hidden_size: expected " + m.softEmbedsWidth
+                        + " (the width of the program's soft_embeds input; 0: it takes none), found " + m.vision.hiddenSize);
+            return new Vision(encoder, m.vision.boi, m.vision.image, m.vision.eoi, m.padTokenId, m.bosTokenId, m.vision.hiddenSize,
+                              m.vision.budgets);
+        }
+
+        boolean hasBudget(int b) {
+            for (int x : budgets) if (x == b) return true;
+            return false;
+        }
+    }
+
     private final Program program;
     private final PleRows ple;
     private final int vocabSize;
@@ -74,6 +127,7 @@ public final class Generator {
     private final int prefillChunk;
     private final int[] eosIds;
     private final Tokenizer tokenizer;  // may be null
+    private final Vision vision;        // null: the model takes no images
     private volatile boolean cancelled;
 
     /**
@@ -81,6 +135,12 @@ public final class Generator {
      *     vector must have vocabSize values, so no id outside the table reaches the program or the PLE store
      */
     public Generator(Program program, PleRows ple, int vocabSize, int maxContext, int prefillChunk, int[] eosIds, Tokenizer tokenizer) {
+        this(program, ple, vocabSize, maxContext, prefillChunk, eosIds, tokenizer, null);
+    }
+
+    /** As the text-only constructor; {@code vision} (may be null) lets prompts carry images. */
+    public Generator(Program program, PleRows ple, int vocabSize, int maxContext, int prefillChunk, int[] eosIds, Tokenizer tokenizer,
+                     Vision vision) {
         if (vocabSize <= 0) throw new IllegalArgumentException("vocab_size: expected > 0, found " + vocabSize);
         if (maxContext < 1) throw new IllegalArgumentException("max_context: expected >= 1, found " + maxContext);
         if (prefillChunk <= 0) throw new IllegalArgumentException("prefill_chunk: expected > 0, found " + prefillChunk);
@@ -95,6 +155,14 @@ public final class Generator {
         this.prefillChunk = prefillChunk;
         this.eosIds = eosIds.clone();
         this.tokenizer = tokenizer;
+        if (vision != null) {
+            String[] names = {"image_tokens.boi", "image_tokens.image", "image_tokens.eoi", "pad_token_id", "bos_token_id"};
+            int[] ids = {vision.boi, vision.image, vision.eoi, vision.padId, vision.bosId};
+            for (int k = 0; k < ids.length; k++)
+                if (ids[k] < 0 || ids[k] >= vocabSize)
+                    throw new IllegalArgumentException(names[k] + ": expected an id in [0, " + vocabSize + ") (vocab_size), found " + ids[k]);
+        }
+        this.vision = vision;
     }
 
     /**
@@ -104,6 +172,20 @@ public final class Generator {
      * claiming more ids than the program's embedding holds is refused here, before any prompt runs.
      */
     public static Generator forBundle(Manifest m, Program program, PleRows ple, Tokenizer tokenizer) throws Exception {
+        return forBundle(m, program, ple, tokenizer, null);
+    }
+
+    /**
+     * As {@link #forBundle(Manifest, Program, PleRows, Tokenizer)}, with the bundle's vision program behind
+     * {@code encoder} (null: prompts with images are refused). The tokenizer's {@code <|image|>}, when it has one,
+     * must be the manifest's image id, or a chat's placeholders would not be the ids the program splices at.
+     */
+    public static Generator forBundle(Manifest m, Program program, PleRows ple, Tokenizer tokenizer, VisionEncoder encoder) throws Exception {
+        Vision vision = encoder == null ? null : Vision.forBundle(m, encoder);
+        Integer placeholder = tokenizer == null ? null : tokenizer.tokenToId(Chat.IMAGE);
+        if (vision != null && placeholder != null && placeholder != vision.image)
+            throw new IllegalArgumentException(m.source + ": vision.image_tokens.image: expected " + placeholder + " (the id of "
+                    + Chat.IMAGE + " in " + tokenizer.source() + "), found " + vision.image);
         if (ple.rowFloats() != m.numLayers * m.pleDim)
             throw new IllegalArgumentException(m.source + ": PLE rows: expected num_layers * ple_dim = " + m.numLayers * m.pleDim
                     + " floats, found " + ple.rowFloats() + " in the PLE store");
@@ -111,7 +193,7 @@ public final class Generator {
         if (probe == null || probe.length != m.vocabSize)
             throw new IllegalArgumentException(m.source + ": vocab_size: expected " + (probe == null ? "the program's vocabulary" : String.valueOf(probe.length))
                     + " (the program's logits for one step), found " + m.vocabSize);
-        return new Generator(program, ple, m.vocabSize, m.maxContext, m.prefillChunk, m.eosTokenIds, tokenizer);
+        return new Generator(program, ple, m.vocabSize, m.maxContext, m.prefillChunk, m.eosTokenIds, tokenizer, vision);
     }
 
     /** Asks a running {@link #generate} to stop after the current step. */
@@ -134,40 +216,63 @@ public final class Generator {
 
     /** As {@link #generate(int[], int, Sampler, Listener)}; with {@code stopOnEos} false an eos is fed back like any token. */
     public Result generate(int[] prompt, int maxNewTokens, Sampler sampler, boolean stopOnEos, Listener listener) throws Exception {
+        return generate(prompt, Collections.emptyList(), maxNewTokens, sampler, stopOnEos, listener);
+    }
+
+    /**
+     * As {@link #generate(int[], int, Sampler, boolean, Listener)}, the prompt with {@code images} (preprocessed, in
+     * prompt order): one placeholder id per image in {@code prompt}, or none (the images then go first, after a
+     * leading bos). Refused before any work, with field "images" or "image_budget", as loop.md says.
+     */
+    public Result generate(int[] prompt, List<ImagePreprocessor.Prepared> images, int maxNewTokens, Sampler sampler, boolean stopOnEos,
+                           Listener listener) throws Exception {
         if (prompt.length == 0) throw new GenerationException("prompt", "prompt: expected at least one token id, found 0");
         for (int i = 0; i < prompt.length; i++)
             if (prompt[i] < 0 || prompt[i] >= vocabSize)
                 throw new GenerationException("prompt", "prompt token " + i + ": expected an id in [0, " + vocabSize + ") (vocab_size), found " + prompt[i]);
+        int[] ids = images.isEmpty() ? prompt : expandImages(prompt, images);
         if (maxNewTokens < 1) throw new GenerationException("max_new_tokens", "max_new_tokens: expected >= 1, found " + maxNewTokens);
-        long total = (long) prompt.length + maxNewTokens;
+        long total = (long) ids.length + maxNewTokens;
         if (total > maxContext)
-            throw new GenerationException("context", "context: prompt " + prompt.length + " + max_new_tokens " + maxNewTokens + " = "
+            throw new GenerationException("context", "context: prompt " + ids.length + " + max_new_tokens " + maxNewTokens + " = "
                     + total + " tokens, expected <= max_context " + maxContext);
         cancelled = false;
         Stats st = new Stats();
-        st.promptTokens = prompt.length;
+        st.promptTokens = ids.length;
         long t0 = System.nanoTime();
         PleFile pf = ple instanceof PleFile ? (PleFile) ple : null;
         long bytes0 = pf != null ? pf.totalBytesRequested() : 0, pages0 = pf != null ? pf.totalPagesTouched() : 0;
 
-        // One batched fetch for the whole prompt, then slices per prefill chunk.
-        float[] rows = ple.fetch(prompt);
+        float[] soft = images.isEmpty() ? null : softEmbeds(ids, images);
+        long tEncoded = System.nanoTime();
+        st.images = images.size();
+        st.encodeNanos = tEncoded - t0;
+        // One batched fetch for the whole prompt, then slices per prefill chunk; an image position's PLE row is
+        // the pad id's (transformers' splice: its token half is the pad row, its context half the soft token).
+        int[] fetched = ids;
+        if (soft != null) {
+            fetched = ids.clone();
+            for (int i = 0; i < fetched.length; i++) if (fetched[i] == vision.image) fetched[i] = vision.padId;
+        }
+        float[] rows = ple.fetch(fetched);
         int lp = ple.rowFloats();
-        if (rows.length != prompt.length * lp)
-            throw new IllegalStateException("PLE fetch: expected " + prompt.length * lp + " floats, found " + rows.length);
+        if (rows.length != ids.length * lp)
+            throw new IllegalStateException("PLE fetch: expected " + ids.length * lp + " floats, found " + rows.length);
         long t1 = System.nanoTime();
-        st.pleFetchNanos = t1 - t0;
+        st.pleFetchNanos = t1 - tEncoded;
         float[] logits = null;
-        for (int start = 0; start < prompt.length; start += prefillChunk) {
-            int end = Math.min(prompt.length, start + prefillChunk);
-            logits = program.prefill(Arrays.copyOfRange(prompt, start, end), start,
-                    Arrays.copyOfRange(rows, start * lp, end * lp));
+        for (int start = 0; start < ids.length; start += prefillChunk) {
+            int end = Math.min(ids.length, start + prefillChunk);
+            int[] chunk = Arrays.copyOfRange(ids, start, end);
+            float[] chunkRows = Arrays.copyOfRange(rows, start * lp, end * lp);
+            logits = soft == null ? program.prefill(chunk, start, chunkRows)
+                    : program.prefill(chunk, start, chunkRows, Arrays.copyOfRange(soft, start * vision.hidden, end * vision.hidden));
         }
         st.prefillNanos = System.nanoTime() - t1;
 
         List<Integer> out = new ArrayList<>();
         TextStream text = new TextStream(tokenizer);
-        int pos = prompt.length;
+        int pos = ids.length;
         long tDecode0 = 0;
         while (true) {
             // The program's vocabulary bounds what the sampler can pick: a program whose logits differ
@@ -196,6 +301,86 @@ public final class Generator {
         for (int i = 0; i < toks.length; i++) toks[i] = out.get(i);
         st.totalNanos = System.nanoTime() - t0;
         return new Result(toks, text.text(), st);
+    }
+
+    /**
+     * loop.md's images check, then the expansion: the prompt with each image's span (boi, n_k × image, eoi) at its
+     * placeholder, or every span after a leading bos when the prompt has no placeholder.
+     */
+    private int[] expandImages(int[] prompt, List<ImagePreprocessor.Prepared> images) {
+        if (vision == null)
+            throw new GenerationException("images", "images: this model has no vision tower here (a bundle exported without one, "
+                    + "or a host that loads none), found " + images.size() + " image(s)");
+        int marks = 0;
+        for (int t : prompt) {
+            if (t == vision.boi || t == vision.eoi)
+                throw new GenerationException("images", "images: the prompt holds image frame ids (" + vision.boi + " / " + vision.eoi
+                        + "); expected one placeholder " + vision.image + " per image, which the loop expands");
+            if (t == vision.image) marks++;
+        }
+        if (marks != 0 && marks != images.size())
+            throw new GenerationException("images", "images: the prompt has " + marks + " image placeholder(s) (" + vision.image + ") for "
+                    + images.size() + " image(s); expected one per image, or none (images first)");
+        long length = prompt.length - marks;
+        for (int k = 0; k < images.size(); k++) {
+            ImagePreprocessor.Prepared im = images.get(k);
+            if (im == null) throw new GenerationException("images", "images[" + k + "]: expected a preprocessed image, found null");
+            if (!vision.hasBudget(im.budget))
+                throw new GenerationException("image_budget", "image_budget: expected one of " + Arrays.toString(vision.budgets)
+                        + " (the vision program's budgets), found " + im.budget + " (images[" + k + "])");
+            if (im.softTokens < 1 || im.softTokens > im.budget)
+                throw new GenerationException("images", "images[" + k + "]: expected 1.." + im.budget + " soft tokens (its budget), found " + im.softTokens);
+            length += im.softTokens + 2;
+        }
+        if (length > Integer.MAX_VALUE) throw new GenerationException("context", "context: the expanded prompt has " + length + " tokens");
+        int[] out = new int[(int) length];
+        int o = 0, k = 0;
+        if (marks == 0) {
+            int at = prompt[0] == vision.bosId ? 1 : 0;
+            for (int i = 0; i < at; i++) out[o++] = prompt[i];
+            for (ImagePreprocessor.Prepared im : images) o = span(out, o, im.softTokens);
+            for (int i = at; i < prompt.length; i++) out[o++] = prompt[i];
+        } else {
+            for (int t : prompt) {
+                if (t == vision.image) o = span(out, o, images.get(k++).softTokens);
+                else out[o++] = t;
+            }
+        }
+        return out;
+    }
+
+    private int span(int[] out, int o, int n) {
+        out[o++] = vision.boi;
+        for (int i = 0; i < n; i++) out[o++] = vision.image;
+        out[o++] = vision.eoi;
+        return o;
+    }
+
+    /**
+     * soft [T * H]: zeros, with the images' rows at the expanded prompt's image positions, image after image. The
+     * encoder is released when the images are encoded, or fail to be.
+     */
+    private float[] softEmbeds(int[] ids, List<ImagePreprocessor.Prepared> images) throws Exception {
+        int h = vision.hidden;
+        float[] soft = new float[Math.multiplyExact(ids.length, h)];
+        int pos = 0;
+        try {
+            for (int k = 0; k < images.size(); k++) {
+                ImagePreprocessor.Prepared im = images.get(k);
+                float[] rows = vision.encoder.encode(im);
+                if (rows == null || rows.length != im.softTokens * h)
+                    throw new IllegalStateException("vision encoder, image " + k + ": expected " + im.softTokens + " x " + h + " = "
+                            + im.softTokens * h + " floats (its soft tokens x hidden_size), found " + (rows == null ? "none" : String.valueOf(rows.length)));
+                for (int r = 0; r < im.softTokens; r++) {
+                    while (ids[pos] != vision.image) pos++;
+                    System.arraycopy(rows, r * h, soft, pos * h, h);
+                    pos++;
+                }
+            }
+        } finally {
+            vision.encoder.release();
+        }
+        return soft;
     }
 
     /** Incremental detokenization: decodes all ids so far and emits the new suffix, holding back an incomplete UTF-8 tail. */

@@ -90,6 +90,52 @@ public final class ImagePreprocessor {
         return (s[0] / SIDE) * (s[1] / SIDE);
     }
 
+    /** Pixels turned upright: ARGB ints row-major, and their width and height. */
+    public static final class Upright {
+        public final int[] argb;
+        public final int width, height;
+
+        Upright(int[] argb, int width, int height) {
+            this.argb = argb;
+            this.width = width;
+            this.height = height;
+        }
+    }
+
+    /**
+     * The pixels as the EXIF orientation tag (1..8, ExifInterface's TAG_ORIENTATION; 0, "undefined", as 1) says to
+     * show them, as transformers' load_image turns them (PIL's ImageOps.exif_transpose): 2 mirror left-right, 3
+     * rotate 180°, 4 mirror top-bottom, 5 transpose, 6 rotate 90° clockwise, 7 transverse, 8 rotate 90°
+     * counter-clockwise. A permutation of the pixels, no resampling.
+     */
+    public static Upright exifTranspose(int[] argb, int width, int height, int orientation) {
+        if (width <= 0 || height <= 0 || argb.length != (long) width * height)
+            throw new IllegalArgumentException("image pixels: expected width * height = " + ((long) width * height)
+                    + " ARGB ints for " + width + "x" + height + ", found " + argb.length);
+        if (orientation < 0 || orientation > 8)
+            throw new IllegalArgumentException("image EXIF orientation: expected 0..8, found " + orientation);
+        if (orientation <= 1) return new Upright(argb, width, height);
+        boolean swap = orientation >= 5;   // 5..8 exchange the sides
+        int ow = swap ? height : width, oh = swap ? width : height;
+        int[] out = new int[argb.length];
+        for (int y = 0; y < oh; y++) {
+            for (int x = 0; x < ow; x++) {
+                int sx, sy;   // the source pixel shown at (x, y)
+                switch (orientation) {
+                    case 2: sx = width - 1 - x; sy = y; break;
+                    case 3: sx = width - 1 - x; sy = height - 1 - y; break;
+                    case 4: sx = x; sy = height - 1 - y; break;
+                    case 5: sx = y; sy = x; break;
+                    case 6: sx = y; sy = height - 1 - x; break;
+                    case 7: sx = width - 1 - y; sy = height - 1 - x; break;
+                    default: sx = width - 1 - y; sy = x; break;   // 8
+                }
+                out[y * ow + x] = argb[sy * width + sx];
+            }
+        }
+        return new Upright(out, ow, oh);
+    }
+
     /** RGB8 [height, width, 3] from Bitmap.getPixels' ARGB ints (row-major, stride = width); alpha dropped. */
     public static byte[] rgbFromArgb(int[] argb, int width, int height) {
         if (width <= 0 || height <= 0 || argb.length != (long) width * height)

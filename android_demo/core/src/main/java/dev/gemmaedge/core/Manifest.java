@@ -22,7 +22,8 @@ import java.util.Map;
  * symlinks are resolved, of the wrong size or (program and tokenizer always, the .ple on request) of the
  * wrong SHA-256 ({@link IOException}). {@link #loadProgram} hands the runtime only a program whose digest
  * was checked, {@link #loadTokenizer} parses only the bytes it checked, and {@link #openPle} refuses a
- * {@code .ple} whose header identity or shape differs from the manifest.
+ * {@code .ple} whose header identity or shape differs from the manifest. A bundle exported with an image tower
+ * has a {@link Vision} entry and {@code files.vision}, whose program {@link #loadVision} hands over hashed.
  */
 public final class Manifest {
     public static final String FORMAT = "gemma-edge-bundle";
@@ -42,6 +43,50 @@ public final class Manifest {
     /** The step's inputs in order (gemma_edge/contract/bundle_format.py INPUT_NAMES); attend_len only from program
      *  revision 5, soft_embeds from revision 6. */
     static final List<String> INPUT_NAMES = Arrays.asList("tokens", "input_pos", "ple_rows", "attend_len", "soft_embeds");
+
+    /** The image budgets a vision program may have a method for (gemma_edge/contract/image.py SUPPORTED_BUDGETS). */
+    public static final List<Integer> SUPPORTED_BUDGETS = Arrays.asList(70, 140, 280, 560, 1120);
+    /** The vision program's weight schemes (gemma_edge/contract/bundle_format.py VISION_QUANT). */
+    public static final List<String> VISION_QUANT = Arrays.asList("8da8w", "8da4w", "none");
+    /** The tower's sizes every vision entry's config holds (bundle_format.py VISION_CONFIG_INTS). */
+    public static final List<String> VISION_CONFIG_INTS = Arrays.asList("hidden_size", "intermediate_size", "num_hidden_layers",
+            "num_attention_heads", "num_key_value_heads", "head_dim", "position_embedding_size");
+
+    /**
+     * The manifest's "vision" entry: the image tower's program ({@code files.vision}, one static method per budget,
+     * {@code vision_{b}}: pixel_values f32 [1, 9b, patch_dim], pixel_position_ids i64 [1, 9b, 2] -> soft f32
+     * [1, b, H], valid bool [1, b]) and the ids that frame an image in a prompt.
+     */
+    public static final class Vision {
+        public final int[] budgets;          // sorted, distinct, each a SUPPORTED_BUDGETS one
+        private final String[] methods;      // methods[i] plays budgets[i]
+        public final int hiddenSize;         // soft-token width = config.hidden_size
+        public final int patchDim;           // pixel_values' last dim
+        public final int boi, image, eoi;    // image_tokens: <|image>, the placeholder <|image|>, <image|>
+        public final String quantization;
+        public final Integer blockQ;         // query rows per attention block, or null
+        public final Map<String, Object> config;   // the tower's vision_config (HF names), its VISION_CONFIG_INTS checked
+
+        Vision(int[] budgets, String[] methods, int hiddenSize, int patchDim, int boi, int image, int eoi,
+               String quantization, Integer blockQ, Map<String, Object> config) {
+            this.budgets = budgets;
+            this.methods = methods;
+            this.hiddenSize = hiddenSize;
+            this.patchDim = patchDim;
+            this.boi = boi;
+            this.image = image;
+            this.eoi = eoi;
+            this.quantization = quantization;
+            this.blockQ = blockQ;
+            this.config = config;
+        }
+
+        /** The method for {@code budget}, or null when the program has none for it. */
+        public String method(int budget) {
+            for (int i = 0; i < budgets.length; i++) if (budgets[i] == budget) return methods[i];
+            return null;
+        }
+    }
 
     /** One entry of "files". */
     public static final class FileEntry {
@@ -69,6 +114,8 @@ public final class Manifest {
     public final Map<String, Object> quantization;
     public final String pleDtype;                     // quantization.ple_dtype
     public final FileEntry program, ple, tokenizer;   // tokenizer may be null
+    public final FileEntry visionFile;                // files.vision, null for a text-only bundle
+    public final Vision vision;                       // null for a text-only bundle (no image tower)
     public final Map<String, Object> methods;
     public final String prefillMethod, decodeMethod;  // program methods playing each role (often one "forward")
     // The methods take a fourth input, attend_len, whose length (last position + 1) bounds the cache slots
@@ -123,6 +170,7 @@ public final class Manifest {
         program = entry(files, "program", true);
         ple = entry(files, "ple", true);   // every Gemma 4 program takes PLE rows: without the table they would be zeros
         tokenizer = entry(files, "tokenizer", false);
+        visionFile = entry(files, "vision", false);
         methods = Json.asObject(m.get("methods"), source + ": methods");
         Map<String, Object> prefill = Json.asObject(methods.get("prefill"), source + ": methods.prefill");
         Map<String, Object> decode = Json.asObject(methods.get("decode"), source + ": methods.decode");
@@ -139,9 +187,69 @@ public final class Manifest {
         prefillMaxTokens = prefill.get("max_tokens") == null ? prefillChunk
                 : Json.asInt(prefill.get("max_tokens"), source + ": methods.prefill.max_tokens", prefillChunk, prefillChunk);
         if (decode.get("max_tokens") != null) Json.asInt(decode.get("max_tokens"), source + ": methods.decode.max_tokens", 1, 1);
+        vision = vision(m);
         Object chat = m.get("chat_template");
         if (chat != null) Json.asString(chat, source + ": chat_template");
         if (m.get("export") != null) Json.asObject(m.get("export"), source + ": export");
+    }
+
+    /**
+     * The "vision" entry, checked in Python's order (bundle_format.py {@code _check_vision}): both it and
+     * {@code files.vision} or neither; a program of revision &gt;= 6 (the step takes soft_embeds); bound to this
+     * manifest's model_hash (the tower of the same checkpoint); budgets, one method each, the decoder's width,
+     * three distinct image ids of the vocabulary, the tower's config with its sizes. Null for a text-only bundle.
+     */
+    private Vision vision(Map<String, Object> m) {
+        boolean hasFile = visionFile != null, hasEntry = m.containsKey("vision") && m.get("vision") != null;
+        if (!hasFile && !hasEntry) return null;
+        if (!hasEntry) throw fail("vision", "an object (files.vision is present: a vision program needs both)", "none");
+        if (!hasFile) throw fail("files.vision", "an entry {path, bytes, sha256} (vision is present: a vision program needs both)", "none");
+        Map<String, Object> v = Json.asObject(m.get("vision"), source + ": vision");
+        Object export = m.get("export");
+        Object rev = export instanceof Map ? Json.asObject(export, source + ": export").get("program_revision") : null;
+        long revision = rev == null ? 1 : Json.asLong(rev, source + ": export.program_revision");
+        if (revision < 6) throw fail("export.program_revision", ">= 6 (a step that takes soft_embeds) for a bundle with a vision program", String.valueOf(revision));
+        Object hash = v.get("model_hash");
+        if (!modelHash.equals(hash))
+            throw fail("vision.model_hash", modelHash + " (the manifest's model_hash: the tower of the same checkpoint)", Json.describe(hash));
+        List<?> list = v.get("budgets") instanceof List ? (List<?>) v.get("budgets") : null;
+        int[] budgets = new int[list == null ? 0 : list.size()];
+        boolean ok = budgets.length > 0;
+        for (int i = 0; ok && i < budgets.length; i++) {
+            Object b = list.get(i);
+            // compared as a long: an int cast would read 2^32 + 280 as 280
+            ok = b instanceof Long && (Long) b >= 0 && (Long) b <= Integer.MAX_VALUE && SUPPORTED_BUDGETS.contains((int) (long) (Long) b)
+                    && (i == 0 || (Long) b > budgets[i - 1]);
+            if (ok) budgets[i] = (int) (long) (Long) b;
+        }
+        if (!ok) throw fail("vision.budgets", "a sorted list of distinct budgets from " + SUPPORTED_BUDGETS, Json.describe(v.get("budgets")));
+        Object methodsValue = v.get("methods");
+        List<String> keys = new ArrayList<>();
+        for (int b : budgets) keys.add(String.valueOf(b));
+        if (!(methodsValue instanceof Map) || !new java.util.TreeSet<>(Json.asObject(methodsValue, source + ": vision.methods").keySet()).equals(new java.util.TreeSet<>(keys)))
+            throw fail("vision.methods", "one method per budget, keys " + keys, Json.describe(methodsValue));
+        Map<String, Object> methodMap = Json.asObject(methodsValue, source + ": vision.methods");
+        String[] methodNames = new String[budgets.length];
+        for (int i = 0; i < budgets.length; i++) methodNames[i] = methodName(methodMap.get(keys.get(i)), "vision.methods." + keys.get(i));
+        int hidden = Json.asInt(config.get("hidden_size"), source + ": config.hidden_size", 1, Integer.MAX_VALUE);
+        Object h = v.get("hidden_size");
+        if (!(h instanceof Long) || (Long) h != hidden)
+            throw fail("vision.hidden_size", hidden + " (config.hidden_size: soft tokens replace embeddings)", Json.describe(h));
+        int patchDim = Json.asInt(v.get("patch_dim"), source + ": vision.patch_dim", 1, Integer.MAX_VALUE);
+        Map<String, Object> ids = Json.asObject(v.get("image_tokens"), source + ": vision.image_tokens");
+        int boi = tokenId(ids.get("boi"), "vision.image_tokens.boi");
+        int image = tokenId(ids.get("image"), "vision.image_tokens.image");
+        int eoi = tokenId(ids.get("eoi"), "vision.image_tokens.eoi");
+        if (boi == image || image == eoi || boi == eoi)
+            throw fail("vision.image_tokens", "three distinct ids", "boi " + boi + ", image " + image + ", eoi " + eoi);
+        Object q = v.get("quantization");
+        if (!(q instanceof String) || !VISION_QUANT.contains(q))
+            throw fail("vision.quantization", String.join(" or ", VISION_QUANT), Json.describe(q));
+        Object bq = v.get("block_q");
+        Integer blockQ = bq == null ? null : Json.asInt(bq, source + ": vision.block_q", 1, Integer.MAX_VALUE);
+        Map<String, Object> tower = Json.asObject(v.get("config"), source + ": vision.config");
+        for (String key : VISION_CONFIG_INTS) Json.asInt(tower.get(key), source + ": vision.config." + key, 1, Integer.MAX_VALUE);
+        return new Vision(budgets, methodNames, hidden, patchDim, boi, image, eoi, (String) q, blockQ, tower);
     }
 
     /** quantization.{key}: one of {@code allowed}. */
@@ -277,14 +385,15 @@ public final class Manifest {
     /**
      * Refuses a bundle whose files are missing or differ from the manifest: each file's place (inside the
      * folder, regular) and size; SHA-256 of the program and tokenizer always, as Python's default
-     * {@code verify="fast"}; of the {@code .ple} too when {@code hashPle} (reads every byte of the table,
-     * which its header identity and CRCs otherwise vouch for: seconds for a GB-sized table on a phone).
+     * {@code verify="fast"}; of the {@code .ple} and the vision program too when {@code hashPle} (reads every
+     * byte of the table, which its header identity and CRCs otherwise vouch for: seconds for a GB-sized table on
+     * a phone; the vision program is hashed by {@link #loadVision} whenever it is loaded).
      */
     public void checkFiles(boolean hashPle) throws IOException {
-        for (FileEntry e : new FileEntry[] {program, ple, tokenizer}) {
+        for (FileEntry e : new FileEntry[] {program, ple, tokenizer, visionFile}) {
             if (e == null) continue;
             File f = checkedSize(e);
-            if (e != ple || hashPle) checkSha256(e, sha256Hex(f), f);
+            if ((e != ple && e != visionFile) || hashPle) checkSha256(e, sha256Hex(f), f);
             if (e == program) programVerified = true;
         }
     }
@@ -318,6 +427,24 @@ public final class Manifest {
             checkSha256(program, sha256Hex(f), f);
             programVerified = true;
         }
+        return loader.load(f);
+    }
+
+    /** Opens a verified file (the app: ExecuTorch's {@code Module} over the vision program). */
+    public interface FileLoader<T> {
+        T load(File file) throws Exception;
+    }
+
+    /**
+     * Hands {@code loader} the vision program's file once its size and SHA-256 match the manifest. Hashed at every
+     * load, as Python's ProgramVisionEncoder does: the program is loaded for a prompt with images and released
+     * after encoding, so a text-only session never reads the file, and one swapped between two image prompts is
+     * still refused. Refused for a text-only bundle.
+     */
+    public <T> T loadVision(FileLoader<T> loader) throws Exception {
+        if (visionFile == null) throw new IOException(source + ": files.vision: expected a vision program, found none (a text-only bundle)");
+        File f = checkedSize(visionFile);
+        checkSha256(visionFile, sha256Hex(f), f);
         return loader.load(f);
     }
 

@@ -26,7 +26,11 @@ public class HostileManifestTest {
     @Rule public TemporaryFolder tmp = new TemporaryFolder();
 
     private File copyBundle() throws IOException {
-        File src = new File(Golden.dir(), "bundle"), dst = tmp.newFolder();
+        return copyBundle("bundle");
+    }
+
+    private File copyBundle(String name) throws IOException {
+        File src = new File(Golden.dir(), name), dst = tmp.newFolder();
         for (File f : src.listFiles()) Files.copy(f.toPath(), new File(dst, f.getName()).toPath(), StandardCopyOption.REPLACE_EXISTING);
         return dst;
     }
@@ -358,5 +362,99 @@ public class HostileManifestTest {
         } catch (IOException e) {
             assertTrue(e.getMessage(), e.getMessage().contains("files.tokenizer.sha256"));
         }
+    }
+
+    // ------------------------------------------------------------------ issue 20: the vision entry
+
+    @Test
+    public void aVisionBundleLoadsWithItsEntryAsWritten() throws Exception {
+        File dir = copyBundle("bundle_vision");
+        Map<String, Object> raw = read(dir);
+        Map<String, Object> v = Json.asObject(raw.get("vision"), "vision");
+        Manifest m = Manifest.load(dir);
+        assertNotNull("vision entry", m.vision);
+        assertTrue(Arrays.equals(new int[] {70, 280}, m.vision.budgets));
+        Map<String, Object> methods = Json.asObject(v.get("methods"), "methods");
+        assertEquals(methods.get("70"), m.vision.method(70));
+        assertEquals(methods.get("280"), m.vision.method(280));
+        assertEquals(null, m.vision.method(140));
+        assertEquals(((Long) v.get("hidden_size")).intValue(), m.vision.hiddenSize);
+        assertEquals(m.softEmbedsWidth, m.vision.hiddenSize);
+        assertEquals(ImagePreprocessor.PATCH_DIM, m.vision.patchDim);
+        Map<String, Object> ids = Json.asObject(v.get("image_tokens"), "image_tokens");
+        assertEquals(Arrays.asList(ids.get("boi"), ids.get("image"), ids.get("eoi")),
+                Arrays.asList((long) m.vision.boi, (long) m.vision.image, (long) m.vision.eoi));
+        assertEquals(Arrays.asList(m.vocabSize - 3, m.vocabSize - 2, m.vocabSize - 1), Arrays.asList(m.vision.boi, m.vision.image, m.vision.eoi));
+        assertEquals("8da8w", m.vision.quantization);
+        assertEquals(Integer.valueOf(512), m.vision.blockQ);
+        assertEquals(v.get("config"), m.vision.config);
+        loadEverything(dir);
+        List<File> handed = new ArrayList<>();
+        m.loadVision(f -> handed.add(f));
+        assertEquals(Arrays.asList(new File(dir, "vision.pte").getCanonicalFile()), handed);
+        assertEquals("a text-only bundle has no vision entry", null, Manifest.load(copyBundle()).vision);
+        try {
+            Manifest.load(copyBundle()).loadVision(f -> handed.add(f));
+            fail("loaded a vision program from a text-only bundle");
+        } catch (IOException e) {
+            assertTrue(e.getMessage(), e.getMessage().contains("files.vision: expected a vision program, found none"));
+        }
+    }
+
+    @Test
+    public void aCorruptedVisionProgramIsRefusedWhenItIsLoaded() throws Exception {
+        File dir = copyBundle("bundle_vision");
+        try (RandomAccessFile f = new RandomAccessFile(new File(dir, "vision.pte"), "rw")) {
+            f.seek(10);
+            int b = f.read();
+            f.seek(10);
+            f.write(b ^ 0x01);   // one bit: same size
+        }
+        Manifest m = Manifest.load(dir);
+        m.checkFiles(false);   // hashed when loaded, as the .ple is by request: a text-only run never reads it
+        List<File> handed = new ArrayList<>();
+        for (int k = 0; k < 2; k++) {
+            try {
+                m.loadVision(f -> handed.add(f));
+                fail("handed a corrupted vision program to the runtime");
+            } catch (IOException e) {
+                assertTrue(e.getMessage(), e.getMessage().contains("files.vision.sha256: expected " + m.visionFile.sha256 + ", found "));
+            }
+        }
+        assertTrue("the loader was never called", handed.isEmpty());
+        try {
+            m.checkFiles(true);
+            fail("checkFiles(true) accepted a corrupted vision program");
+        } catch (IOException e) {
+            assertTrue(e.getMessage(), e.getMessage().contains("files.vision.sha256"));
+        }
+        try (RandomAccessFile f = new RandomAccessFile(new File(dir, "vision.pte"), "rw")) { f.setLength(f.length() - 1); }
+        try {
+            m.checkFiles(false);
+            fail("checkFiles(false) accepted a truncated vision program");
+        } catch (IOException e) {
+            assertTrue(e.getMessage(), e.getMessage().contains("files.vision.bytes: expected"));
+        }
+    }
+
+    @Test
+    public void visionEntryDamageIsRefusedNamingPythonsField() throws Exception {
+        // golden/make_golden.py applies each damage to the vision bundle's manifest and records the field
+        // Python's validate_manifest names; Java must refuse the same manifest naming the same field.
+        Map<String, Object> g = Golden.load("vision_refusals.json");
+        int n = 0;
+        for (Map<String, Object> c : Golden.objects(g.get("cases"))) {
+            String path = (String) c.get("path"), field = (String) c.get("field");
+            File dir = copyBundle("bundle_vision");
+            Map<String, Object> m = read(dir);
+            set(m, path, Boolean.TRUE.equals(c.get("remove")) ? REMOVE : c.get("value"));
+            write(dir, m);
+            String msg = refusal(dir);
+            String prefix = new File(dir, "manifest.json").getPath() + ": " + field + ": expected ";
+            assertTrue(path + " = " + c.get("value") + ": Java says\n  " + msg + "\nPython says\n  " + c.get("python"), msg.startsWith(prefix));
+            assertEquals("one line: " + msg, -1, msg.indexOf('\n'));
+            n++;
+        }
+        assertTrue("the vision refusals are in the golden file", n >= 25);
     }
 }

@@ -139,4 +139,36 @@ public class ImagePreprocessorGoldenTest {
         assertArrayEquals(new int[] {3264, 48}, ImagePreprocessor.resizedSize(4000, 60, 70));
         assertArrayEquals(new int[] {1200, 2112}, ImagePreprocessor.resizedSize(1080, 1920, 1120));
     }
+
+    @Test
+    public void exifOrientationsTurnAsPilTurnsThem() throws Exception {
+        // golden/make_golden.py: PIL's ImageOps.exif_transpose (transformers' load_image) of a 5x3 image per tag
+        Map<String, Object> g = Golden.load("exif.json");
+        int w = (int) Json.asLong(g.get("width"), "width"), h = (int) Json.asLong(g.get("height"), "height");
+        int[] src = argb(bytes(g.get("rgb")));
+        int n = 0;
+        for (Map<String, Object> c : Golden.objects(g.get("cases"))) {
+            int o = (int) Json.asLong(c.get("orientation"), "orientation");
+            ImagePreprocessor.Upright u = ImagePreprocessor.exifTranspose(src, w, h, o);
+            assertEquals("orientation " + o + " width", Json.asLong(c.get("width"), "width"), u.width);
+            assertEquals("orientation " + o + " height", Json.asLong(c.get("height"), "height"), u.height);
+            assertArrayEquals("orientation " + o + " pixels", bytes(c.get("rgb")), ImagePreprocessor.rgbFromArgb(u.argb, u.width, u.height));
+            n++;
+        }
+        assertEquals(8, n);
+        assertEquals("0 (undefined) is upright", src, ImagePreprocessor.exifTranspose(src, w, h, 0).argb);
+        try {
+            ImagePreprocessor.exifTranspose(src, w, h, 9);
+            fail("took an orientation EXIF does not have");
+        } catch (IllegalArgumentException e) {
+            assertTrue(e.getMessage(), e.getMessage().contains("expected 0..8, found 9"));
+        }
+    }
+
+    private static byte[] bytes(Object v) {
+        int[] a = Golden.ints(v);
+        byte[] b = new byte[a.length];
+        for (int i = 0; i < a.length; i++) b[i] = (byte) a[i];
+        return b;
+    }
 }

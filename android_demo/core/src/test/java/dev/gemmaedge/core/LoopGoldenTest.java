@@ -15,6 +15,7 @@ import java.util.Map;
 import org.junit.Test;
 
 public class LoopGoldenTest {
+    static final int BOS = 2;   // make_loop_golden.py's bos: images without placeholders go right after it
 
     /** The suite's path: system property loop.golden (run_tests.sh sets it), else the repository's copy. */
     static File goldenFile() {
@@ -41,13 +42,25 @@ public class LoopGoldenTest {
         @Override public int rowFloats() { return 1; }
     }
 
-    /** steps[0] from the last prefill chunk (NaN from earlier ones: the loop must not read them), steps[k] from decode k. */
+    /**
+     * steps[0] from the last prefill chunk (NaN from earlier ones: the loop must not read them), steps[k] from decode k.
+     * An image case's program (imageId >= 0) records the tokens and the soft rows (their first value: each row must
+     * be one value, the replay encoder's) of every prefill call.
+     */
     static final class ReplayProgram implements Program {
         final List<float[]> steps;
-        final int promptLength, vocab;
+        final int vocab, imageId, padId, hidden;
+        int promptLength;
         final List<List<Integer>> prefillCalls = new ArrayList<>(), decodeCalls = new ArrayList<>();
+        final List<Integer> prefillIds = new ArrayList<>();
+        final List<List<Double>> prefillSoft = new ArrayList<>();
 
-        ReplayProgram(List<float[]> steps, int promptLength, int vocab) { this.steps = steps; this.promptLength = promptLength; this.vocab = vocab; }
+        ReplayProgram(List<float[]> steps, int promptLength, int vocab) { this(steps, promptLength, vocab, -1, 0, 0); }
+
+        ReplayProgram(List<float[]> steps, int promptLength, int vocab, int imageId, int padId, int hidden) {
+            this.steps = steps; this.promptLength = promptLength; this.vocab = vocab;
+            this.imageId = imageId; this.padId = padId; this.hidden = hidden;
+        }
 
         private float[] step(int k) {
             if (k >= steps.size()) throw new AssertionError("the loop asked for logits step " + k + ", the case records " + steps.size());
@@ -55,9 +68,36 @@ public class LoopGoldenTest {
         }
 
         @Override public float[] prefill(int[] tokens, int startPos, float[] pleRows) {
+            if (imageId >= 0) {   // a text chunk of an image case: soft zeros
+                List<Double> zeros = new ArrayList<>();
+                for (int i = 0; i < tokens.length; i++) zeros.add(0.0);
+                prefillSoft.add(zeros);
+            }
+            return replayPrefill(tokens, startPos, pleRows);
+        }
+
+        @Override public float[] prefill(int[] tokens, int startPos, float[] pleRows, float[] soft) {
+            if (imageId < 0) throw new AssertionError("prefill at " + startPos + ": soft_embeds in a text case");
+            if (soft.length != tokens.length * hidden)
+                throw new AssertionError("prefill at " + startPos + ": expected " + tokens.length * hidden + " soft floats, found " + soft.length);
+            List<Double> firsts = new ArrayList<>();
+            for (int i = 0; i < tokens.length; i++) {
+                for (int j = 1; j < hidden; j++)
+                    if (soft[i * hidden + j] != soft[i * hidden])
+                        throw new AssertionError("prefill at " + startPos + ": soft row " + i + " is not one value (the replay encoder's)");
+                firsts.add((double) soft[i * hidden]);
+            }
+            prefillSoft.add(firsts);
+            return replayPrefill(tokens, startPos, pleRows);
+        }
+
+        private float[] replayPrefill(int[] tokens, int startPos, float[] pleRows) {
             prefillCalls.add(Arrays.asList(startPos, tokens.length));
-            for (int i = 0; i < tokens.length; i++)
-                if (pleRows[i] != tokens[i]) throw new AssertionError("prefill at " + startPos + ": row " + i + " is not its token's row");
+            for (int t : tokens) prefillIds.add(t);
+            for (int i = 0; i < tokens.length; i++) {
+                int fetched = tokens[i] == imageId ? padId : tokens[i];   // an image placeholder's row is the pad row
+                if (pleRows[i] != fetched) throw new AssertionError("prefill at " + startPos + ": row " + i + " is not its token's row");
+            }
             if (startPos + tokens.length < promptLength) {
                 float[] nan = new float[vocab];
                 Arrays.fill(nan, Float.NaN);
@@ -95,6 +135,44 @@ public class LoopGoldenTest {
         return Json.asLong(v, "seed");
     }
 
+    /** The replay encoder of loop.md: image k's soft tokens are rows all equal to k + 1; records each call's n_k. */
+    static final class ReplayEncoder implements VisionEncoder {
+        final int hidden;
+        final List<Integer> encodeCalls = new ArrayList<>();
+        int released;
+
+        ReplayEncoder(int hidden) { this.hidden = hidden; }
+
+        @Override public float[] encode(ImagePreprocessor.Prepared image) {
+            encodeCalls.add(image.softTokens);
+            float[] rows = new float[image.softTokens * hidden];
+            Arrays.fill(rows, encodeCalls.size());
+            return rows;
+        }
+
+        @Override public void release() { released++; }
+    }
+
+    static final int REPLAY_BUDGET = 70;   // make_loop_golden.py's IMAGE_BUDGET
+    static final int[] ALL_BUDGETS = {70, 140, 280, 560, 1120};
+
+    /** An image as the loop sees it once preprocessed: its soft-token count (the pixels are the encoder's concern). */
+    static ImagePreprocessor.Prepared replayImage(int softTokens) {
+        return new ImagePreprocessor.Prepared(new float[0], new long[0], softTokens, 48, 48 * softTokens, REPLAY_BUDGET);
+    }
+
+    static List<Double> doubles(Object v) {
+        List<Double> out = new ArrayList<>();
+        for (Object o : Json.asArray(v, "golden list of numbers")) out.add(Json.asDouble(o, "golden number"));
+        return out;
+    }
+
+    static List<List<Double>> doubleLists(Object v) {
+        List<List<Double>> out = new ArrayList<>();
+        for (Object o : Json.asArray(v, "golden list of lists")) out.add(doubles(o));
+        return out;
+    }
+
     static String stopName(Generator.StopReason r) {
         return r == Generator.StopReason.EOS ? "eos" : r == Generator.StopReason.MAX_NEW_TOKENS ? "max_new_tokens" : String.valueOf(r);
     }
@@ -106,15 +184,36 @@ public class LoopGoldenTest {
         Map<String, Object> sc = Json.asObject(c.get("sampler"), "sampler");
         int[] prompt = Golden.ints(c.get("prompt"));
         RecordingPle ple = new RecordingPle();
-        ReplayProgram prog = new ReplayProgram(steps, prompt.length, vocab);
+        boolean imageCase = c.containsKey("images");
+        List<ImagePreprocessor.Prepared> images = new ArrayList<>();
+        Generator.Vision vision = null;
+        ReplayEncoder encoder = null;
+        ReplayProgram prog;
+        if (imageCase) {
+            for (int n : Golden.ints(c.get("images"))) images.add(replayImage(n));
+            int hidden = (int) Json.asLong(c.get("hidden"), "hidden"), pad = (int) Json.asLong(c.get("pad_token_id"), "pad_token_id");
+            int imageId = -2;   // a model without a tower: no id is a placeholder
+            if (c.get("image_tokens") != null) {
+                Map<String, Object> t = Json.asObject(c.get("image_tokens"), "image_tokens");
+                int boi = (int) Json.asLong(t.get("boi"), "boi"), eoi = (int) Json.asLong(t.get("eoi"), "eoi");
+                imageId = (int) Json.asLong(t.get("image"), "image");
+                encoder = new ReplayEncoder(hidden);
+                vision = new Generator.Vision(encoder, boi, imageId, eoi, pad, BOS, hidden, ALL_BUDGETS);
+            }
+            prog = new ReplayProgram(steps, prompt.length, vocab, imageId, pad, hidden);
+            if (c.containsKey("expect"))   // the expanded prompt's last chunk gives steps[0]
+                prog.promptLength = Json.asArray(Json.asObject(c.get("expect"), "expect").get("expanded_prompt"), "expanded_prompt").size();
+        } else {
+            prog = new ReplayProgram(steps, prompt.length, vocab);
+        }
         Generator gen = new Generator(prog, ple, vocab, (int) Json.asLong(c.get("max_context"), "max_context"),
-                (int) Json.asLong(c.get("prefill_chunk"), "prefill_chunk"), Golden.ints(c.get("eos")), null);
+                (int) Json.asLong(c.get("prefill_chunk"), "prefill_chunk"), Golden.ints(c.get("eos")), null, vision);
         Sampler sampler = new Sampler((float) Json.asDouble(sc.get("temperature"), "temperature"), (int) Json.asLong(sc.get("top_k"), "top_k"),
                 (float) Json.asDouble(sc.get("top_p"), "top_p"), seed(sc.get("seed")));
         List<Integer> streamed = new ArrayList<>();
         Generator.Result r;
         try {
-            r = gen.generate(prompt, (int) Json.asLong(c.get("max_new_tokens"), "max_new_tokens"), sampler,
+            r = gen.generate(prompt, images, (int) Json.asLong(c.get("max_new_tokens"), "max_new_tokens"), sampler,
                     (Boolean) c.get("stop_on_eos"), (tok, delta, st) -> streamed.add(tok));
         } catch (GenerationException e) {
             if (!c.containsKey("error")) return "refused: " + e.getMessage();
@@ -123,6 +222,7 @@ public class LoopGoldenTest {
             if (!e.getMessage().contains((String) want.get("message_contains")))
                 return "refusal message: expected it to contain '" + want.get("message_contains") + "', found '" + e.getMessage() + "'";
             if (!ple.fetches.isEmpty() || !prog.prefillCalls.isEmpty()) return "refused after fetching or prefilling";
+            if (encoder != null && (!encoder.encodeCalls.isEmpty() || encoder.released > 0)) return "refused after encoding images";
             return "";
         }
         if (c.containsKey("error")) return "expected a refusal (" + c.get("error") + "), generated " + Arrays.toString(r.tokens);
@@ -137,6 +237,18 @@ public class LoopGoldenTest {
         };
         for (Object[] k : checks)
             if (!k[1].equals(k[2])) return k[0] + ": expected " + k[1] + ", found " + k[2];
+        if (imageCase) {
+            Object[][] imageChecks = {
+                {"expanded_prompt", list(Golden.ints(e.get("expanded_prompt"))), prog.prefillIds},
+                {"encode_calls", list(Golden.ints(e.get("encode_calls"))), encoder == null ? null : encoder.encodeCalls},
+                {"prefill_soft", doubleLists(e.get("prefill_soft")), prog.prefillSoft},
+                {"encoder released once", 1, encoder == null ? null : encoder.released},
+                {"stats.images", Golden.ints(e.get("encode_calls")).length, r.stats.images},
+                {"stats.promptTokens", prog.prefillIds.size(), r.stats.promptTokens},
+            };
+            for (Object[] k : imageChecks)
+                if (!k[1].equals(k[2])) return k[0] + ": expected " + k[1] + ", found " + k[2];
+        }
         return "";
     }
 
@@ -144,7 +256,7 @@ public class LoopGoldenTest {
         File f = goldenFile();
         Map<String, Object> g = Json.asObject(Json.parse(new String(Files.readAllBytes(f.toPath()), StandardCharsets.UTF_8), f.getPath()), f.getPath());
         assertEquals(f + " format", "gemma-edge-loop-golden", g.get("format"));
-        assertEquals(f + " version", 1L, g.get("version"));
+        assertEquals(f + " version", 2L, g.get("version"));
         return g;
     }
 
@@ -153,7 +265,7 @@ public class LoopGoldenTest {
         Map<String, Object> g = load();
         int vocab = (int) Json.asLong(g.get("vocab_size"), "vocab_size");
         List<String> failures = new ArrayList<>();
-        int n = 0;
+        int n = 0, images = 0;
         for (Map<String, Object> c : Golden.objects(g.get("cases"))) {
             String p;
             try {
@@ -163,9 +275,11 @@ public class LoopGoldenTest {
             }
             if (!p.isEmpty()) failures.add(c.get("name") + ": " + p);
             n++;
+            if (c.containsKey("images")) images++;
         }
         assertTrue("loop golden cases that do not hold:\n" + String.join("\n", failures), failures.isEmpty());
         assertTrue("the suite has cases", n >= 20);
+        assertTrue("the suite has image cases", images >= 10);
     }
 
     @Test
@@ -193,7 +307,30 @@ public class LoopGoldenTest {
                 assertTrue("a wrong refusal field passed", !problem(c, vocab).isEmpty());
                 seen++;
             }
+            if (name.equals("two_images_across_chunks")) {   // an image's soft rows, its place, its PLE row
+                Map<String, Object> e = Json.asObject(c.get("expect"), "expect");
+                List<Object> soft = Json.asArray(Json.asArray(e.get("prefill_soft"), "prefill_soft").get(1), "prefill_soft[1]");
+                Object v = soft.get(0);
+                soft.set(0, 2.0);
+                assertTrue("image 2's rows in image 1's place passed", !problem(c, vocab).isEmpty());
+                soft.set(0, v);
+                List<Object> fetch = Json.asArray(Json.asArray(e.get("fetches"), "fetches").get(0), "fetches[0]");
+                Object row = fetch.get(3);
+                fetch.set(3, 94L);
+                assertTrue("a placeholder's own PLE row passed", !problem(c, vocab).isEmpty());
+                fetch.set(3, row);
+                List<Object> calls = Json.asArray(e.get("encode_calls"), "encode_calls");
+                calls.set(0, 7L);
+                calls.set(1, 4L);
+                assertTrue("images encoded out of order passed", !problem(c, vocab).isEmpty());
+                seen++;
+            }
+            if (name.equals("refuse_images_no_tower")) {
+                Json.asObject(c.get("error"), "error").put("message_contains", "image frame ids");
+                assertTrue("a wrong image refusal passed", !problem(c, vocab).isEmpty());
+                seen++;
+            }
         }
-        assertEquals(2, seen);
+        assertEquals(4, seen);
     }
 }

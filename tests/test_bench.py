@@ -75,3 +75,39 @@ def test_above_host(host, peak, expect):
     import head_to_head
 
     assert head_to_head.above_host({"host_rss_before_load_bytes": host, "peak_rss_bytes": peak}) == expect
+
+
+@pytest.mark.slow  # lowers the example's tiny vision tower (~1 min) and runs 6 children
+def test_vision_bench_on_the_tiny_tower(tiny_vision_checkpoint, tiny_vision_bundle, tmp_path):
+    """bench/vision.py end to end on the tiny tower: ours from the bundle's vision.pte (fp32), the ExecuTorch
+    example exported at 630 patches (its fixed size: budget 70), transformers eager as the reference."""
+    import subprocess
+
+    out = tmp_path / "vision.json"
+    cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "bench" / "vision.py"), "--tower", "tiny",
+           "--quick", "--checkpoint", str(tiny_vision_checkpoint), "--bundle", str(tiny_vision_bundle),
+           "--systems", "ours,et,hf", "--et-max-patches", "630", "--work", str(tmp_path / "work"), "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    res = json.loads(out.read_text())
+    runs = {(r["system"], r["budget"]): r for r in res["runs"]}
+    assert set(runs) == {(s, b) for s in ("ours", "et", "hf") for b in (70, 280)}
+    assert res["machine"]["class"] and len(res["machine"]["load_average_at_start"]) == 3
+    assert res["gflop_per_image"]["280"] > res["gflop_per_image"]["70"] > 0
+    assert all(v["gflop_s"] > 0 for k, v in res["gemm_peak"].items() if isinstance(v, dict))
+    for b in (70, 280):
+        ours, hf = runs[("ours", b)], runs[("hf", b)]
+        assert ours["error"] is None and hf["error"] is None
+        assert ours["output_rows"] == hf["output_rows"] == ours["soft_tokens"]
+        # the bundle's program is unquantized: within the README's .pte-vs-eager bound of transformers
+        assert ours["error_vs_hf"]["max_abs_rel"] < 1e-3, ours["error_vs_hf"]
+        assert ours["achieved_gflop_s"] > 0 and ours["memory"]["peak_rss_bytes"] > ours["memory"][
+            "host_rss_before_load_bytes"] > 0
+    # The example's method takes the patch count its export fixed and no other, and the run says so
+    et70, et280 = runs[("et", 70)], runs[("et", 280)]
+    assert et70["error"] is None and et70["input_sizes_max"] == [[1, 630, 768], [1, 630, 2]]
+    # 8da8w on a 32-wide tower (~8e-2 relative); soft tokens of another image or misaligned rows are ~1.4
+    assert et70["error_vs_hf"]["rel_fro"] < 0.3, et70["error_vs_hf"]
+    assert et280["encode_median_s"] is None and et280["error"]["type"] == "RuntimeError"
+    assert any("Attempted to resize a bounded tensor" in ln for ln in et280["executorch_log"]), et280
+    assert res["summary"]["70"]["vs_et"]["speedup"] > 0 and res["summary"]["280"]["vs_et"]["ran"] is False

@@ -102,10 +102,11 @@ def _run_native(args) -> int:
     elif codec is None:
         raise ValueError(f"{bundle}: no tokenizer.json; pass --ids instead of --prompt")
     else:
-        ids = codec.encode_chat(args.prompt) if args.chat else codec.encode(args.prompt)
+        ids = codec.encode_chat(args.prompt, images=len(args.image)) if args.chat else codec.encode(args.prompt)
     try:
         res = native.run(bundle, ids, args.max_new_tokens, threads=args.threads, repeats=args.repeats,
-                         warmup=args.warmup, stop_on_eos=True, weight_cache=not args.no_weight_cache)
+                         warmup=args.warmup, stop_on_eos=True, weight_cache=not args.no_weight_cache,
+                         images=args.image, image_budget=args.image_budget)
     except native.NativeRunError as e:  # the host failed or was killed: its one line, not a traceback
         print(f"gemma-edge run-native: error: {e}", file=sys.stderr)
         return 1
@@ -118,7 +119,13 @@ def _run_native(args) -> int:
     else:
         print(" ".join(map(str, r["tokens"])))
     mem, gb = res["memory"], lambda n: f"{n / 1e9:.3f} GB"  # noqa: E731
-    print(f"[native] prompt {len(ids)} tokens: TTFT {r['ttft_s']:.3f} s, prefill {r['prefill_tok_s']:.1f} tok/s, "
+    if "vision" in r:
+        print(f"[native] {len(res['images'])} image(s) at budget {res['image_budget']} "
+              f"({', '.join(str(i['soft_tokens']) for i in res['images'])} soft tokens): encoded in "
+              f"{r['vision']['encode_s']:.3f} s, the vision program's load included; released after: "
+              f"{r['vision']['released']}", file=sys.stderr)
+    print(f"[native] prompt {len(res['prompt_tokens'])} tokens: TTFT {r['ttft_s']:.3f} s, "
+          f"prefill {r['prefill_tok_s']:.1f} tok/s, "
           f"decode {r['decode_tok_s']:.1f} tok/s ({len(r['tokens'])} tokens, {r['stop_reason']}); load "
           f"{res['load_s']:.2f} s; peak RSS {gb(mem['end']['VmHWM'])} (host {gb(mem['host']['VmRSS'])}, "
           f"anon {gb(mem['end']['RssAnon'])}, file {gb(mem['end']['RssFile'])})", file=sys.stderr)
@@ -181,6 +188,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ids", help="raw prompt token ids, comma-separated (bos included if wanted)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in Gemma 4's chat template")
     p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--image", action="append", default=[], metavar="PATH",
+                   help="a PNG or JPEG for the prompt, repeatable, as `run --image` (the host decodes and "
+                        "preprocesses it itself)")
+    p.add_argument("--image-budget", type=int, default=None,
+                   help=f"soft tokens per image: one of the bundle's vision budgets (default {DEFAULT_BUDGET})")
     p.add_argument("--threads", type=int, default=0, help="ExecuTorch thread pool size (0: its default)")
     p.add_argument("--repeats", type=int, default=1, help="timed generations (the last one is printed)")
     p.add_argument("--warmup", type=int, default=0, help="untimed generations first")

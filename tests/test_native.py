@@ -677,3 +677,22 @@ def test_native_loop_golden_replays_the_image_cases(exe, tmp_path):
         p = subprocess.run([str(native.tool("gemma-edge-loop-golden")), str(tmp_path / "g.json")],
                            capture_output=True, text=True)
         assert p.returncode == 1 and f"FAIL {case['name']}: {key}: expected" in p.stdout, (key, p.stdout)
+
+
+def test_cli_run_native_takes_images_as_run_does(exe, vision_bundle, image_files):
+    # `gemma-edge run-native --image` gives the Python session's greedy tokens for the same prompt and image,
+    # and says what the encode cost
+    from gemma_edge.runtime import Session
+
+    with Session(vision_bundle) as s:
+        ids = s.encode("hello native host")
+        want = [t.token for t in s.generate(ids, 6, images=[image_files["tall"]], image_budget=70)]
+        text_only = [t.token for t in s.generate(ids, 6)]
+    assert want != text_only   # the image decides the answer
+    p = subprocess.run([sys.executable, "-m", "gemma_edge.cli", "run-native", str(vision_bundle), "--prompt",
+                        "hello native host", "--image", str(image_files["tall"]), "--image-budget", "70",
+                        "--max-new-tokens", "6", "--threads", "1", "--json"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    res = json_at_end(p.stdout)
+    assert res["runs"][0]["tokens"] == want and res["image_budget"] == 70
+    assert "[native] 1 image(s) at budget 70" in p.stderr and "released after: True" in p.stderr

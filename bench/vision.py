@@ -22,6 +22,11 @@ a large square; one XNNPACK linear of the tower's MLP shape in fp32 and 8da8w) a
 from the tower's FLOPs per budget (torch.utils.flop_counter over the HF tower on the meta device, as
 ../shared/docs/gemma4-multimodal.md §4 counts them: patch embedder + encoder, plus embed_vision).
 
+--ttft-bundle BUNDLE (a multimodal bundle, e.g. full-size E2B exported with its tower): time to first token of the
+synthetic image at budget 280 + a 32-token question through the native host (gemma-edge-run: the image decoded,
+preprocessed, encoded by the bundle's vision.pte, loaded for it and released, then the prefill), beside the same
+question without the image, after one warm-up run each; the median of --repeats runs.
+
 --bundle uses that bundle's vision.pte for ours (its budgets only; pass the checkpoint it was exported from).
 --quick: budgets 70,280, one timed encode, a small GEMM; with --et-max-patches 630 the example's fixed size is
 budget 70 (what the fast test uses). Prints a table and writes JSON (cpu_isa, versions, load average at start,
@@ -210,6 +215,41 @@ def gemm_peak(work: Path, args) -> dict:
     return res["result"]
 
 
+def ttft(bundle: Path, work: Path, args) -> dict:
+    """TTFT of a 280-budget image + a 32-token question on `bundle`, through the native host, and of the question
+    alone (see the module docstring)."""
+    from PIL import Image
+
+    from gemma_edge.contract import bundle_format as bf
+    from gemma_edge.runtime import native
+
+    m = bf.read_manifest(bundle)
+    if 280 not in (m.get("vision") or {}).get("budgets", []):
+        raise SystemExit(f"--ttft-bundle: {bundle} has no vision program at budget 280")
+    png = work / f"image-{IMAGE_HW[0]}x{IMAGE_HW[1]}.png"
+    Image.fromarray(np.random.default_rng(20).integers(0, 256, (*IMAGE_HW, 3), dtype=np.uint8)).save(png)
+    question = [m["bos_token_id"], *range(10, 42)]   # <bos> + 32 ordinary ids; the image goes after <bos>
+    out = {"bundle": str(bundle), "model_hash": m["model_hash"], "question_tokens": 32, "image_budget": 280}
+    for name, images in (("image_and_question", [png]), ("question_only", [])):
+        log(f"TTFT {name} on {bundle.name}")
+        res = native.run(bundle, question, 4, threads=args.threads, repeats=args.repeats, warmup=1, images=images,
+                         image_budget=280 if images else None)
+        runs = res["runs"]
+        med = lambda key: float(np.median([r[key] for r in runs]))   # noqa: E731
+        entry = {"prompt_tokens": len(res["prompt_tokens"]), "ttft_s": med("ttft_s"), "prefill_s": med("prefill_s"),
+                 "fetch_s": med("fetch_s"), "runs": len(runs),
+                 "peak_rss_bytes": res["memory"]["end"].get("VmHWM"), "load_s": res.get("load_s")}
+        if images:
+            entry["encode_s"] = float(np.median([r["vision"]["encode_s"] for r in runs]))
+            entry["vision_load_s"] = float(np.median([r["vision"]["load_s"] for r in runs]))
+            entry["soft_tokens"] = res["images"][0]["soft_tokens"]
+        out[name] = entry
+        log(f"  prompt {entry['prompt_tokens']} tokens: TTFT {entry['ttft_s']:.3f} s"
+            + (f" (encode {entry['encode_s']:.3f} s, of which the program's load {entry['vision_load_s']:.3f} s)"
+               if images else ""))
+    return out
+
+
 def versions() -> dict:
     from importlib.metadata import version
 
@@ -325,6 +365,7 @@ def main() -> None:
     ap.add_argument("--rss-limit-gib", type=float, default=20.0)
     ap.add_argument("--quick", action="store_true", help="budgets 70,280 (unless given), one timed run, small GEMM")
     ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--ttft-bundle", help="a multimodal bundle: TTFT of a 280-budget image + 32-token question")
     args = ap.parse_args()
     load_at_start = os.getloadavg()
     if args.quick:
@@ -374,7 +415,13 @@ def main() -> None:
                 if (s, b) in rows and s != "hf":
                     rows[(s, b)]["error_vs_hf"] = errors(root / f"out-{s}-b{b}.npy", root / f"out-hf-b{b}.npy")
     summary = summarize(rows, gflop, gemm)
+    ttft_res = ttft(Path(args.ttft_bundle).resolve(), root, args) if args.ttft_bundle else None
     print(table(rows, built))
+    if ttft_res:
+        im, q = ttft_res["image_and_question"], ttft_res["question_only"]
+        print(f"TTFT on {ttft_res['bundle']}: image (280) + 32-token question {im['ttft_s']:.3f} s "
+              f"({im['prompt_tokens']} tokens; encode {im['encode_s']:.3f} s, prefill {im['prefill_s']:.3f} s); "
+              f"the question alone {q['ttft_s']:.3f} s")
     print(isa_line())
     out = {"bench": "vision", "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
            "machine": {**cpu_isa(), "load_average_at_start": load_at_start, "versions": versions()},
@@ -384,7 +431,8 @@ def main() -> None:
            "gflop_per_image": gflop, "gemm_peak": gemm,
            "builds": {s: {str(b): v for b, v in bs.items()} for s, bs in built.items()},
            "runs": [{"system": s, "label": label(s, built), "budget": b, **r} for (s, b), r in rows.items()],
-           "summary": {str(b): v for b, v in summary.items()}, "targets": targets(rows, summary, gemm)}
+           "summary": {str(b): v for b, v in summary.items()}, "ttft": ttft_res,
+           "targets": targets(rows, summary, gemm)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1, default=str) + "\n")
     log(f"wrote {args.out}")

@@ -383,7 +383,9 @@ int run(const Args& args) {
   }
   if (!args.json) {
     if (tok) {
-      std::printf("%s\n", text.c_str());
+      // fwrite, not printf("%s"): a decoded answer may hold a NUL byte (a <0x00> byte token), where %s stops
+      std::fwrite(text.data(), 1, text.size(), stdout);
+      std::fputc('\n', stdout);
     } else {
       for (size_t i = 0; i < last_tokens.size(); ++i) std::printf(i ? " %lld" : "%lld", (long long)last_tokens[i]);
       std::printf("\n");

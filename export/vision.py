@@ -219,10 +219,17 @@ def attend_in_query_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
     # bmm over [B·heads, rows, D]: a 4-D matmul exports as expand + bmm, and the expands stay outside XNNPACK
     # as copies of each operand, the score matrix included.
     q, kt, v = q.reshape(b * heads, n, d), k.reshape(b * heads, n, d).transpose(1, 2), v.reshape(b * heads, n, d)
-    blocks = []
+    blocks: list[torch.Tensor] = []
     for s in range(0, n, block_q):
         rows = min(block_q, n - s)
-        scores = torch.bmm(q[:, s:s + rows], kt).view(b, heads, rows, n) + bias
+        qb = q[:, s:s + rows]
+        if blocks:
+            # Independent blocks let the fusion into an XNNPACK delegate order the graph breadth first (every
+            # block's bmm, then every softmax), so XNNPACK keeps all blocks' scores alive at once: the whole
+            # heads·N² matrix again. Adding exactly zero read from the previous block's output makes each
+            # block wait for the one before, and only one block's scores are ever alive.
+            qb = qb + blocks[-1][:, :1, :1] * 0.0
+        scores = torch.bmm(qb, kt).view(b, heads, rows, n) + bias
         blocks.append(torch.bmm(torch.softmax(scores, dim=-1).view(b * heads, rows, n), v))
     out = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
     return out.view(b, heads, n, d)

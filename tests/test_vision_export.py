@@ -235,6 +235,21 @@ def test_blocked_graph_has_no_full_score_matrix(tower):
     assert biggest(None) >= heads * n * n
 
 
+@pytest.mark.slow
+def test_xnnpack_holds_one_query_block_of_scores_not_the_whole_matrix(tower, tmp_path):
+    """What the lowered program really allocates while it encodes, at a budget where the heads·N² fp32 score
+    matrix dwarfs everything else: well under a quarter of that matrix. The graph check above cannot see this.
+    The blocks used to be independent, so the fusion into a delegate ordered them breadth first (every block's
+    bmm, then every softmax) and XNNPACK held all their scores at once. That measured 1.0 matrix at every block
+    size."""
+    budget, heads = 560, tower.cfg.num_attention_heads
+    n = 9 * budget
+    path = tmp_path / "vision.pte"
+    ve.write_vision_program(tower, path, (budget,), quantize=None, block_q=BLOCK_Q)
+    score_matrix = heads * n * n * 4
+    assert ve.measure_activations(path, (budget,))[budget] < score_matrix / 4
+
+
 # ---------------------------------------------------------------- arguments and writing
 @pytest.mark.parametrize("kwargs, error, message", [
     (dict(budgets=()), ValueError, r"image budgets: expected at least one of \(70, 140, 280, 560, 1120\)"),

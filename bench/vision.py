@@ -18,9 +18,12 @@ RSS is that run's: load time, one warm-up encode, the median of --repeats encode
 on one synthetic 480×640 image preprocessed as the runtime does (`runtime.image.preprocess`; padded at every
 budget). A system that fails at a budget (the example's program at any patch count but the one its export
 fixed) is recorded with its error, not left out. In the same run: this machine's GEMM peak (fp32 torch.matmul of
-a large square; one XNNPACK linear of the tower's MLP shape in fp32 and 8da8w) and each system's achieved GFLOP/s
-from the tower's FLOPs per budget (torch.utils.flop_counter over the HF tower on the meta device, as
-../shared/docs/gemma4-multimodal.md §4 counts them: patch embedder + encoder, plus embed_vision).
+a large square; one XNNPACK linear of the tower's MLP shape in fp32 and 8da8w; the attention's pair of fp32 bmms for
+one query block) and each system's achieved GFLOP/s from the tower's FLOPs per budget (torch.utils.flop_counter over
+the HF tower on the meta device, as ../shared/docs/gemma4-multimodal.md §4 counts them: patch embedder + encoder,
+plus embed_vision). "% peak" is that against the linear kernel's peak. The attention's matmuls (29 % of the FLOPs at
+280, 62 % at 1120) run in fp32 in every program, so "% bound" is the share of the kernel bound: the linears' FLOPs at
+the linear's peak plus the attention's at the bmm's, the least time these kernels allow.
 
 --ttft-bundle BUNDLE (a multimodal bundle, e.g. full-size E2B exported with its tower): time to first token of the
 synthetic image at budget 280 + a 32-token question through the native host (gemma-edge-run: the image decoded,
@@ -96,8 +99,9 @@ def write_inputs(work: Path, budgets) -> dict[int, Path]:
     return paths
 
 
-def tower_gflop(ckpt: Path, budgets) -> dict[int, float]:
-    """GFLOP per image of the checkpoint's tower at each budget (every patch, padding included, is computed)."""
+def tower_gflop(ckpt: Path, budgets) -> tuple[dict[int, float], dict[int, float]]:
+    """GFLOP per image of the checkpoint's tower at each budget (every patch, padding included, is computed), and
+    the part of it in the attention's batched matmuls (aten.bmm: the rest is the linears' aten.mm)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import Gemma4Config
@@ -107,7 +111,7 @@ def tower_gflop(ckpt: Path, budgets) -> dict[int, float]:
     with torch.device("meta"):
         vt = Gemma4VisionModel(cfg.vision_config).eval()
     text_hidden = cfg.text_config.hidden_size
-    out = {}
+    out, attention = {}, {}
     for b in budgets:
         n = 9 * b
         side = int(n**0.5)
@@ -117,7 +121,9 @@ def tower_gflop(ckpt: Path, budgets) -> dict[int, float]:
         with FlopCounterMode(display=False) as fc, torch.no_grad():   # no padding: no mask (a bool mask calls .item())
             vt.encoder(vt.patch_embedder(pv, pos, torch.zeros(1, n, dtype=torch.bool, device="meta")), None, pos)
         out[b] = (fc.get_total_flops() + 2 * b * cfg.vision_config.hidden_size * text_hidden) / 1e9
-    return out
+        attention[b] = sum(v for op, v in fc.get_flop_counts()["Global"].items() if "bmm" in str(op)
+                           or "attention" in str(op)) / 1e9
+    return out, attention
 
 
 def child(mode: str, spec: dict, log_path: Path, rss_limit_bytes: int) -> dict:
@@ -205,10 +211,15 @@ def errors(out: Path, ref: Path) -> dict | None:
             "rel_fro": float(np.linalg.norm(g - r) / np.linalg.norm(r))}
 
 
-def gemm_peak(work: Path, args) -> dict:
+def gemm_peak(work: Path, ckpt: Path, args) -> dict:
+    from gemma_edge.export.vision_export import DEFAULT_BLOCK_Q
+
+    vc = json.loads((ckpt / "config.json").read_text())["vision_config"]
     rows = 9 * (70 if args.quick else 280)
     spec = {"threads": args.threads, "repeats": 3 if args.quick else 5, "square": 1024 if args.quick else 4096,
-            "rows": rows, "in_features": 768, "out_features": 3072, "work": str(work)}
+            "rows": rows, "in_features": vc["hidden_size"], "out_features": vc["intermediate_size"],
+            "heads": vc["num_attention_heads"], "head_dim": vc["head_dim"], "block_q": DEFAULT_BLOCK_Q,
+            "work": str(work)}
     res = child("gemm", spec, work / "gemm.log", int(args.rss_limit_gib * 2**30))
     if res["result"] is None:
         raise RuntimeError(f"GEMM peak: child exited with {res['rc']} at {res['stage']!r} (log: {res['log']})")
@@ -260,11 +271,14 @@ def ratio(a, b):
     return round(a / b, 3) if a and b else None
 
 
-def summarize(rows: dict, gflop: dict, gemm: dict) -> dict:
-    """Per budget: ours vs et and vs hf (encode time and peak RSS ratios; speedup = their time / ours)."""
-    peak = {"ours": gemm.get("xnnpack_linear_8da8w", {}).get("gflop_s"), "et": gemm.get("xnnpack_linear_8da8w",
-            {}).get("gflop_s"), "ours-fp32": gemm.get("xnnpack_linear_fp32", {}).get("gflop_s"),
-            "hf": gemm.get("torch_matmul_fp32", {}).get("gflop_s")}
+def summarize(rows: dict, gflop: dict, attention_gflop: dict, gemm: dict) -> dict:
+    """Per budget: ours vs et and vs hf (encode time and peak RSS ratios; speedup = their time / ours). Each
+    XNNPACK system's run also gets its kernel bound: the linears' GFLOP at the linear kernel's measured peak plus
+    the attention's at the fp32 bmm's, the least time these kernels allow, and the share of it achieved."""
+    rate = lambda key: gemm.get(key, {}).get("gflop_s")   # noqa: E731
+    peak = {"ours": rate("xnnpack_linear_8da8w"), "et": rate("xnnpack_linear_8da8w"),
+            "ours-fp32": rate("xnnpack_linear_fp32"), "hf": rate("torch_matmul_fp32")}
+    bmm = rate("xnnpack_attention_bmm_fp32")
     out = {}
     for b in gflop:
         per = {s: r for (s, bb), r in rows.items() if bb == b}
@@ -272,6 +286,10 @@ def summarize(rows: dict, gflop: dict, gemm: dict) -> dict:
             if r.get("encode_median_s"):
                 r["achieved_gflop_s"] = round(gflop[b] / r["encode_median_s"], 1)
                 r["share_of_gemm_peak"] = ratio(r["achieved_gflop_s"], peak.get(s))
+                if s != "hf" and peak.get(s) and bmm:
+                    linears, attention = gflop[b] - attention_gflop[b], attention_gflop[b]
+                    r["kernel_bound_s"] = round(linears / peak[s] + attention / bmm, 3)
+                    r["share_of_kernel_bound"] = ratio(r["kernel_bound_s"], r["encode_median_s"])
         ours = per.get("ours", {})
         entry = {}
         for other in ("et", "hf", "ours-fp32"):
@@ -312,7 +330,9 @@ def targets(rows: dict, summary: dict, gemm: dict) -> dict:
             "app_ram_bytes": app_ram, **{b: {"above_host_bytes": above_host(r), "fits": above_host(r) <= app_ram}
                                          for b, r in ours.items()}},
         "ours_gflop_s_share_of_8da8w_linear_peak_ge_0.5": {
-            "peak_gflop_s": peak8, **{b: r.get("share_of_gemm_peak") for b, r in ours.items()}}}
+            "peak_gflop_s": peak8, **{b: r.get("share_of_gemm_peak") for b, r in ours.items()}},
+        "ours_share_of_kernel_bound (not a target: linears at the 8da8w peak, attention at the fp32 bmm's)": {
+            b: r.get("share_of_kernel_bound") for b, r in ours.items()}}
 
 
 def label(system: str, built: dict) -> str:
@@ -325,7 +345,7 @@ def label(system: str, built: dict) -> str:
 
 def table(rows: dict, built: dict) -> str:
     head = (f"{'system':<44}{'budget':>7}{'tokens':>7}{'load s':>8}{'encode s':>10}{'GFLOP/s':>9}{'% peak':>8}"
-            f"{'peak RSS GB':>12}{'above host':>11}{'rel err':>10}  note")
+            f"{'% bound':>9}{'peak RSS GB':>12}{'above host':>11}{'rel err':>10}  note")
     lines = [head, "-" * len(head)]
     for (s, b), r in rows.items():
         f = lambda x, w, spec: f"{x:{w}{spec}}" if x is not None else f"{'-':>{w}}"   # noqa: E731
@@ -336,11 +356,12 @@ def table(rows: dict, built: dict) -> str:
             note = f"killed at {r['killed_at_rss_bytes'] / 2**30:.1f} GiB"
         elif r.get("error"):
             note = (r.get("executorch_log") or [r["error"]["message"]])[0][:90]
-        share = r.get("share_of_gemm_peak")
+        share, bound = r.get("share_of_gemm_peak"), r.get("share_of_kernel_bound")
         lines.append(
             f"{label(s, built):<44}{b:>7}{f(r.get('soft_tokens'), 7, 'd')}{f(r.get('load_s'), 8, '.2f')}"
             f"{f(r.get('encode_median_s'), 10, '.3f')}{f(r.get('achieved_gflop_s'), 9, '.1f')}"
             f"{f(100 * share if share else None, 7, '.0f')}%"
+            f"{f(100 * bound if bound else None, 8, '.0f')}%"
             f"{f(mem.get('peak_rss_bytes', 0) / 1e9 if mem else None, 12, '.3f')}"
             f"{f(above_host(r) / 1e9 if mem else None, 11, '.3f')}{f(err, 10, '.1e')}  {note}")
     return "\n".join(lines)
@@ -395,9 +416,9 @@ def main() -> None:
     if args.build_only:
         return
     inputs = write_inputs(root, budgets)
-    gflop = tower_gflop(ckpt, budgets)
+    gflop, attention_gflop = tower_gflop(ckpt, budgets)
     log("GEMM peak")
-    gemm = gemm_peak(root, args)
+    gemm = gemm_peak(root, ckpt, args)
     log("  " + ", ".join(f"{k} {v['gflop_s']:.1f} GFLOP/s" for k, v in gemm.items() if isinstance(v, dict)))
     rows = {}
     for b in budgets:
@@ -414,7 +435,7 @@ def main() -> None:
             for s in systems:
                 if (s, b) in rows and s != "hf":
                     rows[(s, b)]["error_vs_hf"] = errors(root / f"out-{s}-b{b}.npy", root / f"out-hf-b{b}.npy")
-    summary = summarize(rows, gflop, gemm)
+    summary = summarize(rows, gflop, attention_gflop, gemm)
     ttft_res = ttft(Path(args.ttft_bundle).resolve(), root, args) if args.ttft_bundle else None
     print(table(rows, built))
     if ttft_res:
@@ -428,7 +449,7 @@ def main() -> None:
            "tower": args.tower, "checkpoint": str(ckpt), "image": {"height_width": list(IMAGE_HW),
                                                                     "source": "uniform random RGB8, seed 20"},
            "threads": args.threads, "repeats": args.repeats, "large_repeats": args.large_repeats,
-           "gflop_per_image": gflop, "gemm_peak": gemm,
+           "gflop_per_image": gflop, "gflop_per_image_in_attention_bmm": attention_gflop, "gemm_peak": gemm,
            "builds": {s: {str(b): v for b, v in bs.items()} for s, bs in built.items()},
            "runs": [{"system": s, "label": label(s, built), "budget": b, **r} for (s, b), r in rows.items()],
            "summary": {str(b): v for b, v in summary.items()}, "ttft": ttft_res,

@@ -95,12 +95,15 @@ def test_vision_bench_on_the_tiny_tower(tiny_vision_checkpoint, tiny_vision_bund
     assert res["machine"]["class"] and len(res["machine"]["load_average_at_start"]) == 3
     assert res["gflop_per_image"]["280"] > res["gflop_per_image"]["70"] > 0
     assert all(v["gflop_s"] > 0 for k, v in res["gemm_peak"].items() if isinstance(v, dict))
+    assert "xnnpack_attention_bmm_fp32" in res["gemm_peak"]
+    assert 0 < res["gflop_per_image_in_attention_bmm"]["280"] < res["gflop_per_image"]["280"]
     for b in (70, 280):
         ours, hf = runs[("ours", b)], runs[("hf", b)]
         assert ours["error"] is None and hf["error"] is None
         assert ours["output_rows"] == hf["output_rows"] == ours["soft_tokens"]
         # the bundle's program is unquantized: within the README's .pte-vs-eager bound of transformers
         assert ours["error_vs_hf"]["max_abs_rel"] < 1e-3, ours["error_vs_hf"]
+        assert ours["kernel_bound_s"] > 0 and ours["share_of_kernel_bound"] > 0
         assert ours["achieved_gflop_s"] > 0 and ours["memory"]["peak_rss_bytes"] > ours["memory"][
             "host_rss_before_load_bytes"] > 0
     # The example's method takes the patch count its export fixed and no other, and the run says so

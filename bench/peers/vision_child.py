@@ -2,7 +2,7 @@
 
     python vision_child.py run SPEC_JSON     # load the system, encode one image: warm-up + `repeats` timed runs
     python vision_child.py build SPEC_JSON   # lower / export a system's program (vision_ours, vision_et)
-    python vision_child.py gemm SPEC_JSON    # this machine's GEMM peak: fp32 torch.matmul, XNNPACK fp32 / 8da8w linear
+    python vision_child.py gemm SPEC_JSON    # GEMM peaks: fp32 torch.matmul, XNNPACK fp32 / 8da8w linear, fp32 bmm
 
 Prints one line, RESULT_MARK + JSON, last. A system module (vision_ours, vision_et, vision_hf) gives
 `imports()` (what its host imports before any model: counted as host RSS, not the model's), `load(spec)` ->
@@ -97,8 +97,9 @@ def _median_time(fn, reps: int) -> float:
 
 
 def child_gemm(spec: dict) -> dict:
-    """GFLOP/s of fp32 torch.matmul on a large square, and of one XNNPACK-lowered linear of the tower's MLP shape
-    (rows = the patches of a budget, 768 -> 3072) in fp32 and 8da8w (the encoder's kernels), in ExecuTorch."""
+    """GFLOP/s of fp32 torch.matmul on a large square, of one XNNPACK-lowered linear of the tower's MLP shape
+    (rows = the patches of a budget, 768 -> 3072) in fp32 and 8da8w (the encoder's kernels), and of the attention's
+    pair of fp32 batched matmuls for one query block against `rows` keys, in ExecuTorch."""
     import torch
     from torch import nn
 
@@ -128,6 +129,25 @@ def child_gemm(spec: dict) -> dict:
         out[f"xnnpack_linear_{scheme}"] = {"shape": [rows, k, m], "gflop_s": 2 * rows * k * m / t / 1e9,
                                            "median_s": t}
         path.unlink()
+    # The attention's two matmuls run in fp32 in every program (scores, then probabilities x values; XNNPACK has
+    # no int8 batched matmul of two activations), so they have a peak of their own: one query block's pair.
+    heads, block, d = spec["heads"], spec["block_q"], spec["head_dim"]
+    q, kt, p, v = (torch.randn(heads, block, d), torch.randn(heads, d, rows), torch.randn(heads, block, rows),
+                   torch.randn(heads, rows, d))
+
+    class Pair(nn.Module):
+        def forward(self, q, kt, p, v):
+            return torch.bmm(q, kt), torch.bmm(p, v)
+
+    with torch.no_grad():
+        program = ve.lower_programs({"forward": torch.export.export(Pair(), (q, kt, p, v), strict=False)})
+    path = Path(spec["work"]) / "gemm-bmm.pte"
+    path.write_bytes(program.buffer)
+    method = Runtime.get().load_program(str(path)).load_method("forward")
+    t = _median_time(lambda: method.execute([q, kt, p, v]), reps)
+    out["xnnpack_attention_bmm_fp32"] = {"shape": [heads, block, d, rows], "gflop_s": 4 * heads * block * d * rows
+                                         / t / 1e9, "median_s": t}
+    path.unlink()
     return out
 
 

@@ -17,13 +17,14 @@ and runs each system at each budget in a child process of its own (bench/peers/v
 RSS is that run's: load time, one warm-up encode, the median of --repeats encodes, peak RSS (load and encode),
 on one synthetic 480×640 image preprocessed as the runtime does (`runtime.image.preprocess`; padded at every
 budget). A system that fails at a budget (the example's program at any patch count but the one its export
-fixed) is recorded with its error, not left out. In the same run: this machine's GEMM peak (fp32 torch.matmul of
-a large square; one XNNPACK linear of the tower's MLP shape in fp32 and 8da8w; the attention's pair of fp32 bmms for
-one query block) and each system's achieved GFLOP/s from the tower's FLOPs per budget (torch.utils.flop_counter over
-the HF tower on the meta device, as ../shared/docs/gemma4-multimodal.md §4 counts them: patch embedder + encoder,
-plus embed_vision). "% peak" is that against the linear kernel's peak. The attention's matmuls (29 % of the FLOPs at
-280, 62 % at 1120) run in fp32 in every program, so "% bound" is the share of the kernel bound: the linears' FLOPs at
-the linear's peak plus the attention's at the bmm's, the least time these kernels allow.
+fixed) is recorded with its error, not left out. In the same run: this machine's GEMM peaks (fp32 torch.matmul of a
+large square; one XNNPACK linear of the tower's MLP shape in fp32 and 8da8w; the attention's fp32 bmm pairs over
+every query block at each budget) and each system's achieved GFLOP/s from the tower's FLOPs per budget
+(torch.utils.flop_counter over the HF tower on the meta device, as ../shared/docs/gemma4-multimodal.md §4 counts
+them: patch embedder + encoder, plus embed_vision). "% peak" is that against the linear kernel's peak. The
+attention's matmuls (29 % of the FLOPs at 280, 62 % at 1120) run in fp32 in every program, so "% bound" is the share
+of the kernel bound: the linears' FLOPs at the linear's peak plus the attention's at the bmm's, the least time these
+kernels allow.
 
 --ttft-bundle BUNDLE (a multimodal bundle, e.g. full-size E2B exported with its tower): time to first token of the
 synthetic image at budget 280 + a 32-token question through the native host (gemma-edge-run: the image decoded,
@@ -211,7 +212,7 @@ def errors(out: Path, ref: Path) -> dict | None:
             "rel_fro": float(np.linalg.norm(g - r) / np.linalg.norm(r))}
 
 
-def gemm_peak(work: Path, ckpt: Path, args) -> dict:
+def gemm_peak(work: Path, ckpt: Path, budgets, args) -> dict:
     from gemma_edge.export.vision_export import DEFAULT_BLOCK_Q
 
     vc = json.loads((ckpt / "config.json").read_text())["vision_config"]
@@ -219,7 +220,7 @@ def gemm_peak(work: Path, ckpt: Path, args) -> dict:
     spec = {"threads": args.threads, "repeats": 3 if args.quick else 5, "square": 1024 if args.quick else 4096,
             "rows": rows, "in_features": vc["hidden_size"], "out_features": vc["intermediate_size"],
             "heads": vc["num_attention_heads"], "head_dim": vc["head_dim"], "block_q": DEFAULT_BLOCK_Q,
-            "work": str(work)}
+            "attention_rows": [9 * b for b in budgets], "work": str(work)}
     res = child("gemm", spec, work / "gemm.log", int(args.rss_limit_gib * 2**30))
     if res["result"] is None:
         raise RuntimeError(f"GEMM peak: child exited with {res['rc']} at {res['stage']!r} (log: {res['log']})")
@@ -278,7 +279,6 @@ def summarize(rows: dict, gflop: dict, attention_gflop: dict, gemm: dict) -> dic
     rate = lambda key: gemm.get(key, {}).get("gflop_s")   # noqa: E731
     peak = {"ours": rate("xnnpack_linear_8da8w"), "et": rate("xnnpack_linear_8da8w"),
             "ours-fp32": rate("xnnpack_linear_fp32"), "hf": rate("torch_matmul_fp32")}
-    bmm = rate("xnnpack_attention_bmm_fp32")
     out = {}
     for b in gflop:
         per = {s: r for (s, bb), r in rows.items() if bb == b}
@@ -286,6 +286,7 @@ def summarize(rows: dict, gflop: dict, attention_gflop: dict, gemm: dict) -> dic
             if r.get("encode_median_s"):
                 r["achieved_gflop_s"] = round(gflop[b] / r["encode_median_s"], 1)
                 r["share_of_gemm_peak"] = ratio(r["achieved_gflop_s"], peak.get(s))
+                bmm = rate(f"xnnpack_attention_bmm_fp32_n{9 * b}")
                 if s != "hf" and peak.get(s) and bmm:
                     linears, attention = gflop[b] - attention_gflop[b], attention_gflop[b]
                     r["kernel_bound_s"] = round(linears / peak[s] + attention / bmm, 3)
@@ -418,7 +419,7 @@ def main() -> None:
     inputs = write_inputs(root, budgets)
     gflop, attention_gflop = tower_gflop(ckpt, budgets)
     log("GEMM peak")
-    gemm = gemm_peak(root, ckpt, args)
+    gemm = gemm_peak(root, ckpt, budgets, args)
     log("  " + ", ".join(f"{k} {v['gflop_s']:.1f} GFLOP/s" for k, v in gemm.items() if isinstance(v, dict)))
     rows = {}
     for b in budgets:

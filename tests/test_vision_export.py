@@ -240,7 +240,7 @@ def test_xnnpack_holds_one_query_block_of_scores_not_the_whole_matrix(tower, tmp
     """What the lowered program really allocates while it encodes, at a budget where the heads·N² fp32 score
     matrix dwarfs everything else: well under a quarter of that matrix. The graph check above cannot see this.
     The blocks used to be independent, so the fusion into a delegate ordered them breadth first (every block's
-    bmm, then every softmax) and XNNPACK held all their scores at once. That measured 1.0 matrix at every block
+    bmm, then every softmax) and XNNPACK held all their scores at once: one whole matrix, at every block
     size."""
     budget, heads = 560, tower.cfg.num_attention_heads
     n = 9 * budget

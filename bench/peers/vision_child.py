@@ -131,9 +131,10 @@ def child_gemm(spec: dict) -> dict:
         path.unlink()
     # The attention's two matmuls run in fp32 in every program (scores, then probabilities x values: 8da8w
     # quantizes the linears, and matmuls of two activations stay fp32), so they have a peak of their own.
-    # Measured as the program runs them: every query block of a budget's patches against all keys, each block
-    # after the one before, without the softmax between (not a GEMM), so the inputs are a few MB and their copy
-    # into the method is negligible.
+    # Measured as the program runs them (export/vision.py's attend_in_query_blocks, whose blocking and block
+    # order this copies; keep the two in step): every query block of a budget's patches against all keys, each
+    # block after the one before, without the mask and softmax between (not a GEMM), so the inputs are a few MB
+    # and their copy into the method is negligible.
     heads, block, d = spec["heads"], spec["block_q"], spec["head_dim"]
 
     class Pairs(nn.Module):

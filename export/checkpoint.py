@@ -203,6 +203,35 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype | None = torch.float
     return cfg, model.eval()
 
 
+def load_tower_weights(ckpt: Checkpoint, model: torch.nn.Module, prefixes: tuple[str, ...], tolerated: tuple[str, ...],
+                       what: str, config_key: str, dtype: torch.dtype | None) -> None:
+    """Fill a tower built on the meta device (its state-dict keys are the checkpoint's without "model.") from the
+    checkpoint's keys under `prefixes`, each tensor read once: with `dtype=None` every tensor stays the safetensors
+    mapping of its shard (nothing copied), otherwise each is cast on its own and the file pages it was read from
+    are dropped. A missing key, an unknown one under the prefixes (`tolerated` aside), a wrong shape or a non-float
+    dtype is an error naming the key; `what` and `config_key` say which tower and which config.json object."""
+    expected = {"model." + k: tuple(t.shape) for k, t in model.state_dict().items()}
+    shards = {k: s for k, s in ckpt.shards.items() if k.startswith(prefixes)}
+    missing = sorted(set(expected) - set(shards))
+    unexpected = sorted(set(shards) - set(expected) - set(tolerated))
+    if missing or unexpected:
+        raise CheckpointError(f"{ckpt.path}: {what} does not match config.json's {config_key} — missing "
+                              f"{len(missing)} key(s) {missing[:6]}, unexpected {len(unexpected)} key(s) "
+                              f"{unexpected[:6]}")
+    by_shard: dict[Path, list[str]] = {}
+    for key in expected:
+        by_shard.setdefault(shards[key], []).append(key)
+    for shard, keys in sorted(by_shard.items()):
+        with open_shard(shard) as f:
+            for key in keys:
+                tensor = read_tensor(f, shard, key, expected[key], f"config.json's {config_key}")
+                value = tensor if dtype is None else tensor.to(dtype)
+                if value is not tensor:  # a cast copy: the file pages read for it need not stay resident
+                    release_file_pages(tensor)
+                set_tensor(model, key[len("model."):], value)
+                del tensor, value
+
+
 def read_tensor(f, shard: Path, name: str, shape: tuple[int, ...], needed_by: str) -> torch.Tensor:
     """Tensor `name` of the open shard `f` (a zero-copy view of its mapping), refused by name unless it has
     `shape` and a float dtype; `needed_by` says whose shape that is in the error."""

@@ -10,13 +10,14 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def _random_checkpoint(args) -> int:
-    from gemma_edge.contract.presets import VISION_PRESETS, preset
+    from gemma_edge.contract.presets import AUDIO_PRESETS, VISION_PRESETS, preset
 
     from .random_checkpoint import write_random_checkpoint
 
     vision = VISION_PRESETS.get(args.preset) if args.multimodal else None
+    audio = AUDIO_PRESETS.get(args.preset) if args.multimodal else None
     out = write_random_checkpoint(args.out, preset(args.preset), dtype=_DTYPES[args.dtype], seed=args.seed,
-                                  multimodal=args.multimodal, vision_config=vision,
+                                  multimodal=args.multimodal, vision_config=vision, audio_config=audio,
                                   shard_bytes=int(args.shard_gb * (1 << 30)))
     print(f"wrote {args.preset} checkpoint ({args.dtype}, seed {args.seed}) to {out}")
     return 0
@@ -96,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="bf16", choices=sorted(_DTYPES))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--multimodal", action="store_true", help="keys under model.language_model. (as Google ships), "
-                   "with the preset's vision tower")
+                   "with the preset's vision and audio towers")
     p.add_argument("--shard-gb", type=float, default=2.0, help="shard size in GiB")
     p.set_defaults(func=_random_checkpoint)
 

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import torch
 
+from gemma_edge.contract.audio import AudioTokens
 from gemma_edge.contract.config import TextConfig
 from gemma_edge.contract.image import ImageTokens
 
+from .audio import AUDIO_PREFIXES, AudioConfig, audio_tensor_specs
 from .checkpoint import CheckpointError
 from .model import build_model
 from .vision import VISION_PREFIXES, VisionConfig, random_vision_values, vision_tensor_specs
@@ -52,12 +54,16 @@ def _shard_plan(entries: list[tuple[str, tuple, int]], shard_bytes: int) -> list
 
 def write_random_checkpoint(out_dir: str | Path, cfg: TextConfig, *, dtype: torch.dtype = torch.bfloat16,
                             seed: int = 0, shard_bytes: int = 2 << 30, multimodal: bool = False,
-                            vision_config: dict | None = None, tokenizer: bool = True, progress: bool = True) -> Path:
+                            vision_config: dict | None = None, audio_config: dict | None = None,
+                            tokenizer: bool = True, progress: bool = True) -> Path:
     """Write config.json + sharded safetensors + index (+ a test tokenizer.json of the same vocabulary)
     for `cfg` into `out_dir` (which must not exist); its parents are created. `vision_config` (transformers'
-    `vision_config`, presets.VISION_PRESETS; multimodal only) adds the vision tower and embed_vision."""
+    `vision_config`, presets.VISION_PRESETS; multimodal only) adds the vision tower and embed_vision, `audio_config`
+    (presets.AUDIO_PRESETS) the audio tower and embed_audio."""
     if vision_config is not None and not multimodal:
         raise ValueError("vision_config: a vision tower needs a multimodal checkpoint (multimodal=True)")
+    if audio_config is not None and not multimodal:
+        raise ValueError("audio_config: an audio tower needs a multimodal checkpoint (multimodal=True)")
     out_dir = Path(os.path.abspath(out_dir))  # the temporary folder goes beside the one named, even for "."
     if out_dir.exists() or out_dir.is_symlink():
         raise FileExistsError(f"{out_dir}: already exists; refusing to overwrite a checkpoint")
@@ -66,7 +72,8 @@ def write_random_checkpoint(out_dir: str | Path, cfg: TextConfig, *, dtype: torc
         raise CheckpointError(f"{out_dir}: cannot write the checkpoint ({above} is not a folder)")
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        return _write(out_dir, cfg, dtype, seed, shard_bytes, multimodal, vision_config, tokenizer, progress)
+        return _write(out_dir, cfg, dtype, seed, shard_bytes, multimodal, vision_config, audio_config, tokenizer,
+                      progress)
     except OSError as e:  # disk full, a read-only or unwritable folder
         where = e.filename if e.filename and Path(str(e.filename)) != out_dir else out_dir.parent
         raise CheckpointError(f"{out_dir}: cannot write the checkpoint ({where}: {e.strerror or e}); "
@@ -74,7 +81,7 @@ def write_random_checkpoint(out_dir: str | Path, cfg: TextConfig, *, dtype: torc
 
 
 def _write(out_dir: Path, cfg: TextConfig, dtype: torch.dtype, seed: int, shard_bytes: int, multimodal: bool,
-           vision_config: dict | None, tokenizer: bool, progress: bool) -> Path:
+           vision_config: dict | None, audio_config: dict | None, tokenizer: bool, progress: bool) -> Path:
     from tqdm import tqdm
 
     prefix = "model.language_model." if multimodal else "model."
@@ -88,6 +95,10 @@ def _write(out_dir: Path, cfg: TextConfig, dtype: torch.dtype, seed: int, shard_
     if vision is not None:  # after the decoder's tensors, which so keep the values they had without a tower
         entries += [(key, spec.shape, math.prod(spec.shape) * itemsize)
                     for key, spec in vision_tensor_specs(vision).items()]
+    audio = None if audio_config is None else AudioConfig.from_dict(audio_config, cfg.hidden_size, strict=True)
+    if audio is not None:  # after the vision tower's, which so keeps its values
+        entries += [(key, spec.shape, math.prod(spec.shape) * itemsize)
+                    for key, spec in audio_tensor_specs(audio).items()]
     shards = _shard_plan(entries, shard_bytes)
     gen = torch.Generator().manual_seed(seed)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
@@ -110,7 +121,7 @@ def _write(out_dir: Path, cfg: TextConfig, dtype: torch.dtype, seed: int, shard_
                 f.write(blob)
                 for key, shape, nbytes in shard:
                     rows = shape[0] if shape else 1
-                    fill = random_vision_values if key.startswith(VISION_PREFIXES) else _fill
+                    fill = random_vision_values if key.startswith(VISION_PREFIXES + AUDIO_PREFIXES) else _fill
                     step = max(1, _CHUNK_VALUES // max(1, nbytes // itemsize // rows))
                     for start in range(0, rows, step):
                         part = fill(key, shape or (1,), gen, slice(start, min(rows, start + step))).to(dtype)
@@ -130,6 +141,9 @@ def _write(out_dir: Path, cfg: TextConfig, dtype: torch.dtype, seed: int, shard_
             if vision is not None:
                 config["vision_config"] = vision.to_dict()
                 config.update(ImageTokens.for_vocab(cfg.vocab_size).to_dict())
+            if audio is not None:
+                config["audio_config"] = audio.to_dict()
+                config.update(AudioTokens.for_vocab(cfg.vocab_size).to_dict())
         else:
             config = {**text, "architectures": ["Gemma4ForCausalLM"]}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
@@ -137,7 +151,9 @@ def _write(out_dir: Path, cfg: TextConfig, dtype: torch.dtype, seed: int, shard_
             from gemma_edge.export.random_tokenizer import write_test_tokenizer
 
             image_tokens = ImageTokens.for_vocab(cfg.vocab_size) if multimodal and vision is not None else None
-            write_test_tokenizer(tmp, cfg.vocab_size, image_tokens)  # "<|image|>" in a prompt is its id
+            audio_tokens = AudioTokens.for_vocab(cfg.vocab_size) if multimodal and audio is not None else None
+            # "<|image|>" / "<|audio|>" in a prompt is its id
+            write_test_tokenizer(tmp, cfg.vocab_size, image_tokens, audio_tokens)
         os.rename(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from gemma_edge.contract.audio import AUDIO, BOA, EOA, AudioTokens
 from gemma_edge.contract.chat import SPACE, SPECIALS, TURN_TOKENS
 from gemma_edge.contract.image import BOI, EOI, IMAGE, ImageTokens
 
@@ -38,7 +39,8 @@ def _byte_order() -> list[int]:
     return first + [b for b in range(256) if b not in first]
 
 
-def build_test_tokenizer(vocab_size: int, image_tokens: ImageTokens | None = None):
+def build_test_tokenizer(vocab_size: int, image_tokens: ImageTokens | None = None,
+                         audio_tokens: AudioTokens | None = None):
     """A Gemma-style byte-fallback BPE with exactly `vocab_size` ids (256 .. 262144).
 
     ids 0..3 <pad> <eos> <bos> <unk>; when vocab_size >= 512, Gemma's turn tokens at 105.. (4..104 are
@@ -46,7 +48,7 @@ def build_test_tokenizer(vocab_size: int, image_tokens: ImageTokens | None = Non
     then characters and merges trained on a small built-in corpus; the rest <unusedN>. With `image_tokens`
     (a multimodal model's ids, e.g. ImageTokens.for_vocab(vocab_size)), Gemma's image specials <|image>,
     <|image|>, <image|> are special tokens at its boi, image and eoi ids, so a chat's image item encodes to the
-    placeholder id the model splices at.
+    placeholder id the model splices at. `audio_tokens` places <|audio>, <|audio|>, <audio|> the same way.
     """
     from tokenizers import Tokenizer, decoders, normalizers
     from tokenizers.models import BPE
@@ -57,13 +59,18 @@ def build_test_tokenizer(vocab_size: int, image_tokens: ImageTokens | None = Non
     turns = vocab_size >= 512
     fixed = {i: t for i, t in enumerate(SPECIALS)} | (dict(TURN_TOKENS) if turns else {})
     placed: dict[int, str] = {}   # tokens at ids the model fixes, inserted when the running id reaches them
+    wanted = []
     if image_tokens is not None:
-        for name, token, i in (("boi", BOI, image_tokens.boi), ("image", IMAGE, image_tokens.image),
-                               ("eoi", EOI, image_tokens.eoi)):
-            if not 0 <= i < vocab_size or i in fixed or i in placed:
-                raise TokenizerError(f"image_tokens.{name}: expected an id in [0, {vocab_size}) that no special or "
-                                     f"turn token holds, found {i}")
-            placed[i] = token
+        wanted += [("image_tokens.boi", BOI, image_tokens.boi), ("image_tokens.image", IMAGE, image_tokens.image),
+                   ("image_tokens.eoi", EOI, image_tokens.eoi)]
+    if audio_tokens is not None:
+        wanted += [("audio_tokens.boa", BOA, audio_tokens.boa), ("audio_tokens.audio", AUDIO, audio_tokens.audio),
+                   ("audio_tokens.eoa", EOA, audio_tokens.eoa)]
+    for name, token, i in wanted:
+        if not 0 <= i < vocab_size or i in fixed or i in placed:
+            raise TokenizerError(f"{name}: expected an id in [0, {vocab_size}) that no special or "
+                                 f"turn token holds, found {i}")
+        placed[i] = token
     vocab: dict[str, int] = {}
     unused = 0
 
@@ -105,7 +112,7 @@ def build_test_tokenizer(vocab_size: int, image_tokens: ImageTokens | None = Non
     while room() > 0:
         add(f"<unused{unused}>")
         unused += 1
-    while len(vocab) in placed:   # fixed ids after the last free one (for_vocab's: the last three)
+    while len(vocab) in placed:   # fixed ids after the last free one (for_vocab's: the last three or six)
         vocab[placed[len(vocab)]] = len(vocab)
     tok = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     tok.normalizer = normalizers.Replace(" ", SPACE)
@@ -117,11 +124,12 @@ def build_test_tokenizer(vocab_size: int, image_tokens: ImageTokens | None = Non
     return tok
 
 
-def write_test_tokenizer(directory: str | Path, vocab_size: int, image_tokens: ImageTokens | None = None) -> Path:
+def write_test_tokenizer(directory: str | Path, vocab_size: int, image_tokens: ImageTokens | None = None,
+                         audio_tokens: AudioTokens | None = None) -> Path:
     """Write `tokenizer.json` (and a small tokenizer_config.json) for `vocab_size` into `directory`; with
-    `image_tokens`, the image specials at those ids (build_test_tokenizer)."""
+    `image_tokens` / `audio_tokens`, those specials at their ids (build_test_tokenizer)."""
     directory = Path(directory)
-    tok = build_test_tokenizer(vocab_size, image_tokens)
+    tok = build_test_tokenizer(vocab_size, image_tokens, audio_tokens)
     path = directory / "tokenizer.json"
     tok.save(str(path))
     config = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",

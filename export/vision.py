@@ -28,7 +28,7 @@ from torch import nn
 
 from gemma_edge.contract.config import MULTIMODAL_MODEL_TYPE, ConfigError, TextConfig, is_int, read_config_json
 
-from .checkpoint import CheckpointError, open_checkpoint, open_shard, read_tensor, release_file_pages, set_tensor
+from .checkpoint import load_tower_weights, open_checkpoint
 from .model import RMSNorm, rotate
 
 VISION_MODEL_TYPE = "gemma4_vision"
@@ -436,26 +436,7 @@ def load_vision_tower(checkpoint_dir: str | Path, dtype: torch.dtype | None = No
     cfg = VisionConfig.from_json(ckpt.path / "config.json")
     with torch.device("meta"):
         model = Gemma4Vision(cfg)
-    expected = {"model." + k: tuple(t.shape) for k, t in model.state_dict().items()}
-    shards = {k: s for k, s in ckpt.shards.items() if k.startswith(VISION_PREFIXES)}
-    missing = sorted(set(expected) - set(shards))
-    unexpected = sorted(set(shards) - set(expected) - set(TOLERATED_KEYS))
-    if missing or unexpected:
-        raise CheckpointError(f"{ckpt.path}: vision tower does not match config.json's vision_config — missing "
-                              f"{len(missing)} key(s) {missing[:6]}, unexpected {len(unexpected)} key(s) "
-                              f"{unexpected[:6]}")
-    by_shard: dict[Path, list[str]] = {}
-    for key in expected:
-        by_shard.setdefault(shards[key], []).append(key)
-    for shard, keys in sorted(by_shard.items()):
-        with open_shard(shard) as f:
-            for key in keys:
-                tensor = read_tensor(f, shard, key, expected[key], "config.json's vision_config")
-                value = tensor if dtype is None else tensor.to(dtype)
-                if value is not tensor:  # a cast copy: the file pages read for it need not stay resident
-                    release_file_pages(tensor)
-                set_tensor(model, key[len("model."):], value)
-                del tensor, value
+    load_tower_weights(ckpt, model, VISION_PREFIXES, TOLERATED_KEYS, "vision tower", "vision_config", dtype)
     return model.eval()
 
 

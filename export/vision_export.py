@@ -181,16 +181,20 @@ def export_vision(model: Gemma4Vision, budgets) -> dict:
 
 
 def lower_programs(programs: dict):
-    """XNNPACK-lower the methods into one program (the weights stored once for all of them)."""
+    """XNNPACK-lower the methods into one program (the weights stored once for all of them). A dynamic dimension
+    is planned at its upper bound (the default pass would plan it at the example's size, and a larger input
+    would then be refused)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
+    from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
 
     edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()],
                                        compile_config=EdgeCompileConfig(_check_ir_validity=False))
     return edge.to_executorch(ExecutorchBackendConfig(
         extract_delegate_segments=True,
         do_quant_fusion_and_const_prop=True,
+        sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
         memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False)))
 
 

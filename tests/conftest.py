@@ -82,7 +82,7 @@ TINY_VISION_EXPORT = dict(TINY_EXPORT, max_context=600, ple_dtype="fp32", vision
 @pytest.fixture(scope="session")
 def tiny_vision_checkpoint(tmp_path_factory) -> Path:
     """`gemma-edge random-checkpoint --preset tiny --multimodal` (fp32): the tiny decoder under
-    model.language_model., the preset's vision tower, a test tokenizer with the image tokens."""
+    model.language_model., the preset's vision tower (not its audio tower), a test tokenizer with the image tokens."""
     from gemma_edge.contract.presets import VISION_PRESETS, preset
     from gemma_edge.export.random_checkpoint import write_random_checkpoint
 

@@ -73,6 +73,19 @@ _TINY_VISION = {**_E_VISION, "hidden_size": 32, "intermediate_size": 64, "num_hi
 VISION_PRESETS: dict[str, dict] = {"e2b": _E_VISION, "e4b": _E_VISION, "e2b-10l": _E_VISION,
                                    "tiny": _TINY_VISION, "tiny-e4b": _TINY_VISION}
 
+# The audio tower per preset, as transformers' `audio_config` (issue 21): E2B and E4B share one USM Conformer
+# (Gemma4AudioConfig's sizes). The tiny presets get a 2-layer tower with the front end's 128 mel bins and Gemma 4's
+# attention window.
+_E_AUDIO = dict(hidden_size=1024, num_hidden_layers=12, num_attention_heads=8, hidden_act="silu",
+                subsampling_conv_channels=[128, 32], conv_kernel_size=5, residual_weight=0.5,
+                attention_chunk_size=12, attention_context_left=13, attention_context_right=0,
+                attention_logit_cap=50.0, attention_invalid_logits_value=-1e9, use_clipped_linears=True,
+                rms_norm_eps=1e-6, gradient_clipping=1e10, output_proj_dims=1536)
+_TINY_AUDIO = {**_E_AUDIO, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+               "subsampling_conv_channels": [128, 8], "output_proj_dims": 48}
+AUDIO_PRESETS: dict[str, dict] = {"e2b": _E_AUDIO, "e4b": _E_AUDIO, "e2b-10l": _E_AUDIO,
+                                  "tiny": _TINY_AUDIO, "tiny-e4b": _TINY_AUDIO}
+
 
 def preset(name: str, **overrides) -> TextConfig:
     """A `TextConfig` for a named architecture, with optional field overrides."""

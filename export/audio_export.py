@@ -28,13 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from gemma_edge.contract import audio as contract
+from gemma_edge.contract.bundle_format import AUDIO_METHOD
 
 from . import rewrites
 from .audio import AudioAttention, Gemma4Audio, SubsampleLayer, local_attention
 from .files import write_atomically
 from .vision_export import lower_programs, quantize_vision, scalar_clamps, undelegated_ops
 
-AUDIO_METHOD = "audio"
 QUANT_SCHEMES = ("8da8w", "8da4w", None)
 DEFAULT_QUANT = "8da8w"
 MAX_TOKENS = contract.audio_soft_tokens(contract.MAX_SAMPLES)  # 750
@@ -162,3 +162,36 @@ def write_audio_program(model: Gemma4Audio, path: str | Path, quantize: str | No
     buffer = program.buffer
     digest = write_atomically(path, buffer)
     return AudioProgramFile(digest, len(buffer), left)
+
+
+# ---------------------------------------------------------------------------------------------------- activations
+_MEASURE_CHILD = r"""
+import sys
+import torch
+from executorch.runtime import Runtime
+from gemma_edge.procfs import proc_status, reset_peak_rss
+path, k = sys.argv[1], int(sys.argv[2])
+method = Runtime.get().load_program(path).load_method("audio")
+rows = 4 * k + 1
+inputs = [0.1 * torch.randn(1, rows, 160), torch.ones(1, rows)]
+reset_peak_rss()
+before = proc_status()["VmRSS"]
+method.execute(inputs)        # the first run: XNNPACK allocates its workspace, which then stays
+print("ACTIVATIONS", proc_status()["VmHWM"] - before)
+"""
+
+
+def measure_activations(path: str | Path, max_tokens: int = MAX_TOKENS) -> int:
+    """Bytes the `audio` method adds to the resident set while it encodes a clip of `max_tokens` soft tokens (30 s),
+    measured in a fresh process as vision_export.measure_activations measures a vision method: the memory
+    budget reads this figure (manifest `audio.activation_bytes`)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _MEASURE_CHILD, str(path), str(max_tokens)], capture_output=True,
+                       text=True)
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("ACTIVATIONS ")), None)
+    if r.returncode or line is None:
+        raise RuntimeError(f"{path}: measuring the audio method's activations failed (status {r.returncode}): "
+                           f"{r.stderr[-1500:]}")
+    return int(line.split()[1])

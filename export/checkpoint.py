@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from gemma_edge import procfs
+from gemma_edge.contract.audio import AudioError, AudioTokens
 from gemma_edge.contract.config import TextConfig, read_config_json
 from gemma_edge.contract.image import ImageError, ImageTokens
 
@@ -44,6 +45,13 @@ class Checkpoint:
     ignored: list[str]  # keys present but deliberately not loaded
     shards: dict[str, Path]  # every key of the checkpoint, as stored (towers included) -> its shard
     image_tokens: ImageTokens | None = None  # a checkpoint with a vision_config: the ids that frame an image
+    audio_tokens: AudioTokens | None = None  # one with an audio_config: the ids that frame a clip
+
+    @property
+    def soft_token_ids(self) -> tuple[int, ...]:
+        """The placeholder ids whose embedding a tower's soft token replaces (image, then audio)."""
+        return tuple(t for t in (self.image_tokens and self.image_tokens.image,
+                                 self.audio_tokens and self.audio_tokens.audio) if t is not None)
 
     def shape(self, key: str) -> list[int]:
         shard, name = self.files[key]
@@ -119,7 +127,8 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
             ignored.append(key)
         else:
             files[ours] = (shard, key)
-    return Checkpoint(path, config, files, ignored, raw, image_tokens_of(path / "config.json", config))
+    return Checkpoint(path, config, files, ignored, raw, image_tokens_of(path / "config.json", config),
+                      audio_tokens_of(path / "config.json", config))
 
 
 def image_tokens_of(config_json: Path, cfg: TextConfig) -> ImageTokens | None:
@@ -130,6 +139,17 @@ def image_tokens_of(config_json: Path, cfg: TextConfig) -> ImageTokens | None:
     try:
         return ImageTokens.from_config(d, cfg.vocab_size, where=str(config_json))
     except ImageError as e:
+        raise CheckpointError(str(e)) from e
+
+
+def audio_tokens_of(config_json: Path, cfg: TextConfig) -> AudioTokens | None:
+    """The ids that frame an audio clip, for a config.json with an audio_config (None without one); reads only it."""
+    d = read_config_json(config_json)
+    if not isinstance(d, dict) or d.get("audio_config") is None:
+        return None
+    try:
+        return AudioTokens.from_config(d, cfg.vocab_size, where=str(config_json))
+    except AudioError as e:
         raise CheckpointError(str(e)) from e
 
 
@@ -156,8 +176,7 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype | None = torch.float
     ckpt = open_checkpoint(path)
     cfg = ckpt.config
     model = build_model(cfg, "meta")
-    if ckpt.image_tokens is not None:
-        model.model.soft_token_ids = (ckpt.image_tokens.image,)
+    model.model.soft_token_ids = ckpt.soft_token_ids
     if not load_ple_table:
         model.drop_ple_table()
     expected = {k: tuple(t.shape) for k, t in model.state_dict().items()}

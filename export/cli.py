@@ -56,7 +56,7 @@ def export_settings(args):
                           ple_dtype=args.ple_dtype, max_context=args.max_context,
                           prefill_chunk=args.prefill_chunk, formats=formats, methods=args.methods,
                           vision=not args.no_vision, image_budgets=tuple(args.image_budgets),
-                          vision_quant=args.vision_quant)
+                          vision_quant=args.vision_quant, audio=not args.no_audio, audio_quant=args.audio_quant)
 
 
 def _export(args) -> int:
@@ -108,10 +108,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--multimodal", action="store_true")
     p.set_defaults(func=_parity)
 
-    from gemma_edge.contract.bundle_format import VISION_QUANT
+    from gemma_edge.contract.bundle_format import AUDIO_QUANT, VISION_QUANT
     from gemma_edge.contract.image import DEFAULT_BUDGET, SUPPORTED_BUDGETS
 
-    from .exporter import DEFAULT_MAX_CONTEXT, DEFAULT_PREFILL_CHUNK, DEFAULT_VISION_QUANT, FORMATS, PLE_DTYPES
+    from .exporter import (
+        DEFAULT_AUDIO_QUANT,
+        DEFAULT_MAX_CONTEXT,
+        DEFAULT_PREFILL_CHUNK,
+        DEFAULT_VISION_QUANT,
+        FORMATS,
+        PLE_DTYPES,
+    )
     from .rewrites import EMBEDDING_QUANT, LINEAR_QUANT
 
     p = sub.add_parser("export", help="checkpoint folder -> bundle (model.pte + model.ple + manifest.json)")
@@ -148,6 +155,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "detail, slower encode)")
     p.add_argument("--vision-quant", default=DEFAULT_VISION_QUANT, choices=VISION_QUANT,
                    help="the vision tower's linears: int8 dynamic activations with int8 (8da8w, default) or int4 "
+                        "weights, or none")
+    p.add_argument("--no-audio", action="store_true",
+                   help="leave the audio tower out (by default a checkpoint with one gets audio.pte, the log-mel "
+                        "front end and the tower in one method, loaded only for prompts with audio)")
+    p.add_argument("--audio-quant", default=DEFAULT_AUDIO_QUANT, choices=AUDIO_QUANT,
+                   help="the audio tower's linears: int8 dynamic activations with int8 (8da8w, default) or int4 "
                         "weights, or none")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing bundle folder (only a gemma-edge bundle: never another folder)")

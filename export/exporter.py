@@ -33,7 +33,11 @@ from gemma_edge.contract.config import TextConfig
 from gemma_edge.contract.image import DEFAULT_BUDGET, PATCH_DIM
 
 from . import rewrites
-from .checkpoint import image_tokens_of, load_checkpoint, model_hash, open_checkpoint, ple_row_chunks
+from .audio import AudioConfig
+from .audio_export import DEFAULT_QUANT as DEFAULT_AUDIO_QUANT
+from .audio_export import MAX_TOKENS as AUDIO_MAX_TOKENS
+from .audio_export import measure_activations as measure_audio_activations
+from .checkpoint import audio_tokens_of, image_tokens_of, load_checkpoint, model_hash, open_checkpoint, ple_row_chunks
 from .files import ExportError, fsync_dir, fsync_tree, fsync_write, writing
 from .onnx_export import export_onnx
 from .step import InPlaceKVStep, example_inputs
@@ -71,6 +75,9 @@ class ExportSettings:
     vision: bool = True
     image_budgets: tuple[int, ...] = (DEFAULT_BUDGET,)  # one static method per budget (soft tokens per image)
     vision_quant: str = DEFAULT_VISION_QUANT  # 8da8w | 8da4w | none
+    # The audio front end and tower, lowered to audio.pte whenever the checkpoint has one (False: leave it out).
+    audio: bool = True
+    audio_quant: str = DEFAULT_AUDIO_QUANT  # 8da8w | 8da4w | none
 
     def __post_init__(self) -> None:
         if self.embedding_quant is None:
@@ -109,6 +116,8 @@ class ExportSettings:
         self.image_budgets = check_budgets(self.image_budgets)
         if self.vision_quant not in bf.VISION_QUANT:
             raise ValueError(f"vision_quant: expected one of {bf.VISION_QUANT}, found {self.vision_quant!r}")
+        if self.audio_quant not in bf.AUDIO_QUANT:
+            raise ValueError(f"audio_quant: expected one of {bf.AUDIO_QUANT}, found {self.audio_quant!r}")
         bad = set(self.formats) - {"pte", "onnx"}
         if bad:
             raise ValueError(f"formats: expected pte and/or onnx, found {sorted(bad)}")
@@ -272,29 +281,47 @@ def write_vision(checkpoint: Path, path: Path, settings: ExportSettings):
     return written
 
 
-def reusable_program(bundle_dir: str | Path, mhash: bytes, settings: ExportSettings) -> Path:
+def write_audio(checkpoint: Path, path: Path, settings: ExportSettings):
+    """Lower the checkpoint's audio tower and front end (mapped, prepared in place) to `path`."""
+    from .audio import load_audio_tower
+    from .audio_export import write_audio_program
+
+    tower = load_audio_tower(checkpoint, dtype=None)
+    quant = None if settings.audio_quant == "none" else settings.audio_quant
+    written = write_audio_program(tower, path, quant, in_place=True)
+    if written.undelegated:
+        log.info("audio: outside XNNPACK: %s", written.undelegated)
+    return written
+
+
+def reusable_program(bundle_dir: str | Path, mhash: bytes, settings: ExportSettings,
+                     soft_token_ids: tuple[int, ...] = ()) -> Path:
     """The `model.pte` of an earlier bundle when it is the very program `settings` would build from this
-    checkpoint: same checkpoint hash, linear and embedding quantization, context, chunk and methods. The
+    checkpoint: same checkpoint hash, linear and embedding quantization, context, chunk, methods and the
+    placeholder ids it splices soft tokens at (`soft_token_ids`, the checkpoint's). The
     PLE dtype is not part of the program (it takes fp32 rows), so a bundle with another PLE dtype can be
     made without quantizing and lowering again."""
     bundle_dir = Path(bundle_dir)
     m = bf.read_manifest(bundle_dir)
     try:
-        return _reusable_program(bundle_dir, m, mhash, settings)
+        return _reusable_program(bundle_dir, m, mhash, settings, soft_token_ids)
     except (KeyError, TypeError, AttributeError) as e:  # a manifest field missing or of the wrong type
         raise ExportError(f"--reuse-program {bundle_dir / bf.MANIFEST_FILE}: cannot read field {e} "
                           f"({type(e).__name__})") from e
 
 
-def _reusable_program(bundle_dir: Path, m: dict, mhash: bytes, settings: ExportSettings) -> Path:
+def _reusable_program(bundle_dir: Path, m: dict, mhash: bytes, settings: ExportSettings,
+                      soft_token_ids: tuple[int, ...]) -> Path:
     q = m["quantization"]
     want = {"model_hash": mhash.hex(), "linear": settings.quant, "group_size": settings.group_size,
             "embedding": settings.embedding_quant, "max_context": settings.max_context,
             "prefill_chunk": settings.prefill_chunk, "methods": bf.method_names_for(settings.methods),
-            "program_revision": bf.PROGRAM_REVISION}
+            "program_revision": bf.PROGRAM_REVISION, "soft_token_ids": list(soft_token_ids)}
     found = {"model_hash": m["model_hash"], "linear": q["linear"], "group_size": q.get("group_size"),
              "embedding": q["embedding"], "max_context": m["max_context"], "prefill_chunk": m["prefill_chunk"],
-             "methods": bf.role_methods(m), "program_revision": m["export"].get("program_revision", 1)}
+             "methods": bf.role_methods(m), "program_revision": m["export"].get("program_revision", 1),
+             # the ids the program splices at are in its graph: a bundle written before audio existed has none
+             "soft_token_ids": m["export"].get("soft_token_ids")}
     diff = [f"{k}: this export {want[k]!r}, that bundle {found[k]!r}" for k in want if want[k] != found[k]]
     if diff:
         raise ExportError(f"--reuse-program {bundle_dir}: not the program this export would build — " + "; ".join(diff))
@@ -529,7 +556,7 @@ def _export_into(tmp: Path, checkpoint: Path, cfg: TextConfig, settings: ExportS
     stages = StageLog()
     mhash = stages.run("hash_checkpoint", model_hash, checkpoint)
     if reuse_program is not None:
-        source = reusable_program(reuse_program, mhash, settings)
+        source = reusable_program(reuse_program, mhash, settings, open_checkpoint(checkpoint).soft_token_ids)
     else:
         cfg, model = prepare_model(checkpoint, settings, stages, progress)
     ple_report = None
@@ -562,13 +589,23 @@ def _export_into(tmp: Path, checkpoint: Path, cfg: TextConfig, settings: ExportS
                                  quantization=settings.vision_quant, block_q=DEFAULT_BLOCK_Q,
                                  config=VisionConfig.from_json(checkpoint / "config.json").to_dict(),
                                  activation_bytes=activations)
+    audio = None
+    audio_tokens = audio_tokens_of(checkpoint / "config.json", cfg)
+    if settings.audio and audio_tokens is not None and "pte" in settings.formats:
+        with writing(tmp / bf.AUDIO_FILE):
+            stages.run("lower_audio", write_audio, checkpoint, tmp / bf.AUDIO_FILE, settings)
+            activations = stages.run("measure_audio", measure_audio_activations, tmp / bf.AUDIO_FILE)
+        audio = bf.audio_entry(model_hash=mhash, hidden_size=cfg.hidden_size, max_tokens=AUDIO_MAX_TOKENS,
+                               audio_tokens=audio_tokens.manifest_dict(), quantization=settings.audio_quant,
+                               config=AudioConfig.from_json(checkpoint / "config.json").to_dict(),
+                               activation_bytes=activations)
     for name in TOKENIZER_FILES:
         if (checkpoint / name).exists():
             with writing(tmp / name):
                 shutil.copy2(checkpoint / name, tmp / name)
     manifest = bf.build_manifest(tmp, cfg=cfg, settings=asdict(settings), model_hash=mhash,
                                  stages=stages.stages, ple_report=ple_report, checkpoint=checkpoint,
-                                 vision=vision)
+                                 vision=vision, audio=audio, soft_token_ids=open_checkpoint(checkpoint).soft_token_ids)
     if reuse_program is not None:
         manifest["export"]["program_reused_from"] = str(reuse_program)
     bf.validate_manifest(manifest, tmp)  # what every runtime will check, before the bundle is installed

@@ -113,6 +113,7 @@ class Budget:
     runtime: int = 0
     flash_ple: int = 0
     vision: VisionBudget | None = None                        # the vision program at its largest budget, if any
+    audio: AudioBudget | None = None                          # the audio program at a clip's length, if any
 
     @property
     def weight_bytes(self) -> int:
@@ -152,9 +153,17 @@ class Budget:
         return self.resident_weight_bytes + self.kv_cache + self.runtime + self.vision.peak_bytes
 
     @property
+    def audio_ram_bytes(self) -> int:
+        """Peak of an audio prompt: the decoder loaded while the audio program loads and encodes (released before
+        the prefill, as the vision program is)."""
+        if self.audio is None:
+            return 0
+        return self.resident_weight_bytes + self.kv_cache + self.runtime + self.audio.peak_bytes
+
+    @property
     def ram_bytes(self) -> int:
-        """Peak resident bytes of any prompt the bundle takes (an image prompt's where it has a vision program)."""
-        return max(self.text_ram_bytes, self.image_ram_bytes)
+        """Peak resident bytes of any prompt the bundle takes (an image or audio prompt's where it has a tower)."""
+        return max(self.text_ram_bytes, self.image_ram_bytes, self.audio_ram_bytes)
 
     def verdict(self, device: dict) -> dict:
         usable = int(device["ram_bytes"] * device["app_ram_fraction"])
@@ -166,9 +175,11 @@ class Budget:
         d = asdict(self)
         d.update(weight_bytes=self.weight_bytes, resident_weight_bytes=self.resident_weight_bytes,
                  load_transient=self.load_transient, text_ram_bytes=self.text_ram_bytes,
-                 image_ram_bytes=self.image_ram_bytes, ram_bytes=self.ram_bytes)
+                 image_ram_bytes=self.image_ram_bytes, audio_ram_bytes=self.audio_ram_bytes, ram_bytes=self.ram_bytes)
         if self.vision is not None:
             d["vision"].update(peak_bytes=self.vision.peak_bytes)
+        if self.audio is not None:
+            d["audio"].update(peak_bytes=self.audio.peak_bytes)
         return d
 
 
@@ -235,6 +246,68 @@ def vision_budget(vision_config: dict, budget: int, *, quant: str = "8da8w", tex
     flops += 2.0 * n * PATCH_DIM * d + 2.0 * budget * d * text_hidden
     return VisionBudget(budget=budget, quant=quant, weights=weights, packed=linears, transient=layer_bytes,
                         activations=acts, preprocess=3 * n * PATCH_DIM * 4, flops=flops)
+
+
+@dataclass
+class AudioBudget:
+    """The audio program while it encodes one clip of `tokens` soft tokens (loaded for audio, released after).
+
+    weights: the linears as audio.pte stores them (8da8w: int8 + an fp32 scale per output channel) and its fp32
+    constants (the front end's DFT and mel matrices, the convolutions, the folded relative keys); packed: XNNPACK's
+    repacked linears; transient: the largest delegate's blob while it is packed (one Conformer layer's linears);
+    activations: for a bundle, measured at 30 s when its program was written (manifest audio.activation_bytes —
+    the method's memory is planned at its longest input, so every clip needs it); for a named model, one layer's
+    live tensors at 750 tokens (a lower bound); preprocess: the clip's rows and mask (fp32)."""
+
+    tokens: int
+    quant: str
+    weights: dict[str, int] = field(default_factory=dict)
+    packed: int = 0
+    transient: int = 0
+    activations: int = 0
+    preprocess: int = 0
+    flops: float = 0.0
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.packed + self.transient + self.activations + self.preprocess
+
+    def encode_seconds(self, device: dict) -> float | None:
+        """FLOPs at the device's int8 GEMM rate (devices.json `int8_gemm_ops`; None where a profile has none)."""
+        rate = device.get("int8_gemm_ops")
+        return self.flops / rate if rate else None
+
+
+def audio_budget(audio_config: dict, tokens: int = 750, *, quant: str = "8da8w",
+                 text_hidden: int = 1536) -> AudioBudget:
+    """The audio program's bytes and FLOPs for a clip of `tokens` soft tokens (transformers' audio_config)."""
+    from gemma_edge.contract import audio as contract
+
+    a = audio_config
+    d, layers, out = a["hidden_size"], a["num_hidden_layers"], a["output_proj_dims"]
+    c0, c1 = a.get("subsampling_conv_channels", [128, 32])
+    k = a.get("conv_kernel_size", 5)
+    if not 1 <= tokens <= 750:
+        raise ValueError(f"audio tokens: expected 1..750 (a clip of up to 30 s), found {tokens}")
+    per_layer = [(4 * d, d), (d, 4 * d)] * 2 + [(d, d)] * 4 + [(2 * d, d), (d, d)]
+
+    def stored(n_out: int, n_in: int) -> int:
+        return linear_bytes(n_out, n_in, quant, 0)
+    layer_bytes = sum(stored(o, i) for o, i in per_layer)
+    bins = contract.FFT // 2 + 1
+    frames = contract.FRAMES_PER_TOKEN * tokens + 1
+    weights = {"conformer_linears": layers * layer_bytes, "input_proj": stored(d, (c0 // 4) * c1),
+               "output_proj": stored(out, d), "embed_audio": stored(text_hidden, out),
+               "fp32_constants": 4 * (2 * contract.HOP * 2 * bins + bins * contract.N_MELS + 9 * c0 + 9 * c0 * c1
+                                      + layers * (d * k + 13 * d + 8 * d))}
+    linears = sum(v for key, v in weights.items() if key != "fp32_constants")
+    window = a.get("attention_context_left", 13) - 1
+    acts = 4 * tokens * (8 * d + 4 * d + 2 * window * d) + 4 * frames * (2 * bins + c0 * 64)
+    flops = 2.0 * tokens * sum(o * i for o, i in per_layer) * layers + layers * 4.0 * tokens * window * d
+    flops += 2.0 * frames * contract.HOP * 2 * 2 * bins + 2.0 * tokens * (d * out + out * text_hidden)
+    flops += 2.0 * (2 * tokens) * 64 * c0 * 9 + 2.0 * tokens * 32 * c0 * c1 * 9
+    return AudioBudget(tokens=tokens, quant=quant, weights=weights, packed=linears, transient=layer_bytes,
+                       activations=acts, preprocess=frames * (contract.HOP + 1) * 4, flops=flops)
 
 
 def kv_cache_bytes(cfg: TextConfig, context: int, chunk: int = 128, dtype_bytes: int = 4) -> int:
@@ -311,9 +384,11 @@ def estimate(model: str | TextConfig, *, quant: str = "8da4w", group_size: int =
 
 
 def estimate_bundle(bundle_dir: str | Path, context: int | None = None, runtime_bytes: int = RUNTIME_OVERHEAD,
-                    packed_copies: int | None = None, image_budget: int | None = None) -> Budget:
+                    packed_copies: int | None = None, image_budget: int | None = None,
+                    audio_tokens: int | None = None) -> Budget:
     """The budget of an exported bundle, from its manifest (config, quantization, max_context, methods); with a
-    vision program, an image of `image_budget` soft tokens (default: its largest budget) counted too."""
+    vision program, an image of `image_budget` soft tokens (default: its largest budget) counted too; with an
+    audio program, a clip of `audio_tokens` soft tokens (default 750: 30 s)."""
     from gemma_edge.contract import bundle_format as bf
 
     m = bf.read_manifest(bundle_dir)
@@ -333,6 +408,12 @@ def estimate_bundle(bundle_dir: str | Path, context: int | None = None, runtime_
         measured = (v.get("activation_bytes") or {}).get(str(budget))
         if measured is not None:   # the program's own, measured when it was written (XNNPACK's workspace)
             b.vision.activations = measured
+    a = m.get("audio")
+    if a is not None and "config" in a:
+        b.audio = audio_budget(a["config"], min(audio_tokens or a["max_tokens"], a["max_tokens"]),
+                               quant=a["quantization"], text_hidden=a["hidden_size"])
+        if a.get("activation_bytes") is not None:   # measured at the method's longest input, which it plans for
+            b.audio.activations = a["activation_bytes"]
     return b
 
 
@@ -367,6 +448,16 @@ def format_budget(b: Budget, devices: dict[str, dict]) -> str:
                   f"    preprocessing        {gib(v.preprocess)}  (the resized image and its patches)",
                   f"    total                {gib(b.image_ram_bytes)}  (decoder loaded + vision at its peak; "
                   f"{v.flops / 1e9:.0f} GFLOP per image)"]
+    if b.audio is not None:
+        a = b.audio
+        lines += [f"  audio prompt (a clip of {a.tokens} soft tokens, {a.tokens / 25:.1f} s; the audio program is "
+                  "loaded for it, released after):",
+                  f"    audio weights        {gib(sum(a.weights.values()))}  (audio.pte, linears {a.quant})",
+                  f"    packed linears       {gib(a.packed)}",
+                  f"    load transient       {gib(a.transient)}  (one Conformer layer's blob while it is packed)",
+                  f"    activations          {gib(a.activations)}  (planned at 30 s, the method's longest clip)",
+                  f"    total                {gib(b.audio_ram_bytes)}  (decoder loaded + audio at its peak; "
+                  f"{a.flops / 1e9:.0f} GFLOP per clip)"]
     for key, dev in devices.items():
         v = b.verdict(dev)
         lines.append(f"  {key:<13} {'fits' if v['fits'] else 'DOES NOT FIT':<13} usable "

@@ -41,7 +41,8 @@ def _run(args) -> int:
                    max_new_tokens=args.max_new_tokens,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                    device=args.device, backend=args.backend, validate=args.validate, checkpoint=args.checkpoint,
-                   fit_check=not args.no_fit_check, images=args.image, image_budget=args.image_budget)
+                   fit_check=not args.no_fit_check, images=args.image, image_budget=args.image_budget,
+                   audio=args.audio)
     if args.json:
         print(result_json(r))
     return 0 if r.phone is None or r.phone.ok else 1
@@ -167,6 +168,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "user turn's image item); needs a bundle exported with its vision tower")
     p.add_argument("--image-budget", type=int, default=DEFAULT_BUDGET,
                    help=f"soft tokens per image: one of the bundle's vision budgets (default {DEFAULT_BUDGET})")
+    p.add_argument("--audio", action="append", default=[], metavar="CLIP.wav",
+                   help="a WAV file (PCM 8/16/24/32-bit or float, any rate and channels: downmixed to mono and "
+                        "resampled to 16 kHz) for the prompt, repeatable: each goes at one audio placeholder "
+                        "<|audio|> of the prompt in order, or, with none, before the prompt's text, after any images "
+                        "(with --chat: the user turn's audio item). Audio longer than 30 s is cut into consecutive "
+                        "30 s clips, each its own <|audio> ... <audio|> span, as transformers' processor would need "
+                        "to see all of it (it truncates at 30 s). Needs a bundle exported with its audio tower")
     p.add_argument("--temperature", type=_finite, default=0.0)
     p.add_argument("--top-k", type=_at_least(0), default=0)
     p.add_argument("--top-p", type=_finite, default=1.0)

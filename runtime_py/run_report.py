@@ -62,7 +62,7 @@ def parse_ids(ids: str) -> list[int]:
 
 
 def prompt_ids(session: Session, prompt: str | None, ids: str | None, chat: bool,
-               prompt_file: str | Path | None = None, images: int = 0) -> list[int]:
+               prompt_file: str | Path | None = None, images: int = 0, audio: int = 0) -> list[int]:
     given = [name for name, v in (("--prompt", prompt), ("--ids", ids), ("--prompt-file", prompt_file))
              if v is not None]
     if len(given) != 1:
@@ -74,7 +74,7 @@ def prompt_ids(session: Session, prompt: str | None, ids: str | None, chat: bool
         from .tokenizer import read_prompt_file
 
         prompt = read_prompt_file(prompt_file)
-    return session.encode(prompt, chat=chat, images=images if chat else 0)
+    return session.encode(prompt, chat=chat, images=images if chat else 0, audio=audio if chat else 0)
 
 
 def check_fit(bundle: str | Path, device: dict) -> None:
@@ -92,12 +92,13 @@ def run_bundle(bundle: str | Path, *, prompt: str | None = None, ids: str | None
                max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                seed: int = 0, device: str = "pixel-8", backend: str = "pte", validate: bool = False,
                checkpoint: str | Path | None = None, out=None, fit_check: bool = True, images=(),
-               image_budget: int = DEFAULT_BUDGET) -> RunResult:
+               image_budget: int = DEFAULT_BUDGET, audio=()) -> RunResult:
     """Generate once with `bundle` and report speed, memory, PLE I/O and the phone simulation. `images`: paths
-    of images for the prompt (its image placeholders, or before its text), each of `image_budget` soft tokens."""
+    of images for the prompt (its image placeholders, or before its text), each of `image_budget` soft tokens;
+    `audio`: WAV paths (its audio placeholders, or after the images), each cut into 30 s clips."""
     out = sys.stdout if out is None else out   # looked up now: a default bound at import goes stale
-    if validate and images:
-        raise ValueError("--validate: compares text prompts only (leave out --image)")
+    if validate and (images or audio):
+        raise ValueError("--validate: compares text prompts only (leave out --image and --audio)")
     devices = load_devices()
     if device not in devices:
         raise ValueError(f"--device: expected one of {sorted(devices)}, found {device!r}")
@@ -116,19 +117,22 @@ def run_bundle(bundle: str | Path, *, prompt: str | None = None, ids: str | None
         if session.ple is not None:
             session.ple.evict()
             resident_before = session.ple.resident_pages().tolist()
-        ids_list = prompt_ids(session, prompt, ids, chat, prompt_file, images=len(images))
+        ids_list = prompt_ids(session, prompt, ids, chat, prompt_file, images=len(images), audio=len(audio))
         pieces = []
         for step in session.generate(ids_list, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                     seed=seed, images=list(images), image_budget=image_budget):
+                                     seed=seed, images=list(images), image_budget=image_budget,
+                                     audio=list(audio)):
             pieces.append(step.text)
             print(step.text, end="", file=out, flush=True)
         print(file=out)
         st = session.last_run
         rss_after = proc_status()
         budget = estimate_bundle(bundle, runtime_bytes=rss_before["VmRSS"], image_budget=image_budget if images
-                                 else None)
+                                 else None, audio_tokens=st.audio_tokens if audio else None)
         if not images:
             budget.vision = None   # a text prompt: the vision program was never loaded
+        if not audio:
+            budget.audio = None    # nor the audio program
         dev = devices[device]
         fetched = st.prompt_fetched + st.tokens[:-1]
         pf = st.prompt_fetch
@@ -139,7 +143,8 @@ def run_bundle(bundle: str | Path, *, prompt: str | None = None, ids: str | None
                          kv_bytes_per_token=kv_bytes_per_token(session.config),
                          ram_needed=estimate_bundle(bundle).ram_bytes,
                          context_at_end=st.prompt_tokens + st.generated, images=st.images,
-                         encode_flops=budget.vision.flops if budget.vision is not None else 0.0)
+                         encode_flops=(budget.vision.flops if budget.vision is not None else 0.0)
+                         + (budget.audio.flops if budget.audio is not None else 0.0))
         check_run(phone, st, session.ple, fetched, None, resident_before)
         result = RunResult(st.tokens, "".join(pieces), st, rss_before, rss_after, budget.ram_bytes, phone,
                            prompt_ids=list(ids_list), peak_reset=peak_reset)
@@ -181,8 +186,8 @@ def report_lines(r: RunResult, session: Session) -> list[str]:
     pf = st.prompt_fetch or FetchStats()
     tf = st.token_fetch
     mib = lambda n: f"{n / 2**20:8.1f} MiB"   # noqa: E731
-    images = (f" ({st.images} image(s) encoded in {st.encode_s * 1e3:.1f} ms, counted in TTFT)" if st.images
-              else "")
+    media = [f"{st.images} image(s)"] * bool(st.images) + [f"{st.audio_clips} audio clip(s)"] * bool(st.audio_clips)
+    images = (f" ({' and '.join(media)} encoded in {st.encode_s * 1e3:.1f} ms, counted in TTFT)" if media else "")
     lines = [f"prompt {st.prompt_tokens} tokens{images}, generated {st.generated} (stop: {st.stop_reason})",
              f"  prefill {st.prefill_s * 1e3:8.1f} ms  ({st.prefill_tok_s:8.1f} tok/s, {st.prefill_chunks} chunk(s) "
              f"of ≤ {session.prefill_chunk})",
@@ -212,5 +217,6 @@ def result_json(r: RunResult) -> str:
     st = r.stats
     return json.dumps({"tokens": r.tokens, "text": r.text, "prefill_tok_s": st.prefill_tok_s,
                        "decode_tok_s": st.decode_tok_s, "ttft_s": st.ttft_s, "prompt_tokens": st.prompt_tokens,
-                       "images": st.images, "encode_s": st.encode_s, "peak_rss": r.rss_after["VmHWM"],
+                       "images": st.images, "audio_clips": st.audio_clips, "encode_s": st.encode_s,
+                       "peak_rss": r.rss_after["VmHWM"],
                        "predicted_rss": r.predicted_rss, "validation": r.validation}, indent=2)

@@ -16,6 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from gemma_edge.contract import bundle_format as bf
+from gemma_edge.contract.audio import AudioTokens
 from gemma_edge.contract.config import TextConfig
 from gemma_edge.contract.image import DEFAULT_BUDGET, ImageTokens
 from gemma_edge.ple_store import FetchStats
@@ -76,13 +77,15 @@ class GeneratedToken:
 @dataclass
 class RunStats:
     """Counters and timings of the last generate() call."""
-    prompt_tokens: int = 0             # images' spans included
+    prompt_tokens: int = 0             # images' and audio clips' spans included
     generated: int = 0
     prompt_fetches: int = 0            # batched fetches for the prompt: exactly 1
     token_fetches: int = 0             # fetch_one calls: one per decoded token
     prefill_chunks: int = 0
     images: int = 0                    # images in the prompt
-    encode_s: float = 0.0              # their tower runs (load, encode, release), part of ttft_s
+    audio_clips: int = 0               # audio clips in the prompt (an item over 30 s is several)
+    audio_tokens: int = 0              # their soft tokens
+    encode_s: float = 0.0              # their towers' runs (load, encode, release), part of ttft_s
     fetch_s: float = 0.0               # the prompt's batched fetch
     prefill_s: float = 0.0
     ttft_s: float = 0.0
@@ -167,6 +170,16 @@ class Session:
             ids = m["vision"]["image_tokens"]
             self.image_tokens = ImageTokens(ids["boi"], ids["image"], ids["eoi"])
             self.vision = ProgramVisionEncoder(self.bundle_dir, m)
+        if "audio" in m:
+            from .audio import ProgramAudioEncoder
+
+            if backend == "pte" and runner.soft_width != m["audio"]["hidden_size"]:
+                raise bf.BundleError(f"{self.bundle_dir / bf.MANIFEST_FILE}: audio.hidden_size: expected "
+                                     f"{runner.soft_width} (the program's soft_embeds width), found "
+                                     f"{m['audio']['hidden_size']}")
+            ids = m["audio"]["audio_tokens"]
+            self.audio_tokens = AudioTokens(ids["boa"], ids["audio"], ids["eoa"])
+            self.audio = ProgramAudioEncoder(self.bundle_dir, m)
 
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: str | Path, *, max_context: int = 1024, prefill_chunk: int = 128,
@@ -177,7 +190,7 @@ class Session:
         import torch
 
         from gemma_edge import ple_store
-        from gemma_edge.export.checkpoint import image_tokens_of, load_checkpoint
+        from gemma_edge.export.checkpoint import audio_tokens_of, image_tokens_of, load_checkpoint
 
         checkpoint_dir = Path(checkpoint_dir)
         cfg, model = load_checkpoint(checkpoint_dir, dtype=dtype or torch.float32, load_ple_table=ple_file is None)
@@ -201,6 +214,11 @@ class Session:
             from .vision import EagerVisionEncoder
 
             self.image_tokens, self.vision = image_tokens, EagerVisionEncoder(checkpoint_dir)
+        audio_tokens = audio_tokens_of(checkpoint_dir / "config.json", cfg)
+        if audio_tokens is not None:
+            from .audio import EagerAudioEncoder
+
+            self.audio_tokens, self.audio = audio_tokens, EagerAudioEncoder(checkpoint_dir)
         return self
 
     @classmethod
@@ -235,6 +253,8 @@ class Session:
         self._rows_shape = (cfg.num_hidden_layers, max(cfg.hidden_size_per_layer_input, 1))
         self.image_tokens: ImageTokens | None = None  # set where the model reads images
         self.vision = None  # its encoder (runtime_py/vision.py), loaded on the first image
+        self.audio_tokens: AudioTokens | None = None  # set where the model hears audio
+        self.audio = None  # its encoder (runtime_py/audio.py), loaded on the first clip
 
     def close(self) -> None:
         if self.ple is not None:
@@ -287,24 +307,34 @@ class Session:
             raise ValueError(f"prompt: {len(ids)} tokens exceed max_context {self.max_context}")
         return self.backend.all_logits(ids, self._fetch(ids))
 
-    def encode(self, text: str, chat: bool = False, system: str | None = None, images: int = 0) -> list[int]:
-        """The prompt's ids; with `chat`, in Gemma 4's chat template, `images` image items opening the user turn
-        (one placeholder each, which generate() expands); a raw prompt gets its images first from generate()."""
+    def encode(self, text: str, chat: bool = False, system: str | None = None, images: int = 0,
+               audio: int = 0) -> list[int]:
+        """The prompt's ids; with `chat`, in Gemma 4's chat template, `images` image items then `audio` audio items
+        opening the user turn (one placeholder each, which generate() expands); a raw prompt gets its images and
+        audio first from generate()."""
         if self.tokenizer is None:
             raise ValueError(f"{self.bundle_dir or 'checkpoint'}: no tokenizer.json; pass token ids instead")
-        return self.tokenizer.encode_chat(text, system, images=images) if chat else self.tokenizer.encode(text)
+        if chat:
+            return self.tokenizer.encode_chat(text, system, images=images, audio=audio)
+        return self.tokenizer.encode(text)
 
     def generate(self, token_ids, max_new_tokens: int = 32, *, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int = 0, stop_on_eos: bool = True, images=(),
-                 image_budget: int = DEFAULT_BUDGET) -> Iterator[GeneratedToken]:
+                 image_budget: int = DEFAULT_BUDGET, audio=()) -> Iterator[GeneratedToken]:
         """Yield generated tokens; greedy at temperature 0. Checks run before any work is done.
 
         `images`: paths, RGB8 arrays [h, w, 3] or PIL images, each `image_budget` soft tokens at most; the
         prompt holds one image placeholder id per image (or none: the images go first), expanded here to
-        each image's span. The images are encoded (after every check) before the prompt's one batched PLE fetch."""
-        prepared = None
+        each image's span. The images are encoded (after every check) before the prompt's one batched PLE fetch.
+
+        `audio`: WAV paths or 16 kHz mono float arrays; the prompt holds one audio placeholder id per item (or none:
+        the audio goes first, after any images), expanded here to `<|audio>` + soft tokens + `<audio|>` per clip —
+        an item over 30 s is several consecutive 30 s clips (contract.audio.split_samples)."""
+        prepared, clips = None, None
         if len(images):
             token_ids, prepared = self._expand_images(self._check_ids(token_ids).tolist(), list(images), image_budget)
+        if len(audio):
+            token_ids, clips = self._expand_audio(self._check_ids(token_ids).tolist(), list(audio))
         ids = self._check_ids(token_ids)
         if not _is_int(max_new_tokens) or max_new_tokens < 1:
             raise GenerationError("max_new_tokens",
@@ -314,7 +344,7 @@ class Session:
                                              f"{len(ids) + max_new_tokens} tokens, expected ≤ max_context "
                                              f"{self.max_context}")
         sampler = Sampler(temperature, top_k, top_p, seed)
-        return self._loop(ids, max_new_tokens, sampler, stop_on_eos, prepared)
+        return self._loop(ids, max_new_tokens, sampler, stop_on_eos, prepared, clips)
 
     def _expand_images(self, ids: list[int], images: list, budget: int) -> tuple[list[int], list]:
         """The prompt with each image's span, and the images preprocessed (the tower not yet run). The checks of
@@ -341,32 +371,67 @@ class Session:
                                             f"expected image_budget {budget}")
         return expand_prompt(ids, [p.soft_tokens for p in prepared], self.image_tokens, self.bos_token_id), prepared
 
-    def _soft_embeds(self, ids: np.ndarray, prepared: list) -> np.ndarray:
-        """soft_embeds [T, H]: the images' soft tokens at their placeholders in order, zeros elsewhere; the
-        tower is released as soon as they are encoded."""
-        assert self.vision is not None and self.image_tokens is not None
+    def _expand_audio(self, ids: list[int], items: list) -> tuple[list[int], list]:
+        """The prompt with each audio item's spans, and its clips read and cut (the tower not yet run)."""
+        from gemma_edge.contract.audio import AudioError
+
+        from .audio import AudioPromptError, check_placeholders, expand_prompt, read_clips
+
+        if self.audio is None or self.audio_tokens is None:
+            where = self.bundle_dir or "this checkpoint"
+            raise GenerationError("audio", f"audio: {where} has no audio tower (export a checkpoint with one, "
+                                           "without --no-audio)")
         try:
-            rows = [self.vision.encode(p) for p in prepared]
-        finally:
-            self.vision.release()
+            check_placeholders(ids, len(items), self.audio_tokens)
+            per_item = [read_clips(item) for item in items]
+        except (AudioPromptError, AudioError) as e:
+            raise GenerationError("audio", str(e)) from None
+        after = 1 if ids and ids[0] == self.bos_token_id else 0
+        if self.image_tokens is not None:   # audio without a placeholder goes after the images that open the prompt
+            frame = {self.image_tokens.boi, self.image_tokens.image, self.image_tokens.eoi}
+            while after < len(ids) and ids[after] in frame:
+                after += 1
+        counts = [[c.soft_tokens for c in clips] for clips in per_item]
+        return expand_prompt(ids, counts, self.audio_tokens, after), [c for clips in per_item for c in clips]
+
+    def _soft_embeds(self, ids: np.ndarray, prepared: list | None, clips: list | None = None) -> np.ndarray:
+        """soft_embeds [T, H]: the images' and clips' soft tokens at their placeholders in order, zeros elsewhere;
+        each tower is released as soon as its inputs are encoded."""
         soft = np.zeros((len(ids), self.config.hidden_size), np.float32)
-        soft[ids == self.image_tokens.image] = np.concatenate(rows)
+        for encoder, tokens, items in ((self.vision, self.image_tokens, prepared),
+                                       (self.audio, self.audio_tokens, clips)):
+            if not items:
+                continue
+            assert encoder is not None and tokens is not None
+            try:
+                rows = [encoder.encode(item) for item in items]
+            finally:
+                encoder.release()
+            placeholder = tokens.image if isinstance(tokens, ImageTokens) else tokens.audio
+            soft[ids == placeholder] = np.concatenate(rows)
         return soft
 
+    def _placeholders(self) -> list[int]:
+        """The ids whose token half of the PLE is the pad row: the image and audio placeholders."""
+        return [t.image for t in (self.image_tokens,) if t is not None] + \
+            [t.audio for t in (self.audio_tokens,) if t is not None]
+
     def _loop(self, ids: np.ndarray, max_new: int, sampler: Sampler, stop_on_eos: bool,
-              prepared: list | None = None) -> Iterator[GeneratedToken]:
+              prepared: list | None = None, clips: list | None = None) -> Iterator[GeneratedToken]:
         st = RunStats(prompt_tokens=len(ids))
         self.last_run = st
         stream = TextStream(self.tokenizer)
         t0 = time.perf_counter()
         soft = None
-        if prepared:
-            soft = self._soft_embeds(ids, prepared)
-            st.images, st.encode_s = len(prepared), time.perf_counter() - t0
-        # ONE batched fetch: [T, L, P]; an image placeholder's token half is the pad row (transformers' splice)
+        if prepared or clips:
+            soft = self._soft_embeds(ids, prepared, clips)
+            st.images, st.audio_clips = len(prepared or ()), len(clips or ())
+            st.audio_tokens = sum(c.soft_tokens for c in clips or ())
+            st.encode_s = time.perf_counter() - t0
+        # ONE batched fetch: [T, L, P]; a placeholder's token half is the pad row (transformers' splice)
         fetched = ids
-        if soft is not None and self.image_tokens is not None:
-            fetched = np.where(ids == self.image_tokens.image, self.config.pad_token_id or 0, ids)
+        if soft is not None:
+            fetched = np.where(np.isin(ids, self._placeholders()), self.config.pad_token_id or 0, ids)
         rows = self._fetch(fetched)
         st.prompt_fetches, st.prompt_fetched = 1, fetched.tolist()
         if self.ple is not None and self.ple.fetch_log:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gemma_edge.contract.audio import AUDIO
 from gemma_edge.contract.chat import TURN_CLOSE, TURN_OPEN, ChatError, render_gemma4_chat  # noqa: F401
 from gemma_edge.contract.image import IMAGE
 
@@ -65,13 +66,14 @@ class TextCodec:
         ids = self.tok.encode(text, add_special_tokens=False).ids
         return ([self.bos_token_id] if add_bos else []) + ids
 
-    def chat_prompt(self, user: str, system: str | None = None, images: int = 0) -> str:
-        """The chat prompt of one user turn; with `images`, that many image items before its text (the order
-        transformers' processor examples use), each one `<|image|>` placeholder."""
+    def chat_prompt(self, user: str, system: str | None = None, images: int = 0, audio: int = 0) -> str:
+        """The chat prompt of one user turn; with `images` / `audio`, that many image items, then audio items,
+        before its text (the order transformers' processor examples use), each one placeholder."""
         check_text(user, "chat user message")
         if system:
             check_text(system, "chat system message")
-        content = user if not images else [{"type": "image"}] * images + [{"type": "text", "text": user}]
+        media = [{"type": "image"}] * images + [{"type": "audio"}] * audio
+        content = user if not media else media + [{"type": "text", "text": user}]
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
         if self.chat_template:
             import jinja2
@@ -88,24 +90,30 @@ class TextCodec:
             return check_text(text, "chat_template's output")
         return render_gemma4_chat(messages)
 
-    def encode_chat(self, user: str, system: str | None = None, images: int = 0) -> list[int]:
-        """The chat prompt's ids (chat_prompt); an image item becomes the tokenizer's `<|image|>` id, which the
-        session expands to the image's span."""
+    def encode_chat(self, user: str, system: str | None = None, images: int = 0, audio: int = 0) -> list[int]:
+        """The chat prompt's ids (chat_prompt); an image / audio item becomes the tokenizer's `<|image|>` /
+        `<|audio|>` id, which the session expands to the image's or clip's span."""
         for special in (TURN_OPEN, TURN_CLOSE):
             if self.tok.token_to_id(special) is None:
                 raise TokenizerError(f"{self.path}: --chat needs the Gemma 4 turn token {special!r}, which this "
                                      "tokenizer does not have (a base or tiny-vocabulary model: use a raw prompt)")
         if images:
             self.image_placeholder_id()
-        text = self.chat_prompt(user, system, images)
+        if audio:
+            self.placeholder_id(AUDIO, "an audio clip")
+        text = self.chat_prompt(user, system, images, audio)
         return self.tok.encode(text, add_special_tokens=False).ids   # "<bos>" in the text is the bos token
 
     def image_placeholder_id(self) -> int:
-        """The id `<|image|>` encodes to; refused unless it is one special token (spelled out in bytes, the
-        placeholder would reach the model as text and no image would be spliced)."""
-        ids = self.tok.encode(IMAGE, add_special_tokens=False).ids
-        if len(ids) != 1 or self.tok.token_to_id(IMAGE) != ids[0]:
-            raise TokenizerError(f"{self.path}: a chat with an image needs the Gemma 4 special token {IMAGE!r}, "
+        """The id `<|image|>` encodes to (placeholder_id)."""
+        return self.placeholder_id(IMAGE, "an image")
+
+    def placeholder_id(self, token: str, what: str) -> int:
+        """The id a placeholder encodes to; refused unless it is one special token (spelled out in bytes, the
+        placeholder would reach the model as text and nothing would be spliced)."""
+        ids = self.tok.encode(token, add_special_tokens=False).ids
+        if len(ids) != 1 or self.tok.token_to_id(token) != ids[0]:
+            raise TokenizerError(f"{self.path}: a chat with {what} needs the Gemma 4 special token {token!r}, "
                                  f"which this tokenizer does not have (the text encodes to ids {ids[:8]})")
         return ids[0]
 

@@ -12,6 +12,8 @@ from gemma_edge.contract import bundle_format as bf
 REUSE_CHECKPOINT, REUSE_BUNDLE = os.environ.get("GEMMA_EDGE_TINY_CHECKPOINT"), os.environ.get("GEMMA_EDGE_TINY_BUNDLE")
 REUSE_VISION_CHECKPOINT = os.environ.get("GEMMA_EDGE_TINY_VISION_CHECKPOINT")
 REUSE_VISION_BUNDLE = os.environ.get("GEMMA_EDGE_TINY_VISION_BUNDLE")
+REUSE_AUDIO_CHECKPOINT = os.environ.get("GEMMA_EDGE_TINY_AUDIO_CHECKPOINT")
+REUSE_AUDIO_BUNDLE = os.environ.get("GEMMA_EDGE_TINY_AUDIO_BUNDLE")
 
 def edit_manifest(bundle: Path, **fields) -> None:
     """Set manifest fields in place (dotted keys reach into objects: files__ple__path); None deletes. Read raw:
@@ -104,3 +106,34 @@ def tiny_vision_bundle(tiny_vision_checkpoint, tmp_path_factory) -> Path:
         return Path(REUSE_VISION_BUNDLE)
     out = tmp_path_factory.mktemp("vision-bundle") / "tiny"
     return export_bundle(tiny_vision_checkpoint, out, ExportSettings(**TINY_VISION_EXPORT), progress=False)
+
+
+# The tiny model that hears: every program unquantized (the audio program too), a context that holds 30 s of audio.
+TINY_AUDIO_EXPORT = dict(TINY_EXPORT, max_context=800, ple_dtype="fp32", audio_quant="none")
+
+
+@pytest.fixture(scope="session")
+def tiny_audio_checkpoint(tmp_path_factory) -> Path:
+    """The tiny decoder under model.language_model. with the preset's audio tower (no vision tower), a test
+    tokenizer with the audio tokens."""
+    from gemma_edge.contract.presets import AUDIO_PRESETS, preset
+    from gemma_edge.export.random_checkpoint import write_random_checkpoint
+
+    if REUSE_AUDIO_CHECKPOINT:
+        return Path(REUSE_AUDIO_CHECKPOINT)
+    import torch
+
+    path = tmp_path_factory.mktemp("tiny-audio") / "checkpoint"
+    return write_random_checkpoint(path, preset("tiny"), dtype=torch.float32, seed=5, multimodal=True,
+                                   audio_config=AUDIO_PRESETS["tiny"], progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_audio_bundle(tiny_audio_checkpoint, tmp_path_factory) -> Path:
+    """The tiny audio checkpoint exported with its audio program (TINY_AUDIO_EXPORT)."""
+    from gemma_edge.export.exporter import ExportSettings, export_bundle
+
+    if REUSE_AUDIO_BUNDLE:
+        return Path(REUSE_AUDIO_BUNDLE)
+    out = tmp_path_factory.mktemp("audio-bundle") / "tiny"
+    return export_bundle(tiny_audio_checkpoint, out, ExportSettings(**TINY_AUDIO_EXPORT), progress=False)

@@ -149,7 +149,8 @@ def build_tower(name: str, path):
     text = preset("tiny").to_hf()
     audio = transformers.Gemma4AudioConfig(**TOWERS[name])
     hf = transformers.Gemma4ForConditionalGeneration(
-        transformers.Gemma4Config(text_config=text.to_dict(), vision_config=None, audio_config=audio)).eval()
+        transformers.Gemma4Config(text_config=text.to_dict(), vision_config=None, audio_config=audio,
+                                  **contract.AudioTokens.for_vocab(text.vocab_size).to_dict())).eval()
     with torch.no_grad():
         for n, p in [*hf.model.audio_tower.named_parameters(), *hf.model.embed_audio.named_parameters()]:
             p.copy_(1.0 + 0.2 * torch.randn_like(p) if "norm" in n else 0.1 * torch.randn_like(p))

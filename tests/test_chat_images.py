@@ -50,7 +50,7 @@ def test_test_tokenizer_puts_the_image_specials_at_the_model_s_ids():
 def test_render_refuses_content_the_template_cannot_take():
     cases = [
         ([{"role": "system", "content": [{"type": "image"}]}], "message 0 content: expected text"),
-        ([{"role": "user", "content": [{"type": "audio"}]}], r"content\[0\]: expected"),
+        ([{"role": "user", "content": [{"type": "video"}]}], r"content\[0\]: expected"),
         ([{"role": "user", "content": ["a picture"]}], r"content\[0\]: expected"),
         ([{"role": "user", "content": [{"type": "text", "text": 3}]}], r"content\[0\].text: expected text"),
         ([{"role": "user", "content": {"type": "image"}}], "content: expected text or a list"),
@@ -86,6 +86,37 @@ def test_text_codec_chat_with_images_equals_apply_chat_template(tokenizers):
     # the bundle's own template renders the same list content
     templated = TextCodec(path, 2, chat_template=hf.chat_template)
     assert templated.encode_chat("What is it?", images=1) == codec.encode_chat("What is it?", images=1)
+
+
+def test_text_codec_chat_with_audio_equals_apply_chat_template(tmp_path):
+    """Audio items (the template writes `<|audio|>` with no newlines), after image items: the ids transformers'
+    apply_chat_template gives over Gemma 4's E template; a tokenizer without `<|audio|>` is refused."""
+    from transformers import PreTrainedTokenizerFast
+
+    from gemma_edge.contract.audio import AudioTokens
+    from gemma_edge.export.random_tokenizer import build_test_tokenizer
+    from gemma_edge.runtime.tokenizer import TextCodec, TokenizerError
+
+    path = tmp_path / "tok.json"
+    build_test_tokenizer(VOCAB, ImageTokens.for_vocab(VOCAB), AudioTokens.for_vocab(VOCAB)).save(str(path))
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(path), bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                 unk_token="<unk>")
+    hf.chat_template = (HERE / "golden" / "gemma4_e_chat_template.jinja").read_text()
+    codec = TextCodec(path, 2)
+    audio = AudioTokens.for_vocab(VOCAB).audio
+    for system, images, clips in ((None, 0, 1), ("Be brief.", 1, 2)):
+        content = ([{"type": "image"}] * images + [{"type": "audio"}] * clips
+                   + [{"type": "text", "text": "Transcribe this"}])
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
+        want = hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        want = want if isinstance(want, list) else list(want["input_ids"])
+        got = codec.encode_chat("Transcribe this", system, images=images, audio=clips)
+        assert got == want and got.count(audio) == clips
+    assert count_images([{"role": "user", "content": content}], "audio") == 2
+    plain = tmp_path / "plain.json"
+    build_test_tokenizer(VOCAB).save(str(plain))
+    with pytest.raises(TokenizerError, match=r"a chat with an audio clip needs the Gemma 4 special token"):
+        TextCodec(plain, 2).encode_chat("Transcribe this", audio=1)
 
 
 def test_a_tokenizer_without_the_image_special_is_refused_for_an_image_chat(tokenizers):

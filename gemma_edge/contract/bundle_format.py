@@ -40,6 +40,9 @@ ONNX_FILE = "model.onnx"
 VISION_FILE = "vision.pte"   # the image tower (optional): loaded only for a prompt with an image
 VISION_METHOD_PREFIX = "vision_"  # one static method per image budget: vision_280 takes 9 · 280 patches
 VISION_QUANT = ("8da8w", "8da4w", "none")
+AUDIO_FILE = "audio.pte"     # the audio front end and tower (optional): loaded only for a prompt with audio
+AUDIO_METHOD = "audio"       # its one method, dynamic in the clip length (contract.audio.program_frames)
+AUDIO_QUANT = ("8da8w", "8da4w", "none")
 PER_CHANNEL = 0  # quantization.group_size meaning one scale per output channel (LiteRT-LM's gemma4_mixed48 too)
 
 
@@ -57,11 +60,11 @@ OUTPUT_NAMES = ("logits",)
 REQUIRED_KEYS = ("model_hash", "config", "max_context", "prefill_chunk", "bos_token_id", "eos_token_ids",
                  "vocab_size", "num_layers", "ple_dim", "quantization", "files", "methods")
 FILE_ROLES = {"program": PROGRAM_FILE, "ple": PLE_FILE, "onnx": ONNX_FILE, "tokenizer": TOKENIZER_FILE,
-              "vision": VISION_FILE}
+              "vision": VISION_FILE, "audio": AUDIO_FILE}
 # Files whose hash is checked when they are first read rather than at every session start (verify="fast"):
-# the .ple (its header and identity are checked instead) and the vision program (hashed by its loader
-# before ExecuTorch parses it, so a text-only run never reads it).
-LAZY_ROLES = ("ple", "vision")
+# the .ple (its header and identity are checked instead) and the vision and audio programs (hashed by their
+# loaders before ExecuTorch parses them, so a text-only run never reads them).
+LAZY_ROLES = ("ple", "vision", "audio")
 
 
 class BundleError(ValueError):
@@ -124,6 +127,20 @@ def vision_entry(*, model_hash: bytes, budgets, hidden_size: int, patch_dim: int
             "quantization": quantization, "block_q": block_q}
 
 
+AUDIO_CONFIG_INTS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "output_proj_dims")
+
+
+def audio_entry(*, model_hash: bytes, hidden_size: int, max_tokens: int, audio_tokens: dict, quantization: str,
+                config: dict, activation_bytes: int | None = None) -> dict:
+    """The manifest's `audio` object for an audio program (one method, up to `max_tokens` soft tokens a clip),
+    bound to `model_hash`; `config` (the tower's audio_config) and `activation_bytes` (measured at max_tokens when
+    the program was written: audio_export.measure_activations) are what the memory budget reads."""
+    extra = {} if activation_bytes is None else {"activation_bytes": activation_bytes}
+    return {**extra, "model_hash": model_hash.hex(), "method": AUDIO_METHOD, "max_tokens": max_tokens,
+            "hidden_size": hidden_size, "audio_tokens": dict(audio_tokens), "quantization": quantization,
+            "config": config}
+
+
 def role_methods(manifest: dict) -> dict[str, str]:
     """The program method that plays each role, from a manifest."""
     out = {}
@@ -136,9 +153,11 @@ def role_methods(manifest: dict) -> dict[str, str]:
 
 
 def build_manifest(bundle_dir: Path, *, cfg, settings: dict, model_hash: bytes, stages: list[dict],
-                   ple_report=None, checkpoint: Path | None = None, vision: dict | None = None) -> dict:
-    """The manifest for the files now in `bundle_dir` (hashes and sizes computed here); `vision`: the
-    vision program's entry (`vision_entry`) when `bundle_dir` has one."""
+                   ple_report=None, checkpoint: Path | None = None, vision: dict | None = None,
+                   audio: dict | None = None, soft_token_ids: tuple[int, ...] = ()) -> dict:
+    """The manifest for the files now in `bundle_dir` (hashes and sizes computed here); `vision` / `audio`: the
+    vision / audio program's entry (`vision_entry`, `audio_entry`) when `bundle_dir` has one; `soft_token_ids`:
+    the placeholder ids the program splices soft tokens at (fixed in its graph)."""
     files = {}
     for role, name in FILE_ROLES.items():
         path = bundle_dir / name
@@ -173,8 +192,9 @@ def build_manifest(bundle_dir: Path, *, cfg, settings: dict, model_hash: bytes, 
                     for role, t in ((PREFILL_ROLE, "T"), (DECODE_ROLE, 1))},
         "chat_template": chat_template,
         **({"vision": vision} if vision is not None else {}),
+        **({"audio": audio} if audio is not None else {}),
         "export": {"stages": stages, "source_checkpoint": str(checkpoint) if checkpoint else None,
-                   "program_revision": PROGRAM_REVISION},
+                   "program_revision": PROGRAM_REVISION, "soft_token_ids": list(soft_token_ids)},
     }
     if ple_report is not None:
         import dataclasses
@@ -401,6 +421,45 @@ def _check_vision(m: dict, cfg, vocab: int, where: str) -> None:
             _int(acts, str(b), where, f"vision.activation_bytes.{b}", 0, 2**63 - 1)
 
 
+def _check_audio(m: dict, cfg, vocab: int, where: str) -> None:
+    """The `audio` entry and `files.audio`: both or neither; bound to the model hash; its method, the clip limit,
+    the width and the audio ids the decoder agrees with."""
+    has_file, a = "audio" in m["files"], m.get("audio")
+    if a is None and not has_file:
+        return
+    if a is None or not has_file:
+        missing, present = ("audio", "files.audio") if a is None else ("files.audio", "audio")
+        raise BundleError(f"{where}: {missing}: missing, but {present} is present (an audio program needs both)")
+    _expect(isinstance(a, dict), where, "audio", "an object", a)
+    revision = m.get("export", {}).get("program_revision", 1) if isinstance(m.get("export"), dict) else 1
+    _expect(is_int(revision) and revision >= 6, where, "export.program_revision",
+            "≥ 6 (a step that takes soft_embeds) for a bundle with an audio program", revision)
+    _expect(a.get("model_hash") == m["model_hash"], where, "audio.model_hash",
+            f"{m['model_hash']} (the manifest's model_hash: the tower of the same checkpoint)", a.get("model_hash"))
+    _expect(isinstance(a.get("method"), str) and a["method"] != "", where, "audio.method", "a method name",
+            a.get("method"))
+    _int(a, "max_tokens", where, "audio.max_tokens", 1, 750)
+    _expect(a.get("hidden_size") == cfg.hidden_size and is_int(a.get("hidden_size")), where, "audio.hidden_size",
+            f"{cfg.hidden_size} (config.hidden_size: soft tokens replace embeddings)", a.get("hidden_size"))
+    ids = a.get("audio_tokens")
+    _expect(isinstance(ids, dict), where, "audio.audio_tokens", "an object with boa, audio and eoa", ids)
+    for key in ("boa", "audio", "eoa"):
+        _expect(is_int(ids.get(key)) and 0 <= ids[key] < vocab, where, f"audio.audio_tokens.{key}",
+                f"a token id in [0, {vocab})", ids.get(key))
+    _expect(len({ids["boa"], ids["audio"], ids["eoa"]}) == 3, where, "audio.audio_tokens", "three distinct ids", ids)
+    if isinstance(m.get("vision"), dict) and isinstance(m["vision"].get("image_tokens"), dict):
+        clash = set(ids.values()) & set(m["vision"]["image_tokens"].values())
+        _expect(not clash, where, "audio.audio_tokens", "ids none of vision.image_tokens holds", ids)
+    _expect(a.get("quantization") in AUDIO_QUANT, where, "audio.quantization", " or ".join(AUDIO_QUANT),
+            a.get("quantization"))
+    c = a.get("config")
+    _expect(isinstance(c, dict), where, "audio.config", "the tower's audio_config (an object)", c)
+    for key in AUDIO_CONFIG_INTS:
+        _int(c, key, where, f"audio.config.{key}", 1)
+    if a.get("activation_bytes") is not None:
+        _int(a, "activation_bytes", where, "audio.activation_bytes", 0, 2**63 - 1)
+
+
 def validate_manifest(manifest, bundle_dir: str | Path) -> dict:
     """Check every field a runtime reads — types, ranges, shapes, file paths, cross-field agreement — and
     raise BundleError naming the first wrong one (field, expected, found). Returns the manifest."""
@@ -443,6 +502,7 @@ def validate_manifest(manifest, bundle_dir: str | Path) -> dict:
                           "table every PLE row would be zero")
     _check_methods(m["methods"], where, m["prefill_chunk"])
     _check_vision(m, cfg, vocab, where)
+    _check_audio(m, cfg, vocab, where)
     v = m.get("chat_template")
     _expect(v is None or isinstance(v, str), where, "chat_template", "a string or null", v)
     v = m.get("export", {})

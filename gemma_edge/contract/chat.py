@@ -16,14 +16,16 @@ table "Template Structure": E2B/E4B off `<|turn>user\n[Prompt]<turn|>\n<|turn>mo
 template, llama.cpp's copy, closes an empty thought channel `<|channel>thought\n<channel|>` there. A
 bundle's own `chat_template` (jinja) wins when it has one.
 
-A user or model message's content may instead be a list of items, `{"type": "text", "text": ...}` and
-`{"type": "image"}`, rendered in order with no separator: each text item as a string content is (stripped;
-a model turn's thinking dropped), each image as `\n\n<|image|>\n\n` — the one placeholder the session
-expands to the image's span (boi, its soft tokens, eoi). `<|image|>` must be a special token of the
-tokenizer (Gemma's id 258880), or the placeholder would be spelled out in bytes.
+A user or model message's content may instead be a list of items, `{"type": "text", "text": ...}`,
+`{"type": "image"}` and `{"type": "audio"}`, rendered in order with no separator: each text item as a string content
+is (stripped; a model turn's thinking dropped), each image as `\n\n<|image|>\n\n` and each audio clip as
+`<|audio|>` (the template adds no newlines around audio) — the one placeholder the session expands to the image's
+span (boi, its soft tokens, eoi) or the clip's (boa, its soft tokens, eoa). `<|image|>` and `<|audio|>` must be
+special tokens of the tokenizer (Gemma's ids 258880 and 258881), or a placeholder would be spelled out in bytes.
 """
 from __future__ import annotations
 
+from .audio import AUDIO
 from .image import IMAGE
 
 TURN_OPEN, TURN_CLOSE, THINK = "<|turn>", "<turn|>", "<|think|>"
@@ -49,44 +51,47 @@ def strip_thinking(text: str) -> str:
 
 
 IMAGE_ITEM = f"\n\n{IMAGE}\n\n"   # how the template writes an image item of a message's content
+AUDIO_ITEM = AUDIO                 # and an audio item: the placeholder alone
+MEDIA_ITEMS = {"image": IMAGE_ITEM, "audio": AUDIO_ITEM}
 
 
 def _check_content(content, role: str, i: int) -> None:
     """A message's content: text, or (not in a system turn, which the template trims as text) a list of
-    text and image items."""
+    text, image and audio items."""
     if isinstance(content, str):
         return
     if not isinstance(content, list) or role in ("system", "developer"):
-        want = "text" if role in ("system", "developer") else "text or a list of text and image items"
+        want = "text" if role in ("system", "developer") else "text or a list of text, image and audio items"
         raise ChatError(f"chat message {i} content: expected {want}, found {type(content).__name__}")
     for k, item in enumerate(content):
         kind = item.get("type") if isinstance(item, dict) else None
-        if kind == "image":
+        if kind in MEDIA_ITEMS:
             continue
         if kind != "text":
-            raise ChatError(f"chat message {i} content[{k}]: expected {{'type': 'text', 'text': ...}} or "
-                            f"{{'type': 'image'}}, found {item!r}")
+            raise ChatError(f"chat message {i} content[{k}]: expected {{'type': 'text', 'text': ...}}, "
+                            f"{{'type': 'image'}} or {{'type': 'audio'}}, found {item!r}")
         if not isinstance(item.get("text"), str):
             raise ChatError(f"chat message {i} content[{k}].text: expected text, found "
                             f"{type(item.get('text')).__name__}")
 
 
-def count_images(messages: list[dict]) -> int:
-    """Image items in the messages' contents: the images a chat prompt needs, in order."""
+def count_images(messages: list[dict], kind: str = "image") -> int:
+    """Image (or `kind` "audio") items in the messages' contents: the images or clips a chat prompt needs."""
     return sum(1 for m in messages if isinstance(m.get("content"), list)
-               for item in m["content"] if isinstance(item, dict) and item.get("type") == "image")
+               for item in m["content"] if isinstance(item, dict) and item.get("type") == kind)
 
 
 def _render_content(content, model: bool) -> str:
     text = strip_thinking if model else str.strip
     if isinstance(content, str):
         return text(content)
-    return "".join(IMAGE_ITEM if item["type"] == "image" else text(item["text"]) for item in content)
+    return "".join(MEDIA_ITEMS[item["type"]] if item["type"] in MEDIA_ITEMS else text(item["text"])
+                   for item in content)
 
 
 def render_gemma4_chat(messages: list[dict], *, thinking: bool = False, add_generation_prompt: bool = True) -> str:
     """The Gemma 4 chat prompt, as its chat template renders it; starts with <bos>. A content may be a list of
-    text and image items (one `<|image|>` placeholder per image)."""
+    text, image and audio items (one `<|image|>` / `<|audio|>` placeholder per image / clip)."""
     for i, m in enumerate(messages):
         if m.get("role") not in ROLES:
             raise ChatError(f"chat message {i} role: expected one of {', '.join(ROLES)}, found {m.get('role')!r}")

@@ -14,10 +14,11 @@ mask (`program_inputs`):
 
 as in transformers 5.23.0 (`Gemma4AudioModel`, `Gemma4MultimodalEmbedder`), for one clip. transformers pads a batch
 and masks its attention; the tower is causal (left-only attention, causal conv, one frame of lookahead per stride-2
-conv, which the masks zero), so a clip's valid positions need only the subsampling's masks, and the one position
-past them that the grid adds is dropped. Its attention is written as windows of 12 keys
-per query (`local_attention`) instead of transformers' blocks of 12 queries against 24 keys: the same sums, half
-the products, and no `unfold` (which XNNPACK does not take). Module attribute names mirror the checkpoint
+conv, which the masks zero), so a clip's valid positions need only the subsampling's masks, and the positions past
+them that the grid adds are dropped. Its attention is transformers' blocks of 12 queries against 24 keys with the
+`unfold` (which XNNPACK does not take) written as a pad and a concatenation (`local_attention`); a first version's
+windows of 12 keys per query did half the products but held 12 copies of K and V (bench/RESULTS.md, audio). Module
+attribute names mirror the checkpoint
 (`model.audio_tower.layers.3.self_attn.q_proj.linear.weight` is `audio_tower.layers.3.self_attn.q_proj.linear.
 weight` here).
 """
@@ -265,36 +266,53 @@ def relative_positions(cfg: AudioConfig) -> torch.Tensor:
     return torch.cat([torch.sin(scaled), torch.cos(scaled)], dim=-1)
 
 
-def windows(x: torch.Tensor, size: int) -> torch.Tensor:
-    """x [B, T, ...] -> [B, T, size, ...]: for each position its `size` positions ending at itself, oldest first,
-    zeros before the start. Shifted slices of a padded copy (delegated ops), not `unfold`."""
-    pad = [0, 0] * (x.dim() - 2) + [size - 1, 0]
-    padded = F.pad(x, pad)
-    t = x.shape[1]
-    return torch.stack([padded[:, j:j + t] for j in range(size)], dim=2)
+def block_context(x: torch.Tensor, block: int) -> torch.Tensor:
+    """x [B, m·block, heads, D] -> [B, m, 2·block, heads, D]: each block's keys (or values) after the block before
+    it (zeros before the first) — transformers' `_extract_block_context` for a causal window of `block`, written as a
+    pad and a concatenation (delegated ops) instead of `unfold`."""
+    b, t, heads, d = x.shape
+    blocks = x.view(b, t // block, block, heads, d)
+    before = F.pad(blocks, (0, 0, 0, 0, 0, 0, 1, 0))[:, :-1]
+    return torch.cat([before, blocks], dim=2)
+
+
+def rel_shift(x: torch.Tensor) -> torch.Tensor:
+    """[..., block, R] -> [..., block, 2·block]: element (i, s) is x[i, s − i] where 0 ≤ s − i < R, else 0 — the
+    Transformer-XL shift as transformers' `_rel_shift` does it (pad, flatten, cut, view; static sizes)."""
+    *lead, block, r = x.shape
+    context = 2 * block
+    x = F.pad(x, (0, context + 1 - r)).reshape(*lead, block * (context + 1))
+    return x[..., :block * context].reshape(*lead, block, context)
 
 
 def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_k: torch.Tensor, cap: float,
                     invalid: float) -> torch.Tensor:
-    """Causal local attention of q, k, v [B, T, heads, D] (q and k already scaled) with the relative term:
-    query t attends to keys t − W + 1 … t (W = rel_k's rows − 1), each scored q·k + q·rel_k[row of its distance],
-    soft-capped at `cap`; keys before the start score `invalid` after the cap. -> [B, T, heads·D].
+    """Causal local attention of q, k, v [B, m·W, heads, D] (q and k already scaled; W = rel_k's rows − 1, the
+    window and the block) with the relative term: query t attends to keys t − W + 1 … t, each scored q·k +
+    q·rel_k[row of its distance], soft-capped at `cap`; keys before the start score `invalid` after the cap.
+    -> [B, m·W, heads·D].
 
-    Query t's slot j holds key t − W + 1 + j, distance W − 1 − j: rel_k's rows run over distances W … 0, so slot
-    j reads row j + 1 (row 0, distance W, is never attended, as in transformers)."""
+    In blocks of W queries against their block and the one before (2W keys), as transformers computes it: slot s of
+    query i of a block holds key (block start − W + s), at distance W + i − s, which rel_k's row s − i encodes (its
+    rows run over distances W … 0). The window keeps slots i + 1 … i + W; in the first block, slots < W are before the
+    start."""
     b, t, heads, d = q.shape
     w = rel_k.shape[0] - 1
-    qf = q.permute(0, 2, 1, 3).reshape(b * heads * t, 1, d)
-    kw = windows(k, w).permute(0, 3, 1, 4, 2).reshape(b * heads * t, d, w)  # [B·heads·T, D, W]
-    vw = windows(v, w).permute(0, 3, 1, 2, 4).reshape(b * heads * t, w, d)  # [B·heads·T, W, D]
-    content = torch.bmm(qf, kw).view(b, heads, t, w)
-    position = torch.matmul(q.permute(0, 2, 1, 3), rel_k.permute(1, 2, 0))[..., 1:]  # [B, heads, T, W]
+    m = t // w
+    qf = q.view(b, m, w, heads, d).permute(0, 3, 1, 2, 4).reshape(b * heads * m, w, d)
+    kf = block_context(k, w).permute(0, 3, 1, 4, 2).reshape(b * heads * m, d, 2 * w)
+    vf = block_context(v, w).permute(0, 3, 1, 2, 4).reshape(b * heads * m, 2 * w, d)
+    content = torch.bmm(qf, kf).view(b, heads, m, w, 2 * w)
+    rel = rel_k.permute(1, 2, 0)  # [heads, D, W + 1]
+    position = torch.bmm(q.permute(0, 2, 1, 3).reshape(b * heads, t, d), rel if b == 1 else rel.repeat(b, 1, 1))
+    position = rel_shift(position.view(b, heads, m, w, w + 1))
     scores = torch.tanh((content + position) / cap) * cap
-    # Slot j of query t is before the start when t + j < W − 1: only the first W − 1 queries have such slots.
-    before_start = (torch.arange(t)[:, None] + torch.arange(w)[None, :]) < w - 1  # [T, W]
-    scores = scores.masked_fill(before_start, invalid)
-    weights = torch.softmax(scores, dim=-1).view(b * heads * t, 1, w)
-    out = torch.bmm(weights, vw).view(b, heads, t, d)
+    i, s = torch.arange(w)[:, None], torch.arange(2 * w)[None, :]
+    outside = (s <= i) | (s > i + w)  # [W, 2W]: not in the query's window
+    first = (torch.arange(m) == 0)[:, None, None] & (s < w)  # [m, 1, 2W]: the first block's zero keys
+    scores = scores.masked_fill(outside | first, invalid)
+    weights = torch.softmax(scores, dim=-1).view(b * heads * m, w, 2 * w)
+    out = torch.bmm(weights, vf).view(b, heads, t, d)
     return out.permute(0, 2, 1, 3).reshape(b, t, heads * d)
 
 
@@ -452,20 +470,21 @@ class Gemma4Audio(nn.Module):
     def encode(self, samples: torch.Tensor) -> torch.Tensor:
         """One clip's samples [1, n] (16 kHz mono float, 161 ≤ n ≤ 30 s) -> its soft tokens [1,
         contract.audio_soft_tokens(n), text hidden], through the exported method's grid (`program_inputs`)."""
-        return self.encode_rows(*program_inputs(samples))
+        n = contract.audio_soft_tokens(samples.shape[-1]) if samples.dim() == 2 else 0
+        return self.encode_rows(*program_inputs(samples))[:, :n]
 
     def encode_rows(self, rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """What the exported method runs: rows [B, 4k + 1, HOP] of samples and their validity [B, 4k + 1] (1.0 for
-        a clip's frames, 0.0 for the zero rows after them) -> soft tokens [B, k, text hidden]."""
+        """What the exported method runs: rows [B, 48m − 3, HOP] of samples and their validity [B, 48m − 3] (1.0 for
+        a clip's frames, 0.0 for the zero rows after them) -> [B, 12m, text hidden], the clip's soft tokens first
+        (the positions after them read only padding)."""
         frames = rows.shape[1]
-        if rows.dim() != 3 or rows.shape[2] != contract.HOP or frames < 5 or (frames - 1) % 4:
-            raise ValueError(f"audio rows: expected [batch, 4k + 1 ≥ 5, {contract.HOP}] "
+        if rows.dim() != 3 or rows.shape[2] != contract.HOP or (frames + 3) % contract.BLOCK_ROWS:
+            raise ValueError(f"audio rows: expected [batch, 48m − 3, {contract.HOP}] "
                              f"(contract.audio.program_frames), found {list(rows.shape)}")
         if tuple(valid.shape) != tuple(rows.shape[:2]):
             raise ValueError(f"audio rows' validity: expected {list(rows.shape[:2])}, found {list(valid.shape)}")
         features = self.front_end(rows)
-        out = self.embed_audio(self.audio_tower(features, valid.to(features.dtype)))
-        return out[:, :-1]  # the last position reads only padding
+        return self.embed_audio(self.audio_tower(features, valid.to(features.dtype)))
 
     @staticmethod
     def rows(samples: torch.Tensor) -> torch.Tensor:

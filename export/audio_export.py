@@ -4,9 +4,9 @@ the clip length.
     program = lower_audio(load_audio_tower(ckpt), quantize="8da8w")
     written = write_audio_program(model, "audio.pte")   # atomic; sha256, the operators left outside XNNPACK
 
-Method `audio` takes rows [1, 4k + 1, 160] f32 and valid [1, 4k + 1] f32 (a clip of k soft tokens at 16 kHz mono on
-`contract.audio.program_frames`' grid, `audio.program_inputs`; 1 ≤ k ≤ 750: up to 30 s) and returns its soft tokens
-[1, k, H] f32. The log-mel front end runs inside it, so
+Method `audio` takes rows [1, 48m − 3, 160] f32 and valid [1, 48m − 3] f32 (a clip at 16 kHz mono on
+`contract.audio.program_frames`' grid, `audio.program_inputs`; 1 ≤ m ≤ 63: up to 30 s) and returns [1, 12m, H] f32,
+whose first `contract.audio_soft_tokens` rows are the clip's soft tokens. The log-mel front end runs inside it, so
 every host gets the same features from the same kernels.
 
 Export-only rewrites, applied to a copy of the tower (or in place) before torch.export:
@@ -37,7 +37,8 @@ from .vision_export import lower_programs, quantize_vision, scalar_clamps, undel
 
 QUANT_SCHEMES = ("8da8w", "8da4w", None)
 DEFAULT_QUANT = "8da8w"
-MAX_TOKENS = contract.audio_soft_tokens(contract.MAX_SAMPLES)  # 750
+MAX_TOKENS = contract.audio_soft_tokens(contract.MAX_SAMPLES)  # 750: 30 s
+MAX_BLOCKS = contract.program_blocks(contract.MAX_SAMPLES)  # 63 blocks of 12 positions
 
 
 # ---------------------------------------------------------------------------------------------------- rewrites
@@ -126,21 +127,22 @@ class EncodeMethod(nn.Module):
         return self.model.encode_rows(rows, valid)
 
 
-def export_audio(model: Gemma4Audio, max_tokens: int = MAX_TOKENS) -> dict:
-    """torch.export the (prepared) tower's `encode_rows`, dynamic in the token count k (1..max_tokens) through its
-    rows, 4k + 1 (contract.audio.program_frames)."""
-    k = torch.export.Dim("tokens", min=1, max=max_tokens)
-    example = (torch.zeros(1, 4 * 16 + 1, contract.HOP), torch.ones(1, 4 * 16 + 1))
-    shapes = {"rows": {1: 4 * k + 1}, "valid": {1: 4 * k + 1}}
+def export_audio(model: Gemma4Audio, max_blocks: int = MAX_BLOCKS) -> dict:
+    """torch.export the (prepared) tower's `encode_rows`, dynamic in the block count m (1..max_blocks) through its
+    rows, 48m − 3 (contract.audio.program_frames)."""
+    m = torch.export.Dim("blocks", min=1, max=max_blocks)
+    rows = contract.BLOCK_ROWS * 4 - 3
+    example = (torch.zeros(1, rows, contract.HOP), torch.ones(1, rows))
+    shapes = {"rows": {1: contract.BLOCK_ROWS * m - 3}, "valid": {1: contract.BLOCK_ROWS * m - 3}}
     with torch.no_grad():
         program = torch.export.export(EncodeMethod(model).eval(), example, strict=False, dynamic_shapes=shapes)
     return {AUDIO_METHOD: program}
 
 
 def lower_audio(model: Gemma4Audio, quantize: str | None = DEFAULT_QUANT, in_place: bool = False,
-                max_tokens: int = MAX_TOKENS):
+                max_blocks: int = MAX_BLOCKS):
     """The front end and tower as an ExecutorchProgramManager with the one dynamic method `audio`."""
-    return lower_programs(export_audio(prepare_audio(model, quantize, in_place), max_tokens))
+    return lower_programs(export_audio(prepare_audio(model, quantize, in_place), max_blocks))
 
 
 # ---------------------------------------------------------------------------------------------------- writing
@@ -155,9 +157,9 @@ class AudioProgramFile:
 
 
 def write_audio_program(model: Gemma4Audio, path: str | Path, quantize: str | None = DEFAULT_QUANT,
-                        in_place: bool = False, max_tokens: int = MAX_TOKENS) -> AudioProgramFile:
+                        in_place: bool = False, max_blocks: int = MAX_BLOCKS) -> AudioProgramFile:
     """Lower the tower (`lower_audio`) and write the .pte atomically (`write_atomically`)."""
-    program = lower_audio(model, quantize, in_place, max_tokens)
+    program = lower_audio(model, quantize, in_place, max_blocks)
     left = dict(sorted(undelegated_ops(program)[AUDIO_METHOD].items()))
     buffer = program.buffer
     digest = write_atomically(path, buffer)
@@ -172,7 +174,7 @@ from executorch.runtime import Runtime
 from gemma_edge.procfs import proc_status, reset_peak_rss
 path, k = sys.argv[1], int(sys.argv[2])
 method = Runtime.get().load_program(path).load_method("audio")
-rows = 4 * k + 1
+rows = 48 * (-(-(4 * k + 3) // 48)) - 3     # contract.audio.program_frames of a clip of k soft tokens
 inputs = [0.1 * torch.randn(1, rows, 160), torch.ones(1, rows)]
 reset_peak_rss()
 before = proc_status()["VmRSS"]

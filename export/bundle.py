@@ -81,17 +81,26 @@ def describe_bundle(path: str | Path, full_hash: bool = True) -> tuple[str, bool
             problems += bad
         lines.append("  methods (program):")
         lines += _program_methods(program) if not bad else ["    (not loaded: it does not match the manifest)"]
-    if "vision" in m:
-        v = m["vision"]
-        lines.append(f"  vision program: budgets {v['budgets']} (soft tokens per image), linears {v['quantization']}, "
-                     f"image ids boi {v['image_tokens']['boi']} / image {v['image_tokens']['image']} / eoi "
-                     f"{v['image_tokens']['eoi']}; loaded only for a prompt with an image")
-        vision = bf.bundle_file(path, m, "vision")
-        bad = [p for p in problems if p.startswith(f"{vision}:")]
-        if not bad and not full_hash and bf.sha256_file(vision) != m["files"]["vision"]["sha256"]:  # before ET reads it
-            bad = [f"{vision}: sha256: expected {m['files']['vision']['sha256']} (manifest files.vision.sha256)"]
+    for role in ("vision", "audio"):
+        if role not in m:
+            continue
+        e = m[role]
+        if role == "vision":
+            lines.append(f"  vision program: budgets {e['budgets']} (soft tokens per image), linears "
+                         f"{e['quantization']}, image ids boi {e['image_tokens']['boi']} / image "
+                         f"{e['image_tokens']['image']} / eoi {e['image_tokens']['eoi']}; loaded only for a prompt "
+                         "with an image")
+        else:
+            lines.append(f"  audio program: up to {e['max_tokens']} soft tokens a clip (30 s), linears "
+                         f"{e['quantization']}, audio ids boa {e['audio_tokens']['boa']} / audio "
+                         f"{e['audio_tokens']['audio']} / eoa {e['audio_tokens']['eoa']}; loaded only for a prompt "
+                         "with audio")
+        tower = bf.bundle_file(path, m, role)
+        bad = [p for p in problems if p.startswith(f"{tower}:")]
+        if not bad and not full_hash and bf.sha256_file(tower) != m["files"][role]["sha256"]:  # before ET reads it
+            bad = [f"{tower}: sha256: expected {m['files'][role]['sha256']} (manifest files.{role}.sha256)"]
             problems += [p for p in bad if p not in problems]
-        lines += _program_methods(vision) if not bad else ["    (not loaded: it does not match the manifest)"]
+        lines += _program_methods(tower) if not bad else ["    (not loaded: it does not match the manifest)"]
     lines.append("  check: " + ("all files match the manifest"
                                 + (" (sha256 verified)" if full_hash else " (sizes only)")
                                 if not problems else f"{len(problems)} problem(s)"))

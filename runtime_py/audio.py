@@ -28,7 +28,7 @@ class AudioPromptError(ValueError):
 @dataclass(frozen=True)
 class PreparedClip:
     """One clip on the audio program's grid: rows [program_frames, 160] f32 and valid [program_frames] f32 (1.0 for
-    its frames), and the soft tokens it becomes."""
+    its frames), and the soft tokens it becomes (the first of the program's outputs)."""
 
     rows: np.ndarray
     valid: np.ndarray
@@ -167,7 +167,7 @@ class EagerAudioEncoder:
             self._tower = load_audio_tower(self.checkpoint_dir, dtype=torch.float32)
         with torch.no_grad():
             soft = self._tower.encode_rows(torch.from_numpy(clip.rows)[None], torch.from_numpy(clip.valid)[None])
-        return soft[0].numpy()
+        return soft[0, :clip.soft_tokens].numpy()
 
     def release(self) -> None:
         self._tower = None
@@ -222,10 +222,11 @@ class ProgramAudioEncoder:
         inputs = [torch.from_numpy(clip.rows)[None], torch.from_numpy(clip.valid)[None]]
         out = executorch_call(f"{self.path}: method {self.method_name}", method.execute, inputs)
         soft = out[0][0].numpy()
-        if soft.shape != (clip.soft_tokens, self.hidden):
-            raise ProgramError(f"{self.path}: method {self.method_name}: expected soft tokens "
-                               f"[1, {clip.soft_tokens}, {self.hidden}], found {list(out[0].shape)}")
-        return np.ascontiguousarray(soft, dtype=np.float32)
+        positions = contract.BLOCK * (len(clip.rows) + 3) // contract.BLOCK_ROWS   # 12 per block of 48 rows
+        if soft.shape != (positions, self.hidden):
+            raise ProgramError(f"{self.path}: method {self.method_name}: expected [1, {positions}, {self.hidden}] "
+                               f"(the clip's {clip.soft_tokens} soft tokens first), found {list(out[0].shape)}")
+        return np.ascontiguousarray(soft[:clip.soft_tokens], dtype=np.float32)
 
     def release(self) -> None:
         """Drop the method and the program (its packed weights go with them)."""

@@ -82,6 +82,10 @@ def test_export_writes_the_audio_program(tiny_audio_bundle, tiny_audio_checkpoin
     assert a["activation_bytes"] > 0
     program = Runtime.get().load_program(tiny_audio_bundle / bf.AUDIO_FILE)
     assert program.method_names == {bf.AUDIO_METHOD}
+    from gemma_edge.export.bundle import describe_bundle
+
+    text, ok = describe_bundle(tiny_audio_bundle)
+    assert ok and "audio program: up to 750 soft tokens a clip (30 s), linears none" in text
 
 
 @pytest.mark.slow

@@ -59,11 +59,22 @@ def frame_samples(n_samples: int) -> int:
     return HOP * mel_frames(n_samples)
 
 
+BLOCK = 12                    # soft tokens per attention block of the tower (its attention_chunk_size)
+BLOCK_ROWS = FRAMES_PER_TOKEN * BLOCK  # 48 rows of HOP samples per block of soft tokens
+
+
+def program_blocks(n_samples: int) -> int:
+    """Blocks of BLOCK soft tokens the audio program computes for a clip: enough rows (BLOCK_ROWS · m − 3) for all
+    its frames."""
+    return -(-(mel_frames(n_samples) + 3) // BLOCK_ROWS)
+
+
 def program_frames(n_samples: int) -> int:
-    """Rows of HOP samples the audio program takes for a clip: 4 · soft tokens + 1, the clip's frames then zero
-    rows that its mask marks invalid. On that grid both stride-2 convolutions divide exactly, so the exported
-    method's one dynamic size k (rows = 4k + 1, tokens = k) needs no guard torch.export cannot prove."""
-    return FRAMES_PER_TOKEN * audio_soft_tokens(n_samples) + 1
+    """Rows of HOP samples the audio program takes for a clip: BLOCK_ROWS · m − 3 (m = program_blocks), the clip's
+    frames then zero rows that its mask marks invalid. On that grid both stride-2 convolutions divide exactly and the
+    tower's positions are whole attention blocks (BLOCK · m of them), so the exported method's one dynamic size m
+    needs no guard torch.export cannot prove; the first audio_soft_tokens(n) of its outputs are the clip's."""
+    return BLOCK_ROWS * program_blocks(n_samples) - 3
 
 
 def split_samples(n_samples: int) -> list[tuple[int, int]]:

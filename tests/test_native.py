@@ -648,6 +648,39 @@ def test_native_manifest_reader_checks_the_vision_entry_as_python_does(exe, visi
         assert p.returncode == 2 and f"manifest.json: {field}: " in line, (field, p.stderr)
 
 
+AUDIO_MANIFEST_EDITS = {  # field named in the refusal: the manifest edit
+    "audio": {"audio": None},
+    "files.audio": {"files__audio": None},
+    "export.program_revision": {"export__program_revision": 5},
+    "audio.model_hash": {"audio__model_hash": "ab" * 32},
+    "audio.method": {"audio__method": ""},
+    "audio.max_tokens": {"audio__max_tokens": 751},
+    "audio.hidden_size": {"audio__hidden_size": 32},
+    "audio.audio_tokens": {"audio__audio_tokens": [506, 507, 508]},
+    "audio.audio_tokens.audio": {"audio__audio_tokens__audio": 10 ** 6},
+    "audio.audio_tokens ": {"audio__audio_tokens__eoa": 506},
+    "audio.quantization": {"audio__quantization": "int4"},
+}
+
+
+@pytest.mark.slow  # exports the tiny audio bundle
+def test_native_manifest_reader_checks_the_audio_entry_as_python_does(exe, tiny_audio_bundle, tmp_path):
+    # the native host does not run audio yet, but it reads an audio bundle's manifest as Python does: every wrong
+    # field of the audio entry refused by both readers, naming the same field; the valid one runs text
+    (tmp_path / "ids").write_text("2,3\n")
+    assert bf.read_manifest(tiny_audio_bundle)["audio"]["audio_tokens"]["boa"] == 506   # the edits below assume it
+    p = run_exe(exe, tiny_audio_bundle, "--ids-file", tmp_path / "ids", "--new-tokens", 2)
+    assert p.returncode == 0, p.stderr
+    for i, (field, edit) in enumerate(AUDIO_MANIFEST_EDITS.items()):
+        field = field.strip()
+        bundle = edited_copy(tiny_audio_bundle, tmp_path / str(i), **edit)
+        with pytest.raises(bf.BundleError, match=rf"manifest\.json: {field}: "):
+            bf.read_manifest(bundle)
+        p = run_exe(exe, bundle, "--ids-file", tmp_path / "ids", "--new-tokens", 2)
+        line = p.stderr.strip().splitlines()[-1]
+        assert p.returncode == 2 and f"manifest.json: {field}: " in line, (field, p.stderr)
+
+
 def test_native_loop_golden_replays_the_image_cases(exe, tmp_path):
     # the suite's image cases are there and replayed; a recording whose expansion, encoder calls, soft rows
     # or one fetch differ from what the loop does fails

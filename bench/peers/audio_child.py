@@ -93,7 +93,8 @@ def load_ours(spec: dict):
         import torch
 
         (clip,) = prepare_audio(wave)
-        return method.execute([torch.from_numpy(clip.rows)[None], torch.from_numpy(clip.valid)[None]])[0][0]
+        out = method.execute([torch.from_numpy(clip.rows)[None], torch.from_numpy(clip.valid)[None]])[0][0]
+        return out[:clip.soft_tokens]   # the clip's soft tokens come first (the grid adds whole blocks)
     return encode
 
 

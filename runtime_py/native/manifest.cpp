@@ -175,6 +175,58 @@ void read_vision(const Checker& c, const json& d, Manifest& m) {
   m.vision = e;
 }
 
+// The `audio` entry and files.audio, checked as bundle_format._check_audio checks them, in its order.
+void read_audio(const Checker& c, const json& d, Manifest& m) {
+  const bool has_file = m.has_file("audio"), has_entry = d.contains("audio") && !d["audio"].is_null();
+  if (!has_file && !has_entry) return;
+  if (!has_file || !has_entry)
+    throw BadInput(m.where + ": " + (has_entry ? "files.audio" : "audio") + ": missing, but " +
+                   (has_entry ? "audio" : "files.audio") + " is present (an audio program needs both)");
+  const json& a = d["audio"];
+  if (!a.is_object()) c.fail("audio", "an object", a);
+  const json& exp = Checker::at(d, "export");
+  const json revision = exp.is_object() && exp.contains("program_revision") ? exp["program_revision"] : json(1);
+  if (!revision.is_number_integer() || revision.get<int64_t>() < 6)
+    c.fail("export.program_revision", "≥ 6 (a step that takes soft_embeds) for a bundle with an audio program",
+           revision);
+  if (Checker::at(a, "model_hash") != m.model_hash)
+    c.fail("audio.model_hash", m.model_hash + " (the manifest's model_hash: the tower of the same checkpoint)",
+           Checker::at(a, "model_hash"));
+  AudioEntry e;
+  const json& method = Checker::at(a, "method");
+  if (!method.is_string() || method.get<std::string>().empty()) c.fail("audio.method", "a method name", method);
+  e.method = method.get<std::string>();
+  e.max_tokens = int(c.integer(a, "max_tokens", "audio.max_tokens", 1, 750));
+  const json& cfg = Checker::at(d, "config");
+  const json& hidden = cfg.is_object() ? Checker::at(cfg, "hidden_size") : json();
+  const int64_t want = c.integer_value(hidden, "config.hidden_size", 1, kIntMax);
+  const json& h = Checker::at(a, "hidden_size");
+  if (!h.is_number_integer() || h.get<int64_t>() != want)
+    c.fail("audio.hidden_size", std::to_string(want) + " (config.hidden_size: soft tokens replace embeddings)", h);
+  e.hidden_size = int(want);
+  const json& ids = Checker::at(a, "audio_tokens");
+  if (!ids.is_object()) c.fail("audio.audio_tokens", "an object with boa, audio and eoa", ids);
+  int64_t* dst[3] = {&e.boa, &e.audio, &e.eoa};
+  int k = 0;
+  for (const char* key : {"boa", "audio", "eoa"}) {
+    const json& id = Checker::at(ids, key);
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= m.vocab_size)
+      c.fail(std::string("audio.audio_tokens.") + key, "a token id in [0, " + std::to_string(m.vocab_size) + ")", id);
+    *dst[k++] = id.get<int64_t>();
+  }
+  if (e.boa == e.audio || e.boa == e.eoa || e.audio == e.eoa) c.fail("audio.audio_tokens", "three distinct ids", ids);
+  if (m.vision) {
+    const ImageTokens& t = m.vision->image_tokens;
+    for (int64_t id : {e.boa, e.audio, e.eoa})
+      if (id == t.boi || id == t.image || id == t.eoi)
+        c.fail("audio.audio_tokens", "ids none of vision.image_tokens holds", ids);
+  }
+  const json& q = Checker::at(a, "quantization");
+  if (q != "8da8w" && q != "8da4w" && q != "none") c.fail("audio.quantization", "8da8w or 8da4w or none", q);
+  e.quantization = q.get<std::string>();
+  m.audio = e;
+}
+
 }  // namespace
 
 const BundleFile& Manifest::file(const std::string& role) const {
@@ -261,6 +313,7 @@ Manifest read_manifest(const std::string& bundle_dir) {
   if (exp.is_object() && Checker::at(exp, "program_revision").is_number_integer())
     m.program_revision = exp["program_revision"].get<int>();
   read_vision(c, d, m);
+  read_audio(c, d, m);
   const json& tmpl = Checker::at(d, "chat_template");
   if (!tmpl.is_null() && !tmpl.is_string()) c.fail("chat_template", "a string or null", tmpl);
   if (tmpl.is_string()) m.chat_template = tmpl.get<std::string>();

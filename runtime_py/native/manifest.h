@@ -35,6 +35,16 @@ struct VisionEntry {
   int block_q = 0;                      // query rows per attention block; 0: null (unblocked)
 };
 
+// The manifest's `audio` entry: the audio program (files.audio) of the same checkpoint, one method dynamic in the
+// clip length. Read and checked as bundle_format._check_audio does; this host does not run audio yet.
+struct AudioEntry {
+  std::string method;        // the program method that encodes a clip
+  int max_tokens = 0;        // soft tokens of the longest clip (750: 30 s)
+  int hidden_size = 0;       // soft-token width: config.hidden_size
+  int64_t boa = 0, audio = 0, eoa = 0;  // the ids that frame a clip: boa, one audio per soft token, eoa
+  std::string quantization;  // 8da8w | 8da4w | none
+};
+
 struct Manifest {
   std::string dir;    // the bundle folder
   std::string where;  // dir/manifest.json, for messages
@@ -48,6 +58,7 @@ struct Manifest {
   std::optional<std::string> chat_template;  // a jinja template, when the checkpoint had one
   int program_revision = 0;                  // export.program_revision (0: not recorded)
   std::optional<VisionEntry> vision;         // present exactly when files.vision is
+  std::optional<AudioEntry> audio;           // present exactly when files.audio is
 
   const BundleFile& file(const std::string& role) const;  // BadInput naming files.<role> when absent
   bool has_file(const std::string& role) const { return files.count(role) != 0; }

@@ -17,6 +17,7 @@ tests/golden/make_loop_golden.py; Java's LoopGoldenTest reads it directly.) Outp
   OUTDIR/exif.json                                    a small image under each EXIF orientation, as PIL turns it upright
   OUTDIR/bundle_vision/, OUTDIR/vision_refusals.json  the same with a vision program stand-in and entry; damaged
                                                       vision entries and the field Python's reader names for each
+  OUTDIR/bundle_audio/, OUTDIR/audio_refusals.json    the same with an audio program stand-in and entry
 """
 from __future__ import annotations
 
@@ -496,11 +497,12 @@ def make_chat(out: str, tokenizer_path: str) -> None:
 # A small valid bundle, for the manifest reader
 # ---------------------------------------------------------------------------------------------------
 
-def make_bundle(out: str, ple_path: str, tokenizer_path: str, vision: bool = False) -> None:
+def make_bundle(out: str, ple_path: str, tokenizer_path: str, vision: bool = False, audio: bool = False) -> None:
     """The manifest is the exporter's own writer's (bf.build_manifest) over the files copied here, plus two
     keys no reader knows (one top-level, one in config), which every reader must ignore. With `vision`, the
-    bundle is bundle_vision/: a vision program stand-in and the manifest's `vision` entry (bf.vision_entry)."""
-    d = os.path.join(out, "bundle_vision" if vision else "bundle")
+    bundle is bundle_vision/: a vision program stand-in and the manifest's `vision` entry (bf.vision_entry); with
+    `audio`, bundle_audio/: an audio program stand-in and the `audio` entry (bf.audio_entry)."""
+    d = os.path.join(out, "bundle_vision" if vision else "bundle_audio" if audio else "bundle")
     os.makedirs(d, exist_ok=True)
     shutil.copyfile(ple_path, os.path.join(d, bf.PLE_FILE))
     shutil.copyfile(tokenizer_path, os.path.join(d, bf.TOKENIZER_FILE))
@@ -509,6 +511,9 @@ def make_bundle(out: str, ple_path: str, tokenizer_path: str, vision: bool = Fal
     if vision:
         with open(os.path.join(d, bf.VISION_FILE), "wb") as f:
             f.write(b"stand-in for the vision program " * 12)
+    if audio:
+        with open(os.path.join(d, bf.AUDIO_FILE), "wb") as f:
+            f.write(b"stand-in for the audio program " * 12)
     r = ple_store.open(os.path.join(d, bf.PLE_FILE))
     h = r.header
     r.close()
@@ -528,15 +533,27 @@ def make_bundle(out: str, ple_path: str, tokenizer_path: str, vision: bool = Fal
         entry = bf.vision_entry(model_hash=h.model_hash, budgets=[70, 280], hidden_size=cfg.hidden_size,
                                 patch_dim=PATCH_DIM, image_tokens=ImageTokens.for_vocab(V).manifest_dict(),
                                 quantization="8da8w", block_q=512, config=tower.to_dict())
+    audio_entry = None
+    if audio:
+        from gemma_edge.contract.audio import AudioTokens
+        from gemma_edge.contract.presets import AUDIO_PRESETS
+        from gemma_edge.export.audio import AudioConfig
+
+        tower = AudioConfig.from_dict(AUDIO_PRESETS["tiny"], cfg.hidden_size)
+        audio_entry = bf.audio_entry(model_hash=h.model_hash, hidden_size=cfg.hidden_size, max_tokens=750,
+                                     audio_tokens=AudioTokens.for_vocab(V).manifest_dict(), quantization="8da8w",
+                                     config=tower.to_dict(), activation_bytes=1 << 24)
     manifest = bf.build_manifest(Path(d), cfg=cfg, settings=settings, model_hash=h.model_hash, stages=[],
-                                 vision=entry)
+                                 vision=entry, audio=audio_entry)
     manifest["config"]["some_future_field"] = [1, 2]
     manifest["unknown_top_level_key"] = {"ignored": True}
     with open(os.path.join(d, bf.MANIFEST_FILE), "w") as f:
         json.dump(manifest, f, indent=1)
     bf.read_manifest(d)                                          # the Python reader takes what Java is given
     if vision:
-        write_vision_refusals(out, d, manifest)
+        write_refusals(out, d, manifest, VISION_MUTATIONS, "vision_refusals.json")
+    if audio:
+        write_refusals(out, d, manifest, AUDIO_MUTATIONS, "audio_refusals.json")
 
 
 _REMOVE = {"remove": True}   # a mutation that deletes the key
@@ -562,6 +579,21 @@ VISION_MUTATIONS = [
 ]
 
 
+AUDIO_MUTATIONS = [
+    ("audio", _REMOVE), ("files.audio", _REMOVE), ("audio", "audio.pte"), ("export.program_revision", 5),
+    ("audio.model_hash", "0" * 64), ("audio.method", ""), ("audio.method", 3), ("audio.method", _REMOVE),
+    ("audio.max_tokens", 0), ("audio.max_tokens", 751), ("audio.max_tokens", "750"), ("audio.max_tokens", 2**32 + 7),
+    ("audio.hidden_size", 65), ("audio.hidden_size", "64"),
+    ("audio.audio_tokens", _REMOVE), ("audio.audio_tokens", [1, 2, 3]), ("audio.audio_tokens.boa", 3000),
+    ("audio.audio_tokens.audio", -1), ("audio.audio_tokens.eoa", "2999"), ("audio.audio_tokens.eoa", _REMOVE),
+    ("audio.audio_tokens.eoa", 2994),   # = boa: not three distinct ids
+    ("audio.quantization", "int8"), ("audio.quantization", _REMOVE),
+    ("audio.config", _REMOVE), ("audio.config", "gemma4_audio"), ("audio.config.hidden_size", 0),
+    ("audio.config.num_hidden_layers", _REMOVE), ("audio.config.output_proj_dims", 2**31),
+    ("audio.activation_bytes", -1), ("audio.activation_bytes", 1.5),
+]
+
+
 def _mutate(manifest: dict, path: str, value) -> dict:
     m = json.loads(json.dumps(manifest))
     *keys, last = path.split(".")
@@ -575,21 +607,21 @@ def _mutate(manifest: dict, path: str, value) -> dict:
     return m
 
 
-def write_vision_refusals(out: str, bundle_dir: str, manifest: dict) -> None:
-    """VISION_MUTATIONS with the field Python's validate_manifest names for each: Java's Manifest must name the same."""
+def write_refusals(out: str, bundle_dir: str, manifest: dict, mutations: list, name: str) -> None:
+    """`mutations` with the field Python's validate_manifest names for each: Java's Manifest must name the same."""
     cases = []
-    for path, value in VISION_MUTATIONS:
+    for path, value in mutations:
         try:
             bf.validate_manifest(_mutate(manifest, path, value), bundle_dir)
         except bf.BundleError as e:
             message = str(e)
         else:
-            raise AssertionError(f"Python accepted the vision mutation {path} = {value!r}")
+            raise AssertionError(f"Python accepted the mutation {path} = {value!r} ({name})")
         rest = message.removeprefix(os.path.join(bundle_dir, bf.MANIFEST_FILE) + ": ")
         field = rest.split(": ")[0]
         cases.append({"path": path, "remove": value is _REMOVE, "value": None if value is _REMOVE else value,
                       "field": field, "python": message})
-    with open(os.path.join(out, "vision_refusals.json"), "w") as f:
+    with open(os.path.join(out, name), "w") as f:
         json.dump({"bundle": bundle_dir, "cases": cases}, f, indent=1)
 
 
@@ -642,6 +674,7 @@ def main(argv: list[str]) -> int:
     make_generation(out, ple_path)
     make_bundle(out, ple_path, tok_path)
     make_bundle(out, ple_path, tok_path, vision=True)
+    make_bundle(out, ple_path, tok_path, audio=True)
     make_contract(out)
     make_exif(out)
     print(f"golden files written to {out}")

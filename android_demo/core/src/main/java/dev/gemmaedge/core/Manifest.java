@@ -88,6 +88,35 @@ public final class Manifest {
         }
     }
 
+    /** The audio program's weight schemes (bundle_format.py AUDIO_QUANT). */
+    public static final List<String> AUDIO_QUANT = Arrays.asList("8da8w", "8da4w", "none");
+    /** The tower's sizes every audio entry's config holds (bundle_format.py AUDIO_CONFIG_INTS). */
+    public static final List<String> AUDIO_CONFIG_INTS = Arrays.asList("hidden_size", "num_hidden_layers",
+            "num_attention_heads", "output_proj_dims");
+
+    /**
+     * The manifest's "audio" entry: the audio tower's program ({@code files.audio}, one method dynamic in the clip
+     * length, the log-mel front end inside) and the ids that frame a clip in a prompt. Read and checked as Python
+     * reads it; this core does not run audio yet.
+     */
+    public static final class Audio {
+        public final String method;
+        public final int maxTokens;          // soft tokens of the longest clip (750: 30 s)
+        public final int hiddenSize;         // soft-token width = config.hidden_size
+        public final int boa, audio, eoa;    // audio_tokens: <|audio>, the placeholder <|audio|>, <audio|>
+        public final String quantization;
+
+        Audio(String method, int maxTokens, int hiddenSize, int boa, int audio, int eoa, String quantization) {
+            this.method = method;
+            this.maxTokens = maxTokens;
+            this.hiddenSize = hiddenSize;
+            this.boa = boa;
+            this.audio = audio;
+            this.eoa = eoa;
+            this.quantization = quantization;
+        }
+    }
+
     /** One entry of "files". */
     public static final class FileEntry {
         public final String role, path;
@@ -116,6 +145,8 @@ public final class Manifest {
     public final FileEntry program, ple, tokenizer;   // tokenizer may be null
     public final FileEntry visionFile;                // files.vision, null for a text-only bundle
     public final Vision vision;                       // null for a text-only bundle (no image tower)
+    public final FileEntry audioFile;                 // files.audio, null without an audio tower
+    public final Audio audio;                         // null without an audio tower
     public final Map<String, Object> methods;
     public final String prefillMethod, decodeMethod;  // program methods playing each role (often one "forward")
     // The methods take a fourth input, attend_len, whose length (last position + 1) bounds the cache slots
@@ -171,6 +202,7 @@ public final class Manifest {
         ple = entry(files, "ple", true);   // every Gemma 4 program takes PLE rows: without the table they would be zeros
         tokenizer = entry(files, "tokenizer", false);
         visionFile = entry(files, "vision", false);
+        audioFile = entry(files, "audio", false);
         methods = Json.asObject(m.get("methods"), source + ": methods");
         Map<String, Object> prefill = Json.asObject(methods.get("prefill"), source + ": methods.prefill");
         Map<String, Object> decode = Json.asObject(methods.get("decode"), source + ": methods.decode");
@@ -188,6 +220,7 @@ public final class Manifest {
                 : Json.asInt(prefill.get("max_tokens"), source + ": methods.prefill.max_tokens", prefillChunk, prefillChunk);
         if (decode.get("max_tokens") != null) Json.asInt(decode.get("max_tokens"), source + ": methods.decode.max_tokens", 1, 1);
         vision = vision(m);
+        audio = audio(m);
         Object chat = m.get("chat_template");
         if (chat != null) Json.asString(chat, source + ": chat_template");
         if (m.get("export") != null) Json.asObject(m.get("export"), source + ": export");
@@ -250,6 +283,52 @@ public final class Manifest {
         Map<String, Object> tower = Json.asObject(v.get("config"), source + ": vision.config");
         for (String key : VISION_CONFIG_INTS) Json.asInt(tower.get(key), source + ": vision.config." + key, 1, Integer.MAX_VALUE);
         return new Vision(budgets, methodNames, hidden, patchDim, boi, image, eoi, (String) q, blockQ, tower);
+    }
+
+    /**
+     * The "audio" entry, checked in Python's order (bundle_format.py {@code _check_audio}): both it and
+     * {@code files.audio} or neither; a program of revision &gt;= 6; bound to this manifest's model_hash; its method,
+     * the clip limit, the decoder's width, three distinct audio ids of the vocabulary (none of them an image id), the
+     * scheme, the tower's config with its sizes. Null without an audio tower.
+     */
+    private Audio audio(Map<String, Object> m) {
+        boolean hasFile = audioFile != null, hasEntry = m.containsKey("audio") && m.get("audio") != null;
+        if (!hasFile && !hasEntry) return null;
+        if (!hasEntry) throw fail("audio", "an object (files.audio is present: an audio program needs both)", "none");
+        if (!hasFile) throw fail("files.audio", "an entry {path, bytes, sha256} (audio is present: an audio program needs both)", "none");
+        Map<String, Object> a = Json.asObject(m.get("audio"), source + ": audio");
+        Object export = m.get("export");
+        Object rev = export instanceof Map ? Json.asObject(export, source + ": export").get("program_revision") : null;
+        long revision = rev == null ? 1 : Json.asLong(rev, source + ": export.program_revision");
+        if (revision < 6) throw fail("export.program_revision", ">= 6 (a step that takes soft_embeds) for a bundle with an audio program", String.valueOf(revision));
+        Object hash = a.get("model_hash");
+        if (!modelHash.equals(hash))
+            throw fail("audio.model_hash", modelHash + " (the manifest's model_hash: the tower of the same checkpoint)", Json.describe(hash));
+        String method = methodName(a.get("method"), "audio.method");
+        int maxTokens = Json.asInt(a.get("max_tokens"), source + ": audio.max_tokens", 1, 750);
+        int hidden = Json.asInt(config.get("hidden_size"), source + ": config.hidden_size", 1, Integer.MAX_VALUE);
+        Object h = a.get("hidden_size");
+        if (!(h instanceof Long) || (Long) h != hidden)
+            throw fail("audio.hidden_size", hidden + " (config.hidden_size: soft tokens replace embeddings)", Json.describe(h));
+        Map<String, Object> ids = Json.asObject(a.get("audio_tokens"), source + ": audio.audio_tokens");
+        int boa = tokenId(ids.get("boa"), "audio.audio_tokens.boa");
+        int placeholder = tokenId(ids.get("audio"), "audio.audio_tokens.audio");
+        int eoa = tokenId(ids.get("eoa"), "audio.audio_tokens.eoa");
+        if (boa == placeholder || placeholder == eoa || boa == eoa)
+            throw fail("audio.audio_tokens", "three distinct ids", "boa " + boa + ", audio " + placeholder + ", eoa " + eoa);
+        if (vision != null) {
+            for (int id : new int[] {boa, placeholder, eoa})
+                if (id == vision.boi || id == vision.image || id == vision.eoi)
+                    throw fail("audio.audio_tokens", "ids none of vision.image_tokens holds", "boa " + boa + ", audio " + placeholder + ", eoa " + eoa);
+        }
+        Object q = a.get("quantization");
+        if (!(q instanceof String) || !AUDIO_QUANT.contains(q))
+            throw fail("audio.quantization", String.join(" or ", AUDIO_QUANT), Json.describe(q));
+        Map<String, Object> tower = Json.asObject(a.get("config"), source + ": audio.config");
+        for (String key : AUDIO_CONFIG_INTS) Json.asInt(tower.get(key), source + ": audio.config." + key, 1, Integer.MAX_VALUE);
+        if (a.get("activation_bytes") != null && Json.asLong(a.get("activation_bytes"), source + ": audio.activation_bytes") < 0)
+            throw fail("audio.activation_bytes", "an integer in [0, 2^63)", Json.describe(a.get("activation_bytes")));
+        return new Audio(method, maxTokens, hidden, boa, placeholder, eoa, (String) q);
     }
 
     /** quantization.{key}: one of {@code allowed}. */

@@ -457,4 +457,29 @@ public class HostileManifestTest {
         }
         assertTrue("the vision refusals are in the golden file", n >= 25);
     }
+
+    @Test
+    public void audioEntryDamageIsRefusedNamingPythonsField() throws Exception {
+        // as visionEntryDamageIsRefusedNamingPythonsField, for the audio entry (make_golden.py AUDIO_MUTATIONS)
+        File ok = copyBundle("bundle_audio");
+        Manifest m0 = Manifest.load(ok);
+        assertNotNull("audio entry", m0.audio);
+        assertEquals(750, m0.audio.maxTokens);
+        assertEquals(m0.softEmbedsWidth, m0.audio.hiddenSize);
+        Map<String, Object> g = Golden.load("audio_refusals.json");
+        int n = 0;
+        for (Map<String, Object> c : Golden.objects(g.get("cases"))) {
+            String path = (String) c.get("path"), field = (String) c.get("field");
+            File dir = copyBundle("bundle_audio");
+            Map<String, Object> m = read(dir);
+            set(m, path, Boolean.TRUE.equals(c.get("remove")) ? REMOVE : c.get("value"));
+            write(dir, m);
+            String msg = refusal(dir);
+            String prefix = new File(dir, "manifest.json").getPath() + ": " + field + ": expected ";
+            assertTrue(path + " = " + c.get("value") + ": Java says\n  " + msg + "\nPython says\n  " + c.get("python"), msg.startsWith(prefix));
+            assertEquals("one line: " + msg, -1, msg.indexOf('\n'));
+            n++;
+        }
+        assertTrue("the audio refusals are in the golden file", n >= 25);
+    }
 }

@@ -183,10 +183,6 @@ def versions() -> dict:
     return {p: version(p) for p in ("torch", "executorch", "torchao", "transformers")}
 
 
-def ratio(a, b):
-    return None if not a or not b else a / b
-
-
 def summarize(rows: dict, gflop: dict, gemm: dict) -> dict:
     peak = gemm["gflop_s"]
     out = {}

@@ -40,7 +40,7 @@ from gemma_edge.contract.config import MULTIMODAL_MODEL_TYPE, ConfigError, TextC
 
 from .checkpoint import load_tower_weights, open_checkpoint
 from .model import RMSNorm
-from .vision import ClippableLinear, TensorSpec, random_vision_values
+from .vision import ClippableLinear, TensorSpec, init_rule
 
 AUDIO_MODEL_TYPE = "gemma4_audio"
 AUDIO_PREFIXES = ("model.audio_tower.", "model.embed_audio.")
@@ -535,12 +535,8 @@ def load_audio_tower(checkpoint_dir: str | Path, dtype: torch.dtype | None = Non
 # ---------------------------------------------------------------------------------------------------- random weights
 def audio_tensor_specs(cfg: AudioConfig) -> dict[str, TensorSpec]:
     """Checkpoint key -> TensorSpec for every tensor of the tower and embed_audio, in the module's order (drawn by
-    `random_vision_values`' rules: clip bounds finite, norms near 1, the rest N(0, 0.02))."""
-    from .vision import _init_rule
-
+    `vision.random_vision_values`' rules: clip bounds finite, norms near 1, the rest N(0, 0.02))."""
     with torch.device("meta"):
         model = Gemma4Audio(cfg)
-    return {"model." + k: TensorSpec(tuple(t.shape), _init_rule(k)) for k, t in model.state_dict().items()}
+    return {"model." + k: TensorSpec(tuple(t.shape), init_rule(k)) for k, t in model.state_dict().items()}
 
-
-random_audio_values = random_vision_values

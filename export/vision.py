@@ -449,7 +449,7 @@ class TensorSpec:
     init: str  # "normal": N(0, 0.02); "norm": 1 + N(0, 0.05); "clip_min" / "clip_max": ∓U(4, 8); "one"
 
 
-def _init_rule(key: str) -> str:
+def init_rule(key: str) -> str:
     leaf = key.rsplit(".", 1)[-1]
     if leaf in ("input_min", "output_min"):
         return "clip_min"
@@ -465,7 +465,7 @@ def vision_tensor_specs(cfg: VisionConfig) -> dict[str, TensorSpec]:
     in the checkpoint's dtype, like the decoder's tensors."""
     with torch.device("meta"):
         model = Gemma4Vision(cfg)
-    return {"model." + k: TensorSpec(tuple(t.shape), _init_rule(k)) for k, t in model.state_dict().items()}
+    return {"model." + k: TensorSpec(tuple(t.shape), init_rule(k)) for k, t in model.state_dict().items()}
 
 
 def random_vision_values(key: str, shape: tuple[int, ...], gen: torch.Generator, rows: slice) -> torch.Tensor:
@@ -473,7 +473,7 @@ def random_vision_values(key: str, shape: tuple[int, ...], gen: torch.Generator,
     tower. Clip bounds are finite, so a random checkpoint keeps every clamp an exporter must honour, and wide
     enough to cut only outliers of N(0, 0.02) weights."""
     sub = (rows.stop - rows.start, *shape[1:])
-    rule = _init_rule(key)
+    rule = init_rule(key)
     if rule in ("clip_min", "clip_max"):
         bound = 4.0 + 4.0 * torch.rand(sub, generator=gen)
         return -bound if rule == "clip_min" else bound

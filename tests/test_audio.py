@@ -357,3 +357,26 @@ def test_random_checkpoint_carries_the_tower(tmp_path):
     (ref,) = reference_tokens(hf.eval(), [wave])
     with torch.no_grad():
         assert float((ours.encode(clip(wave))[0] - ref).abs().max()) <= TOL
+
+
+def test_wav_widths_and_bad_files(tmp_path):
+    """8-bit (unsigned, centred at 128), 32-bit integer and 64-bit float WAV read as the same 16 kHz samples to their
+    precision; a file that is not a WAV, an empty one and a missing one are errors naming the file."""
+    from scipy.io import wavfile
+
+    from gemma_edge.contract.audio import AudioError
+    from gemma_edge.runtime.audio import load_audio
+
+    wave = speech_like(0.3, seed=9).astype(np.float64)
+    cases = {"u8.wav": (np.round(wave * 127 + 128).astype(np.uint8), 1 / 128),
+             "i32.wav": (np.round(wave * 2**31).astype(np.int32), 1e-6),   # |wave| ≤ 0.3: no overflow
+             "f64.wav": (wave, 1e-7)}
+    for name, (data, tol) in cases.items():
+        wavfile.write(tmp_path / name, SR, data)
+        np.testing.assert_allclose(load_audio(tmp_path / name), wave, atol=tol, err_msg=name)
+    (tmp_path / "text.wav").write_text("not a wave file")
+    wavfile.write(tmp_path / "empty.wav", SR, np.zeros(0, np.int16))
+    for name, match in (("text.wav", "expected a WAV file"), ("empty.wav", "expected audio samples, found none"),
+                        ("missing.wav", "no such audio file")):
+        with pytest.raises(AudioError, match=rf"{name}: {match}"):
+            load_audio(tmp_path / name)

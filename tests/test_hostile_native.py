@@ -346,6 +346,7 @@ def image_run(exe, bundle: Path, image: Path, tmp_path: Path, budget: int = 70) 
                            str(budget)], capture_output=True, text=True)
 
 
+@pytest.mark.slow  # exports the tiny multimodal bundle (tiny_vision_bundle), about 85 s
 def test_a_self_consistent_but_broken_vision_program_fails_verification_not_the_process(exe, vision_bundle, image,
                                                                                           tmp_path):
     path = vision_bundle / "vision.pte"
@@ -357,6 +358,7 @@ def test_a_self_consistent_but_broken_vision_program_fails_verification_not_the_
     assert p.returncode == 2 and "vision.pte: not a program this runtime can run" in last_line(p), p.stderr
 
 
+@pytest.mark.slow  # exports the tiny multimodal bundle (tiny_vision_bundle), about 85 s
 def test_a_vision_method_of_another_budget_or_none_is_refused_by_its_signature(exe, vision_bundle, image, tmp_path):
     # the manifest's method for budget 70 is the 280 one: its inputs are 9·280 patches, not 9·70 — refused
     # before it runs, naming the input; a method the program does not have is named too

@@ -552,6 +552,7 @@ def test_native_image_prompts_equal_the_python_session_bit_for_bit(exe, vision_b
     assert text not in seen.values()
 
 
+@pytest.mark.slow  # exports the tiny multimodal bundle (tiny_vision_bundle), about 85 s
 def test_native_text_prompt_never_reads_the_vision_program(exe, vision_bundle, image_files, tmp_path):
     # a text prompt on a multimodal bundle runs with its vision.pte corrupted (the file is not opened), and
     # reports no vision program; the same bundle refuses an image prompt on the digest, before ExecuTorch
@@ -569,6 +570,7 @@ def test_native_text_prompt_never_reads_the_vision_program(exe, vision_bundle, i
         native.run(bundle, [2, 10, 20], 4, threads=1, exe=exe, images=[image_files["wide"]], image_budget=70)
 
 
+@pytest.mark.slow  # exports the tiny multimodal bundle (tiny_vision_bundle), about 85 s
 def test_native_refuses_bad_image_requests_as_the_python_session_does(exe, vision_bundle, tiny_bundle, image_files,
                                                                        tmp_path):
     # each refusal names loop.md's field and phrase, as Python's GenerationError does, and exits 2 before any
@@ -633,6 +635,7 @@ VISION_MANIFEST_EDITS = {  # field named in the refusal: the manifest edit
 }
 
 
+@pytest.mark.slow  # exports the tiny multimodal bundle (tiny_vision_bundle), about 85 s
 def test_native_manifest_reader_checks_the_vision_entry_as_python_does(exe, vision_bundle, tmp_path):
     # every wrong field of the vision entry is refused by both readers, naming the same field — a text
     # prompt included: a manifest that is not valid is not run at all
@@ -712,6 +715,7 @@ def test_native_loop_golden_replays_the_image_cases(exe, tmp_path):
         assert p.returncode == 1 and f"FAIL {case['name']}: {key}: expected" in p.stdout, (key, p.stdout)
 
 
+@pytest.mark.slow  # exports the tiny multimodal bundle (tiny_vision_bundle), about 85 s
 def test_cli_run_native_takes_images_as_run_does(exe, vision_bundle, image_files):
     # `gemma-edge run-native --image` gives the Python session's greedy tokens for the same prompt and image,
     # and says what the encode cost

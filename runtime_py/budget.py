@@ -295,7 +295,8 @@ def audio_budget(audio_config: dict, tokens: int = 750, *, quant: str = "8da8w",
         return linear_bytes(n_out, n_in, quant, 0)
     layer_bytes = sum(stored(o, i) for o, i in per_layer)
     bins = contract.FFT // 2 + 1
-    frames = contract.FRAMES_PER_TOKEN * tokens + 1
+    # the program's rows for a clip of `tokens` soft tokens (contract.audio.program_frames: 48m − 3)
+    frames = contract.BLOCK_ROWS * -(-(contract.FRAMES_PER_TOKEN * tokens + 3) // contract.BLOCK_ROWS) - 3
     weights = {"conformer_linears": layers * layer_bytes, "input_proj": stored(d, (c0 // 4) * c1),
                "output_proj": stored(out, d), "embed_audio": stored(text_hidden, out),
                "fp32_constants": 4 * (2 * contract.HOP * 2 * bins + bins * contract.N_MELS + 9 * c0 + 9 * c0 * c1

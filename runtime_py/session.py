@@ -333,6 +333,8 @@ class Session:
         prepared, clips = None, None
         if len(images):
             token_ids, prepared = self._expand_images(self._check_ids(token_ids).tolist(), list(images), image_budget)
+        if isinstance(audio, (str, Path, np.ndarray)):   # one clip, not a list of them (an array is its samples)
+            audio = [audio]
         if len(audio):
             token_ids, clips = self._expand_audio(self._check_ids(token_ids).tolist(), list(audio))
         ids = self._check_ids(token_ids)

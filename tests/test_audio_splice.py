@@ -106,8 +106,8 @@ def test_session_generates_from_audio_as_transformers(spliced):
         assert st.prompt_fetched == torch.where(ids[0] == tokens.audio, 0, ids[0]).tolist()  # row 0 at each
         assert 0 < st.encode_s < st.ttft_s
         assert s.audio._tower is None  # released after encoding
-        # no placeholder: the clips go first, after <bos>
-        first = [t.token for t in s.generate([2, 17, 33, 40], 4, audio=WAVES[:1], stop_on_eos=False)]
+        # no placeholder: the clips go first, after <bos>; one clip may be passed as it is, not in a list
+        first = [t.token for t in s.generate([2, 17, 33, 40], 4, audio=WAVES[0], stop_on_eos=False)]
     ids1, f1, m1 = hf_inputs(WAVES[:1], tokens, [2, tokens.audio, 17, 33, 40])
     with torch.no_grad():
         assert first == hf.generate(input_ids=ids1, input_features=f1, input_features_mask=m1, max_new_tokens=4,

@@ -75,7 +75,8 @@ def last_line(log: Path, prefix: str = "") -> str:
 def run(cmd: list[str], log: Path, result_mark: str, *, env: dict | None = None, preexec_fn=None,
         rss_limit_bytes: int | None = None, stage_prefix: str = "", mark_in_json: bool = False) -> dict:
     """Run `cmd`, stdout+stderr to `log`. Polls every 0.1 s; SIGKILLs the child once its tree's RSS passes
-    `rss_limit_bytes`. Returns rc, elapsed_s, peak_rss_bytes (ru_maxrss from wait4), killed_at_rss_bytes,
+    `rss_limit_bytes`. Returns rc, elapsed_s, peak_rss_bytes (ru_maxrss from wait4: Linux keeps it across execve, so
+    it includes this process's own resident set at the fork — call this from a small process), killed_at_rss_bytes,
     stage (`last_line(log, stage_prefix)`) and result (the JSON after `result_mark`, else None; with
     mark_in_json the mark is the JSON's own beginning, as a native child prints it)."""
     t0, killed_at = time.perf_counter(), None

@@ -33,7 +33,7 @@ from gemma_edge.contract.bundle_format import AUDIO_METHOD
 from . import rewrites
 from .audio import AudioAttention, Gemma4Audio, SubsampleLayer, local_attention
 from .files import write_atomically
-from .vision_export import lower_programs, quantize_vision, scalar_clamps, undelegated_ops
+from .vision_export import lower_programs, measure_in_child, quantize_vision, scalar_clamps, undelegated_ops
 
 QUANT_SCHEMES = ("8da8w", "8da4w", None)
 DEFAULT_QUANT = "8da8w"
@@ -187,13 +187,4 @@ def measure_activations(path: str | Path, max_tokens: int = MAX_TOKENS) -> int:
     """Bytes the `audio` method adds to the resident set while it encodes a clip of `max_tokens` soft tokens (30 s),
     measured in a fresh process as vision_export.measure_activations measures a vision method: the memory
     budget reads this figure (manifest `audio.activation_bytes`)."""
-    import subprocess
-    import sys
-
-    r = subprocess.run([sys.executable, "-c", _MEASURE_CHILD, str(path), str(max_tokens)], capture_output=True,
-                       text=True)
-    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("ACTIVATIONS ")), None)
-    if r.returncode or line is None:
-        raise RuntimeError(f"{path}: measuring the audio method's activations failed (status {r.returncode}): "
-                           f"{r.stderr[-1500:]}")
-    return int(line.split()[1])
+    return measure_in_child(_MEASURE_CHILD, path, max_tokens, "the audio method")

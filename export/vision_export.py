@@ -277,15 +277,19 @@ def measure_activations(path: str | Path, budgets) -> dict[int, int]:
     real, measured by running it in a fresh process: XNNPACK's workspace holds a delegate's intermediate
     tensors and is not in the program's metadata, so the memory budget reads this figure (manifest
     `vision.activation_bytes`) instead of a formula."""
+    # one process per method: each first run allocates its own workspace
+    return {b: measure_in_child(_MEASURE_CHILD, path, b, f"vision_{b}") for b in check_budgets(budgets)}
+
+
+def measure_in_child(child: str, path: str | Path, arg: int, what: str) -> int:
+    """Run a measuring `child` script (`python -c child path arg`) in a fresh process and return the bytes it prints
+    on its `ACTIVATIONS n` line; a failure names `what` and carries the child's stderr."""
     import subprocess
     import sys
 
-    out = {}
-    for b in check_budgets(budgets):   # one process per method: each first run allocates its own workspace
-        r = subprocess.run([sys.executable, "-c", _MEASURE_CHILD, str(path), str(b)], capture_output=True, text=True)
-        line = next((ln for ln in r.stdout.splitlines() if ln.startswith("ACTIVATIONS ")), None)
-        if r.returncode or line is None:
-            raise RuntimeError(f"{path}: measuring vision_{b}'s activations failed (status {r.returncode}): "
-                               f"{r.stderr[-1500:]}")
-        out[b] = int(line.split()[1])
-    return out
+    r = subprocess.run([sys.executable, "-c", child, str(path), str(arg)], capture_output=True, text=True)
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("ACTIVATIONS ")), None)
+    if r.returncode or line is None:
+        raise RuntimeError(f"{path}: measuring {what}'s activations failed (status {r.returncode}): "
+                           f"{r.stderr[-1500:]}")
+    return int(line.split()[1])

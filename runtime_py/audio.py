@@ -188,24 +188,10 @@ class ProgramAudioEncoder:
         self._method = None
 
     def _load(self):
-        from .backends import ProgramError, executorch_call
+        from .backends import executorch_call, load_tower_program
 
         if self._method is None:
-            from executorch.runtime import Runtime, Verification
-
-            digest = bf.sha256_file(self.path)
-            if digest != self.sha256:
-                raise bf.BundleError(f"{self.path}: sha256: expected {self.sha256} (manifest files.audio.sha256), "
-                                     f"found {digest}")
-            bf.check_program_header(self.path)
-            self._program = executorch_call(f"{self.path}: ExecuTorch cannot load this program",
-                                            lambda: Runtime.get().load_program(
-                                                self.path, verification=Verification.InternalConsistency))
-            if self.method_name not in self._program.method_names:
-                names = sorted(self._program.method_names)
-                self.release()
-                raise ProgramError(f"{self.path}: method {self.method_name!r} missing (manifest audio.method); "
-                                   f"the program has {names}")
+            self._program = load_tower_program(self.path, self.sha256, "audio", [self.method_name], "audio.method")
             self._method = executorch_call(f"{self.path}: method {self.method_name}: ExecuTorch cannot load it",
                                            self._program.load_method, self.method_name)
         return self._method

@@ -117,6 +117,25 @@ def executorch_call(what: str, fn, *args):
             real.write(held.getvalue())
 
 
+def load_tower_program(path: Path, sha256: str, role: str, methods, manifest_field: str):
+    """A tower's program (`files.{role}`, read only when a prompt needs it): its SHA-256 checked against the
+    manifest's before ExecuTorch parses it, its header checked, loaded with internal-consistency verification, and
+    `methods` (the manifest's `manifest_field`) present in it."""
+    from executorch.runtime import Runtime, Verification
+
+    digest = bf.sha256_file(path)
+    if digest != sha256:
+        raise bf.BundleError(f"{path}: sha256: expected {sha256} (manifest files.{role}.sha256), found {digest}")
+    bf.check_program_header(path)
+    program = executorch_call(f"{path}: ExecuTorch cannot load this program",
+                              lambda: Runtime.get().load_program(path, verification=Verification.InternalConsistency))
+    missing = sorted(set(methods) - set(program.method_names))
+    if missing:
+        raise ProgramError(f"{path}: methods {missing} missing (manifest {manifest_field}); the program has "
+                           f"{sorted(program.method_names)}")
+    return program
+
+
 class PteBackend:
     """The program method(s) playing prefill and decode, loaded up front and once each (two methods share
     the mutable KV-cache buffers; one dynamic method plays both roles with one copy of the packed weights).

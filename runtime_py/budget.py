@@ -184,7 +184,31 @@ class Budget:
 
 
 @dataclass
-class VisionBudget:
+class TowerBudget:
+    """A tower's program while it encodes (loaded for its input, released after): the fields VisionBudget and
+    AudioBudget share. peak_bytes is what is resident meanwhile; flops what one input costs."""
+
+    quant: str
+    weights: dict[str, int] = field(default_factory=dict)
+    packed: int = 0
+    transient: int = 0
+    activations: int = 0
+    preprocess: int = 0
+    flops: float = 0.0
+
+    @property
+    def peak_bytes(self) -> int:
+        """Resident while the tower loads and encodes (a vision table's rows aside)."""
+        return self.packed + self.transient + self.activations + self.preprocess
+
+    def encode_seconds(self, device: dict) -> float | None:
+        """FLOPs at the device's int8 GEMM rate (devices.json `int8_gemm_ops`; None where a profile has none)."""
+        rate = device.get("int8_gemm_ops")
+        return self.flops / rate if rate else None
+
+
+@dataclass
+class VisionBudget(TowerBudget):
     """The vision program at one image budget, while it encodes (it is loaded for an image and released after).
 
     weights: the linears as vision.pte stores them (8da8w: int8 + an fp32 scale per output channel; none:
@@ -199,24 +223,7 @@ class VisionBudget:
     preprocess: the image resized and patchified — pixel_values [N, 768] fp32, the fp32 resize before it
     and one copy in between (the decoded source image comes on top: 3 bytes a pixel)."""
 
-    budget: int
-    quant: str
-    weights: dict[str, int] = field(default_factory=dict)
-    packed: int = 0
-    transient: int = 0
-    activations: int = 0
-    preprocess: int = 0
-    flops: float = 0.0
-
-    @property
-    def peak_bytes(self) -> int:
-        """Resident while the tower loads and encodes (table rows aside)."""
-        return self.packed + self.transient + self.activations + self.preprocess
-
-    def encode_seconds(self, device: dict) -> float | None:
-        """FLOPs at the device's int8 GEMM rate (devices.json `int8_gemm_ops`; None where a profile has none)."""
-        rate = device.get("int8_gemm_ops")
-        return self.flops / rate if rate else None
+    budget: int = field(kw_only=True)   # soft tokens per image
 
 
 def vision_budget(vision_config: dict, budget: int, *, quant: str = "8da8w", text_hidden: int = 1536,
@@ -249,7 +256,7 @@ def vision_budget(vision_config: dict, budget: int, *, quant: str = "8da8w", tex
 
 
 @dataclass
-class AudioBudget:
+class AudioBudget(TowerBudget):
     """The audio program while it encodes one clip of `tokens` soft tokens (loaded for audio, released after).
 
     weights: the linears as audio.pte stores them (8da8w: int8 + an fp32 scale per output channel) and its fp32
@@ -259,23 +266,7 @@ class AudioBudget:
     the method's memory is planned at its longest input, so every clip needs it); for a named model, one layer's
     live tensors at 750 tokens (a lower bound); preprocess: the clip's rows and mask (fp32)."""
 
-    tokens: int
-    quant: str
-    weights: dict[str, int] = field(default_factory=dict)
-    packed: int = 0
-    transient: int = 0
-    activations: int = 0
-    preprocess: int = 0
-    flops: float = 0.0
-
-    @property
-    def peak_bytes(self) -> int:
-        return self.packed + self.transient + self.activations + self.preprocess
-
-    def encode_seconds(self, device: dict) -> float | None:
-        """FLOPs at the device's int8 GEMM rate (devices.json `int8_gemm_ops`; None where a profile has none)."""
-        rate = device.get("int8_gemm_ops")
-        return self.flops / rate if rate else None
+    tokens: int = field(kw_only=True)   # soft tokens of the clip
 
 
 def audio_budget(audio_config: dict, tokens: int = 750, *, quant: str = "8da8w",

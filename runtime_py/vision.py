@@ -93,28 +93,15 @@ class ProgramVisionEncoder:
         self._loaded: dict[str, object] = {}
 
     def _method(self, budget: int):
-        from .backends import ProgramError, executorch_call
+        from .backends import executorch_call, load_tower_program
 
         name = self.methods.get(budget)
         if name is None:
             raise ImagePromptError(f"image budget {budget}: this bundle's vision program has budgets "
                                    f"{list(self.budgets)} (export with --image-budgets to add it)")
         if self._program is None:
-            from executorch.runtime import Runtime, Verification
-
-            digest = bf.sha256_file(self.path)
-            if digest != self.sha256:
-                raise bf.BundleError(f"{self.path}: sha256: expected {self.sha256} (manifest files.vision.sha256), "
-                                     f"found {digest}")
-            bf.check_program_header(self.path)
-            self._program = executorch_call(f"{self.path}: ExecuTorch cannot load this program",
-                                            lambda: Runtime.get().load_program(
-                                                self.path, verification=Verification.InternalConsistency))
-            missing = sorted(set(self.methods.values()) - set(self._program.method_names))
-            if missing:
-                self.release()
-                raise ProgramError(f"{self.path}: methods {missing} missing (manifest vision.methods); the "
-                                   f"program has {sorted(self._program.method_names)}")
+            self._program = load_tower_program(self.path, self.sha256, "vision", self.methods.values(),
+                                               "vision.methods")
         if name not in self._loaded:
             self._loaded[name] = executorch_call(f"{self.path}: method {name}: ExecuTorch cannot load it",
                                                  self._program.load_method, name)

@@ -113,9 +113,12 @@ def prepare_audio(samples: np.ndarray) -> list[PreparedClip]:
 
 
 def read_clips(item) -> list[PreparedClip]:
-    """One audio item of a prompt — a WAV path, 16 kHz mono float samples, or a PreparedClip — as its clips."""
+    """One audio item of a prompt — a WAV path, 16 kHz mono float samples, a PreparedClip, or a list of them (an
+    item already cut into clips) — as its clips."""
     if isinstance(item, PreparedClip):
         return [item]
+    if isinstance(item, (list, tuple)) and item and all(isinstance(c, PreparedClip) for c in item):
+        return list(item)
     if isinstance(item, (str, Path)):
         return prepare_audio(load_audio(item))
     return prepare_audio(item)

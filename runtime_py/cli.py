@@ -103,11 +103,12 @@ def _run_native(args) -> int:
     elif codec is None:
         raise ValueError(f"{bundle}: no tokenizer.json; pass --ids instead of --prompt")
     else:
-        ids = codec.encode_chat(args.prompt, images=len(args.image)) if args.chat else codec.encode(args.prompt)
+        ids = (codec.encode_chat(args.prompt, images=len(args.image), audio=len(args.audio)) if args.chat
+               else codec.encode(args.prompt))
     try:
         res = native.run(bundle, ids, args.max_new_tokens, threads=args.threads, repeats=args.repeats,
                          warmup=args.warmup, stop_on_eos=True, weight_cache=not args.no_weight_cache,
-                         images=args.image, image_budget=args.image_budget)
+                         images=args.image, image_budget=args.image_budget, audio=args.audio)
     except native.NativeRunError as e:  # the host failed or was killed: its one line, not a traceback
         print(f"gemma-edge run-native: error: {e}", file=sys.stderr)
         return 1
@@ -125,6 +126,11 @@ def _run_native(args) -> int:
               f"({', '.join(str(i['soft_tokens']) for i in res['images'])} soft tokens): encoded in "
               f"{r['vision']['encode_s']:.3f} s, the vision program's load included; released after: "
               f"{r['vision']['released']}", file=sys.stderr)
+    if "audio" in r:
+        clips = [n for item in res["audio"] for n in item["clip_soft_tokens"]]
+        print(f"[native] {len(res['audio'])} audio file(s), {len(clips)} clip(s) ({', '.join(map(str, clips))} soft "
+              f"tokens): encoded in {r['audio']['encode_s']:.3f} s, the audio program's load included; released "
+              f"after: {r['audio']['released']}", file=sys.stderr)
     print(f"[native] prompt {len(res['prompt_tokens'])} tokens: TTFT {r['ttft_s']:.3f} s, "
           f"prefill {r['prefill_tok_s']:.1f} tok/s, "
           f"decode {r['decode_tok_s']:.1f} tok/s ({len(r['tokens'])} tokens, {r['stop_reason']}); load "
@@ -201,6 +207,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "preprocesses it itself)")
     p.add_argument("--image-budget", type=int, default=None,
                    help=f"soft tokens per image: one of the bundle's vision budgets (default {DEFAULT_BUDGET})")
+    p.add_argument("--audio", action="append", default=[], metavar="CLIP.wav",
+                   help="a WAV file for the prompt, repeatable, as `run --audio` (the host reads, downmixes, "
+                        "resamples and cuts it into 30 s clips itself)")
     p.add_argument("--threads", type=int, default=0, help="ExecuTorch thread pool size (0: its default)")
     p.add_argument("--repeats", type=int, default=1, help="timed generations (the last one is printed)")
     p.add_argument("--warmup", type=int, default=0, help="untimed generations first")

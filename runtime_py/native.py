@@ -23,7 +23,10 @@ or stdin (`--prompt-file`, tokenized by the host) or as ids (`--ids-file`), neve
 kernel limits; `run` passes ids, so that both hosts run the very ids Python tokenized. Images go as files
 (`--image`, PNG or JPEG, in prompt order, at `--image-budget` soft tokens): the host decodes and preprocesses
 them itself (image.cpp, bit-identical to runtime_py/image.py) and encodes them with the bundle's vision program,
-which it loads for that and releases after; the prompt holds one image placeholder per image, or none.
+which it loads for that and releases after; the prompt holds one image placeholder per image, or none. Audio
+goes as WAV files (`--audio`): the host reads them with libsndfile, downmixes, resamples with its port of scipy's
+resample_poly (audio.cpp: the Python host's samples within one float32 ulp, tests/golden/audio_preprocess.json),
+cuts them into 30 s clips and encodes them with the bundle's audio program, loaded for that and released after.
 
 XNNPACK's packed weights go to a cache file beside the program (`weight_cache_path`), as LiteRT-LM keeps
 its `.xnnpack_cache`: the first load packs into it, every later load maps it, and no source weights are
@@ -49,7 +52,7 @@ import numpy as np
 
 SOURCE_DIR = Path(__file__).resolve().parent / "native"
 EXE_NAME = "gemma-edge-run"
-TOOLS = ("gemma-edge-loop-golden", "gemma-edge-tokenize", "gemma-edge-image-golden")
+TOOLS = ("gemma-edge-loop-golden", "gemma-edge-tokenize", "gemma-edge-image-golden", "gemma-edge-audio-golden")
 
 
 def sources() -> list[Path]:
@@ -99,7 +102,7 @@ def build(build_dir: Path | None = None) -> Path:
         if shutil.which(tool) is None:
             raise NativeBuildError(f"{tool}: not found on PATH; the native host needs CMake ≥ 3.19 and a C++17 "
                                    "compiler (Debian: apt-get install cmake g++ zlib1g-dev libssl-dev "
-                                   "nlohmann-json3-dev libre2-dev pkg-config)")
+                                   "nlohmann-json3-dev libre2-dev libsndfile1-dev pkg-config)")
     build_dir = Path(build_dir) if build_dir else default_build_dir()
     exe = build_dir / EXE_NAME
     if not (build_dir / "CMakeCache.txt").exists():
@@ -142,10 +145,11 @@ def write_ids(path: Path, ids) -> Path:
 def command(exe: Path, bundle: Path, ids, new_tokens: int, *, ids_file: Path, threads: int = 0, repeats: int = 1,
             warmup: int = 0, stop_on_eos: bool = False, logits_out: Path | None = None,
             weight_cache: bool = True, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-            seed: int = 0, images=(), image_budget: int | None = None) -> list[str]:
+            seed: int = 0, images=(), image_budget: int | None = None, audio=()) -> list[str]:
     """The argv that runs `bundle` on prompt `ids`, which are written to `ids_file` (the caller's to remove);
     weight_cache: pack into / map from `weight_cache_path(bundle)`; `images`: image files (PNG or JPEG) in
-    prompt order, at `image_budget` soft tokens each (None: the host's default, 280). The host reads the
+    prompt order, at `image_budget` soft tokens each (None: the host's default, 280); `audio`: WAV files in prompt
+    order (the host cuts each into 30 s clips). The host reads the
     manifest itself; it is read here too, so that a bundle that is not one fails with Python's BundleError
     before a child starts."""
     from gemma_edge.contract import bundle_format as bf
@@ -171,6 +175,12 @@ def command(exe: Path, bundle: Path, ids, new_tokens: int, *, ids_file: Path, th
         if not images:
             raise ValueError("image_budget: needs images (a budget is per image)")
         cmd += ["--image-budget", str(int(image_budget))]
+    if isinstance(audio, (str, Path)):   # one file, not a list of them
+        audio = [audio]
+    for clip in audio:
+        if not isinstance(clip, (str, Path)):
+            raise ValueError(f"audio: expected WAV file paths for the native host, found {type(clip).__name__}")
+        cmd += ["--audio", str(clip)]
     return cmd
 
 
@@ -200,17 +210,18 @@ def parse_result(stdout: str, stderr: str, rc: int, cmd: list[str]) -> dict:
 def run(bundle: Path, ids, new_tokens: int, *, threads: int = 0, repeats: int = 1, warmup: int = 0,
         stop_on_eos: bool = False, with_logits: bool = False, exe: Path | None = None,
         weight_cache: bool = True, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-        seed: int = 0, images=(), image_budget: int | None = None) -> dict:
+        seed: int = 0, images=(), image_budget: int | None = None, audio=()) -> dict:
     """Run `gemma-edge-run` once on `bundle` and return its JSON; with_logits adds "logits" [steps, V]
     (the first timed run's, every step). Greedy unless temperature > 0 (sampling.Sampler's algorithm).
-    `images`: files in prompt order, encoded at `image_budget` by the bundle's vision program (`command`)."""
+    `images`: files in prompt order, encoded at `image_budget` by the bundle's vision program; `audio`: WAV files,
+    encoded by its audio program (`command`)."""
     exe = exe or build()
     with tempfile.TemporaryDirectory() as tmp:
         logits_path = Path(tmp) / "logits.bin" if with_logits else None
         cmd = command(exe, bundle, ids, new_tokens, ids_file=Path(tmp) / "ids.txt", threads=threads,
                       repeats=repeats, warmup=warmup, stop_on_eos=stop_on_eos, logits_out=logits_path,
                       weight_cache=weight_cache, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                      images=images, image_budget=image_budget)
+                      images=images, image_budget=image_budget, audio=audio)
         p = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
         res = parse_result(p.stdout, p.stderr, p.returncode, cmd)
         # what the host decided on its own, such as discarding a weight cache that failed its checksum

@@ -330,14 +330,7 @@ class Session:
         `audio`: WAV paths or 16 kHz mono float arrays; the prompt holds one audio placeholder id per item (or none:
         the audio goes first, after any images), expanded here to `<|audio>` + soft tokens + `<audio|>` per clip —
         an item over 30 s is several consecutive 30 s clips (contract.audio.split_samples)."""
-        prepared, clips = None, None
-        if len(images):
-            token_ids, prepared = self._expand_images(self._check_ids(token_ids).tolist(), list(images), image_budget)
-        if isinstance(audio, (str, Path, np.ndarray)):   # one clip, not a list of them (an array is its samples)
-            audio = [audio]
-        if len(audio):
-            token_ids, clips = self._expand_audio(self._check_ids(token_ids).tolist(), list(audio))
-        ids = self._check_ids(token_ids)
+        ids, prepared, clips = self._expand(token_ids, images, image_budget, audio)
         if not _is_int(max_new_tokens) or max_new_tokens < 1:
             raise GenerationError("max_new_tokens",
                                   f"max_new_tokens: expected an integer ≥ 1, found {max_new_tokens!r}")
@@ -347,6 +340,18 @@ class Session:
                                              f"{self.max_context}")
         sampler = Sampler(temperature, top_k, top_p, seed)
         return self._loop(ids, max_new_tokens, sampler, stop_on_eos, prepared, clips)
+
+    def _expand(self, token_ids, images, image_budget: int, audio) -> tuple[np.ndarray, list | None, list | None]:
+        """loop.md's checks of the prompt, its images and its audio, in that order, and the expansion: the prompt
+        with every image's and clip's span, the images preprocessed and the clips cut (no tower run yet)."""
+        prepared, clips = None, None
+        if len(images):
+            token_ids, prepared = self._expand_images(self._check_ids(token_ids).tolist(), list(images), image_budget)
+        if isinstance(audio, (str, Path, np.ndarray)):   # one clip, not a list of them (an array is its samples)
+            audio = [audio]
+        if len(audio):
+            token_ids, clips = self._expand_audio(self._check_ids(token_ids).tolist(), list(audio))
+        return self._check_ids(token_ids), prepared, clips
 
     def _expand_images(self, ids: list[int], images: list, budget: int) -> tuple[list[int], list]:
         """The prompt with each image's span, and the images preprocessed (the tower not yet run). The checks of

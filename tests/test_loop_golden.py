@@ -88,6 +88,14 @@ def test_loop_golden_replay_can_fail():
         c = json.loads(json.dumps(img))
         edit(c["expect"])
         bad.append((key, c))
+    heard = next(c for c in g["cases"] if c["name"] == "two_audio_items_across_chunks")
+    for key, edit in (("audio expanded_prompt", lambda e: e["expanded_prompt"].pop(3)),
+                      ("audio_encode_calls", lambda e: e["audio_encode_calls"].reverse()),
+                      ("audio prefill_soft", lambda e: e["prefill_soft"][3].__setitem__(2, -1.0)),
+                      ("audio fetch", lambda e: e["fetches"][0].__setitem__(3, e["expanded_prompt"][3]))):
+        c = json.loads(json.dumps(heard))
+        edit(c["expect"])
+        bad.append((key, c))
     for what, c in bad:
         assert problem(c) != "", f"a wrong {what} passed"
 
@@ -111,34 +119,50 @@ def test_loop_golden_covers_the_rules():
         assert any(c["sampler"][key] != default and c["sampler"]["temperature"] > 0 and c["sampler"]["top_k"] != 1
                    for c in ran), f"sampling with {key}"
     assert {c["error"]["field"] for c in cases.values() if "error" in c} == {"context", "max_new_tokens", "prompt",
-                                                                             "images"}
+                                                                             "images", "audio"}
     for c in ran:
         e = c["expect"]
         prompt = e.get("expanded_prompt", c["prompt"])
-        image = (c.get("image_tokens") or {}).get("image")
-        fetched = [c["pad_token_id"] if t == image else t for t in prompt]
+        marks = [t[k] for t, k in ((c.get("image_tokens"), "image"), (c.get("audio_tokens"), "audio")) if t]
+        fetched = [c["pad_token_id"] if t in marks else t for t in prompt]
         assert e["fetches"][0] == fetched and e["fetches"][1:] == [[t] for t in e["tokens"][:-1]], c["name"]
         assert e["decode_calls"] == [[t, len(prompt) + i] for i, t in enumerate(e["tokens"][:-1])], c["name"]
-    # images: expanded at placeholders and first, one and two per prompt, spans cut by chunks, the soft rows at
-    # exactly the placeholders in image order, the context counting the expanded prompt
+    # images and audio: expanded at placeholders and first, one and two per prompt (an audio item of two clips),
+    # spans cut by chunks, the soft rows at exactly the placeholders in order (image k: k + 1, clip j: -(j + 1)),
+    # the context counting the expanded prompt
     shown = [c for c in ran if "images" in c]
     assert any(c["image_tokens"]["image"] in c["prompt"] for c in shown)
     assert any(c["image_tokens"]["image"] not in c["prompt"] and c["prompt"][0] == mlg.BOS for c in shown)
     assert any(c["image_tokens"]["image"] not in c["prompt"] and c["prompt"][0] != mlg.BOS for c in shown)
     assert any(len(c["images"]) == 2 for c in shown)
-    for c in shown:
-        e, t = c["expect"], c["image_tokens"]
-        assert e["encode_calls"] == c["images"]
+    heard = [c for c in ran if "audio" in c]
+    assert any(c["audio_tokens"]["audio"] in c["prompt"] for c in heard)
+    assert any(c["audio_tokens"]["audio"] not in c["prompt"] and c["prompt"][0] != mlg.BOS for c in heard)
+    assert any(len(item) == 2 for c in heard for item in c["audio"]), "an item over 30 s: two clips"
+    assert any("images" in c and c["audio_tokens"]["audio"] not in c["prompt"] for c in heard), "audio after images"
+    for c in shown + heard:
+        e = c["expect"]
         soft = [v for chunk in e["prefill_soft"] for v in chunk]
         owner = [0.0] * len(e["expanded_prompt"])
-        at = [i for i, tok in enumerate(e["expanded_prompt"]) if tok == t["image"]]
-        for k, n in enumerate(c["images"]):
-            for i in at[sum(c["images"][:k]):sum(c["images"][:k + 1])]:
-                owner[i] = float(k + 1)
+        for key, name, counts, value in (("image_tokens", "image", c.get("images", []), lambda k: float(k + 1)),
+                                         ("audio_tokens", "audio", [n for item in c.get("audio", []) for n in item],
+                                          lambda k: -float(k + 1))):
+            if not counts:
+                continue
+            t = c[key]
+            assert e["encode_calls" if name == "image" else "audio_encode_calls"] == counts, c["name"]
+            at = [i for i, tok in enumerate(e["expanded_prompt"]) if tok == t[name]]
+            assert len(at) == sum(counts), c["name"]
+            for k, n in enumerate(counts):
+                for i in at[sum(counts[:k]):sum(counts[:k + 1])]:
+                    owner[i] = value(k)
+            first, last = ("boi", "eoi") if name == "image" else ("boa", "eoa")
+            assert e["expanded_prompt"].count(t[first]) == e["expanded_prompt"].count(t[last]) == len(counts)
         assert soft == owner, c["name"]
-        assert e["expanded_prompt"].count(t["boi"]) == e["expanded_prompt"].count(t["eoi"]) == len(c["images"])
     assert any(len(c["expect"]["expanded_prompt"]) + c["max_new_tokens"] == c["max_context"] for c in shown)
+    assert any(len(c["expect"]["expanded_prompt"]) + c["max_new_tokens"] == c["max_context"] for c in heard)
     assert any(c.get("error", {}).get("field") == "context" and "images" in c for c in cases.values())
+    assert any(c.get("error", {}).get("field") == "context" and "audio" in c for c in cases.values())
 
 
 def test_sampler_refuses_an_infinite_largest_logit():

@@ -486,8 +486,8 @@ def image_files(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def python_image_run(bundle: Path, ids, images, budget: int, new: int, threads: int):
-    """Session(bundle).generate with images, greedy and past eos, at `threads`: its tokens, every step's
+def python_image_run(bundle: Path, ids, images, budget: int, new: int, threads: int, audio=()):
+    """Session(bundle).generate with images (or audio), greedy and past eos, at `threads`: its tokens, every step's
     logits (what the back-end returned for the last prefill chunk and each decode) and the prefilled ids."""
     from executorch.extension.pybindings import portable_lib
 
@@ -513,7 +513,8 @@ def python_image_run(bundle: Path, ids, images, budget: int, new: int, threads: 
                 return out
 
             s.backend.prefill, s.backend.decode = record_prefill, record_decode
-            tokens = [t.token for t in s.generate(ids, new, images=images, image_budget=budget, stop_on_eos=False)]
+            tokens = [t.token for t in s.generate(ids, new, images=images, image_budget=budget, stop_on_eos=False,
+                                                  audio=list(audio))]
     finally:
         portable_lib._unsafe_reset_threadpool(old)
     return tokens, np.stack(steps), prefilled
@@ -668,8 +669,8 @@ AUDIO_MANIFEST_EDITS = {  # field named in the refusal: the manifest edit
 
 @pytest.mark.slow  # exports the tiny audio bundle
 def test_native_manifest_reader_checks_the_audio_entry_as_python_does(exe, tiny_audio_bundle, tmp_path):
-    # the native host does not run audio yet, but it reads an audio bundle's manifest as Python does: every wrong
-    # field of the audio entry refused by both readers, naming the same field; the valid one runs text
+    # the native host reads an audio bundle's manifest as Python does: every wrong field of the audio entry refused
+    # by both readers, naming the same field; the valid one runs text
     (tmp_path / "ids").write_text("2,3\n")
     assert bf.read_manifest(tiny_audio_bundle)["audio"]["audio_tokens"]["boa"] == 506   # the edits below assume it
     p = run_exe(exe, tiny_audio_bundle, "--ids-file", tmp_path / "ids", "--new-tokens", 2)
@@ -733,3 +734,121 @@ def test_cli_run_native_takes_images_as_run_does(exe, vision_bundle, image_files
     res = json_at_end(p.stdout)
     assert res["runs"][0]["tokens"] == want and res["image_budget"] == 70
     assert "[native] 1 image(s) at budget 70" in p.stderr and "released after: True" in p.stderr
+
+
+# ------------------------------------------------------------------------------------------------------
+# Audio: the native host reads WAV files, cuts them into clips and encodes them with the bundle's audio program
+# ------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def audio_bundle(tiny_audio_bundle, tmp_path_factory) -> Path:
+    """The session's tiny audio bundle, copied (the host writes its weight cache beside the program)."""
+    out = tmp_path_factory.mktemp("native-audio") / "tiny-audio"
+    shutil.copytree(tiny_audio_bundle, out, ignore=shutil.ignore_patterns("*.xnnpack_cache*"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def wav_files(tmp_path_factory) -> dict[str, Path]:
+    """Speech-like clips the tower's answer depends on: 1.3 s at 16 kHz mono (16-bit), 0.8 s at 44.1 kHz stereo
+    (24-bit: resampled and downmixed), and 31 s at 16 kHz (two clips: 30 s and 1 s)."""
+    from scipy.io import wavfile
+
+    d = tmp_path_factory.mktemp("wav")
+    rng = np.random.default_rng(11)
+
+    def tone(n: int, rate: int, f0: float) -> np.ndarray:
+        t = np.arange(n) / rate
+        return 0.4 * np.sin(2 * np.pi * f0 * t * (1 + 0.3 * np.sin(2 * np.pi * 3 * t))) + 0.05 * rng.standard_normal(n)
+
+    out = {"mono16k": d / "mono16k.wav", "stereo44k": d / "stereo44k.wav", "long": d / "long.wav"}
+    wavfile.write(out["mono16k"], 16000, (tone(20800, 16000, 220) * 32767).astype(np.int16))
+    st = np.stack([tone(35280, 44100, 330), tone(35280, 44100, 180)], 1)
+    wavfile.write(out["stereo44k"], 44100, (st * 2**31).astype(np.int32))   # 32-bit PCM
+    wavfile.write(out["long"], 16000, (tone(31 * 16000, 16000, 140) * 32767).astype(np.int16))
+    return out
+
+
+@pytest.mark.slow  # exports the tiny audio bundle; the audio program runs on both hosts
+def test_native_audio_prompts_equal_the_python_session_bit_for_bit(exe, audio_bundle, wav_files):
+    # one file at its placeholder, two files first (one resampled and downmixed), one over 30 s (two clips): the
+    # same prefilled ids (each clip's span from the same samples), the same logits at every step (the tower's soft
+    # tokens spliced identically), the same greedy tokens; the program loaded for the clips and released after
+    audio_id = bf.read_manifest(audio_bundle)["audio"]["audio_tokens"]["audio"]
+    mono, stereo, long = (str(wav_files[k]) for k in ("mono16k", "stereo44k", "long"))
+    cases = {"one at its placeholder": ([2, 10, audio_id, 20, 30], [mono]),
+             "two first, one resampled": ([2, 10, 20], [stereo, mono]),
+             "over 30 s": ([2, 10, 20], [long])}
+    new, seen = 6, {}
+    for name, (ids, files) in cases.items():
+        want, want_logits, prefilled = python_image_run(audio_bundle, ids, [], 280, new, threads=1, audio=files)
+        res = native.run(audio_bundle, ids, new, threads=1, with_logits=True, exe=exe, audio=files)
+        assert res["prompt_tokens"] == prefilled, name
+        assert np.array_equal(res["logits"], want_logits), name
+        assert res["runs"][0]["tokens"] == want, name
+        assert res["audio_program"]["loads"] == 1 and not res["runs"][0]["audio"]["mapped_after"], name
+        seen[name] = want
+    assert [len(item["clip_soft_tokens"]) for item in res["audio"]] == [2]   # 31 s: a 30 s clip and a 1 s one
+    assert len(set(map(tuple, seen.values()))) == len(seen), seen
+    assert native.run(audio_bundle, [2, 10, 20], new, threads=1, exe=exe)["runs"][0]["tokens"] not in seen.values()
+
+
+@pytest.mark.slow  # exports the tiny audio bundle
+def test_native_text_prompt_never_reads_the_audio_program(exe, audio_bundle, wav_files, tmp_path):
+    # a text prompt runs with audio.pte corrupted (the file is never opened); an audio prompt is refused on the
+    # digest, before ExecuTorch parses the file
+    bundle = edited_copy(audio_bundle, tmp_path / "corrupt")
+    pte = bundle / bf.read_manifest(bundle)["files"]["audio"]["path"]
+    data = bytearray(pte.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    pte.write_bytes(bytes(data))
+    res = native.run(bundle, [2, 10, 20], 3, threads=1, exe=exe)
+    assert "audio_program" not in res and len(res["runs"][0]["tokens"]) == 3
+    with pytest.raises(ValueError, match=r"audio\.pte: sha256: expected .* \(the manifest's files\.audio\)"):
+        native.run(bundle, [2, 10, 20], 3, threads=1, exe=exe, audio=[wav_files["mono16k"]])
+
+
+@pytest.mark.slow  # exports the tiny audio bundle
+def test_native_refuses_bad_audio_requests_as_the_python_session_does(exe, audio_bundle, tiny_bundle, wav_files,
+                                                                      tmp_path):
+    # the loop's audio check (its field and words, as the Python session's), then the files: each refused with one
+    # line naming what was expected, before any program runs
+    from gemma_edge.runtime import GenerationError, Session
+
+    t = bf.read_manifest(audio_bundle)["audio"]["audio_tokens"]
+    mono = wav_files["mono16k"]
+    (tmp_path / "short.wav").write_bytes(b"")
+    from scipy.io import wavfile
+
+    wavfile.write(tmp_path / "tiny.wav", 16000, np.zeros(100, np.int16))
+    (tmp_path / "notes.wav").write_text("not audio")
+    cases = [(audio_bundle, [2, 10, t["boa"], 20], [mono], "audio frame ids"),
+             (audio_bundle, [2, t["audio"], 10, t["audio"]], [mono], "one per item"),
+             (tiny_bundle, [2, 10, 20], [mono], "no audio tower"),
+             (audio_bundle, [2, 10, 20], [tmp_path / "tiny.wav"], "make no soft token"),
+             (audio_bundle, [2, 10, 20], [tmp_path / "notes.wav"], "expected a WAV file"),
+             (audio_bundle, [2, 10, 20], [tmp_path / "missing.wav"], "missing.wav")]
+    for bundle, ids, files, words in cases:
+        with pytest.raises(ValueError, match=words):
+            native.run(bundle, ids, 3, threads=1, exe=exe, audio=files)
+        if words in ("audio frame ids", "one per item", "no audio tower", "make no soft token"):
+            with Session(bundle) as s, pytest.raises(GenerationError, match=words) as e:
+                list(s.generate(ids, 3, audio=[str(f) for f in files]))
+            assert e.value.field == "audio"
+
+
+@pytest.mark.slow  # exports the tiny audio bundle
+def test_cli_run_native_takes_audio_as_run_does(exe, audio_bundle, wav_files):
+    # `gemma-edge run-native --audio --chat` gives the Python session's greedy tokens for the same chat and clip
+    from gemma_edge.runtime import Session
+
+    with Session(audio_bundle) as s:
+        ids = s.encode("transcribe this", chat=True, audio=1)
+        want = [t.token for t in s.generate(ids, 6, audio=[str(wav_files["stereo44k"])])]
+    p = subprocess.run([sys.executable, "-m", "gemma_edge.cli", "run-native", str(audio_bundle), "--prompt",
+                        "transcribe this", "--chat", "--audio", str(wav_files["stereo44k"]), "--max-new-tokens", "6",
+                        "--threads", "1", "--json"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    res = json_at_end(p.stdout)
+    assert res["runs"][0]["tokens"] == want
+    assert "[native] 1 audio file(s), 1 clip(s)" in p.stderr and "released after: True" in p.stderr

@@ -1,7 +1,7 @@
 // gemma-edge-run: the runner library's command line — a bundle run by a native host, no Python, no libtorch.
 //
 //   gemma-edge-run BUNDLE_DIR (--prompt-file F|- [--chat] | --ids-file F|-) [--new-tokens 32]
-//       [--image PATH ... [--image-budget 280]]
+//       [--image PATH ... [--image-budget 280]] [--audio WAV ...]
 //       [--temperature 0 --top-k 0 --top-p 1 --seed 0] [--ignore-eos] [--threads N] [--repeats 1]
 //       [--warmup 0] [--weight-cache-dir DIR] [--logits-out FILE] [--json]
 //   gemma-edge-run --ple B/model.ple --ids 2,818,... --rows-out FILE [--ple-identity HEX]   (the fetch alone)
@@ -12,7 +12,11 @@
 // --chat wraps the prompt in Gemma 4's chat format. --image (repeatable, in prompt order) adds a PNG or JPEG at
 // --image-budget soft tokens, one of the manifest's vision.budgets: the prompt holds one image placeholder id
 // per image, or none (the images then go after <bos>); the bundle's vision program encodes them (loaded for that
-// and released after, at every run). Prints the generated text (EOS excluded); with --json,
+// and released after, at every run). --audio (repeatable, in prompt order, after the images) adds a WAV file
+// (PCM 8/16/24/32-bit or float, any rate and channel count: downmixed and resampled to 16 kHz as the Python host
+// does); audio over 30 s is several consecutive 30 s clips, each its own <|audio> … <audio|> span; the prompt holds
+// one audio placeholder per file, or none (the audio then goes after <bos> and any image spans); the bundle's audio
+// program encodes the clips, loaded for them and released after. Prints the generated text (EOS excluded); with --json,
 // one JSON object instead: load time, each timed run (TTFT, prefill / decode tok/s, tokens, the prompt's
 // fetch) and this process's memory from /proc — before loading (the host), after loading and at the end —
 // with the program's file mapping released after the load (XNNPACK holds packed copies of its weights).
@@ -42,6 +46,8 @@
 #include <string>
 #include <vector>
 
+#include "audio.h"
+#include "audio_program.h"
 #include "errors.h"
 #include "image.h"
 #include "loop.h"
@@ -113,7 +119,7 @@ uint64_t parse_seed(const std::string& s) {
 
 struct Args {
   std::string bundle, prompt_file, ids_file, logits_out, weight_cache_dir;
-  std::vector<std::string> images;
+  std::vector<std::string> images, audio;
   int image_budget = gemma_edge::kDefaultImageBudget;
   bool chat = false, json = false, ignore_eos = false;
   int new_tokens = 32, repeats = 1, warmup = 0, threads = 0;
@@ -138,8 +144,8 @@ Args parse(int argc, char** argv) {
       continue;
     }
     if (k.rfind("--", 0) != 0 || i + 1 >= argc) throw BadInput("expected --flag VALUE pairs, found '" + k + "'");
-    if (k == "--image") {  // the one repeated flag: each image in prompt order
-      a.images.push_back(argv[++i]);
+    if (k == "--image" || k == "--audio") {  // the repeated flags: each image, each audio file in prompt order
+      (k == "--image" ? a.images : a.audio).push_back(argv[++i]);
       continue;
     }
     kv[k] = argv[++i];
@@ -154,6 +160,7 @@ Args parse(int argc, char** argv) {
   a.rows_out = take("--rows-out");
   if (!a.rows_out.empty()) {  // the fetch alone
     if (!a.images.empty()) throw BadInput("--image: not taken with --rows-out (a fetch, no program)");
+    if (!a.audio.empty()) throw BadInput("--audio: not taken with --rows-out (a fetch, no program)");
     a.ple = take("--ple");
     a.identity = take("--ple-identity");
     a.ids = take("--ids");
@@ -309,14 +316,15 @@ int run(const Args& args) {
   std::unique_ptr<gemma_edge::VisionProgram> vision;
   gemma_edge::LoopImages images;
   json images_json = json::array();
-  if (!args.images.empty()) {
+  if (!args.images.empty() || !args.audio.empty())
     // loop.md's order: the prompt's ids (the program checks them against its own vocabulary again once
-    // loaded), the images check, then the budget, then the files are read
+    // loaded), the images check, then the budget, then the files are read; then the same for the audio
     for (size_t i = 0; i < ids.size(); ++i)
       if (ids[i] >= manifest.vocab_size)
         throw gemma_edge::LoopError("prompt", "prompt id " + std::to_string(ids[i]) + " at position " +
                                     std::to_string(i) + ": expected 0 ≤ id < vocab_size " +
                                     std::to_string(manifest.vocab_size) + " (the manifest's vocab_size)");
+  if (!args.images.empty()) {
     const std::optional<gemma_edge::ImageTokens> tokens =
         manifest.vision ? std::optional(manifest.vision->image_tokens) : std::nullopt;
     gemma_edge::check_image_prompt(ids, args.images.size(), tokens, manifest.dir);
@@ -333,8 +341,38 @@ int run(const Args& args) {
     images.encoder = vision.get();
     images.model = manifest.dir;
   }
+  // The audio: read, resampled and cut into clips now (their soft-token counts size the prompt); the audio
+  // program is read only when the loop encodes them.
+  std::vector<gemma_edge::AudioClip> clips;
+  std::unique_ptr<gemma_edge::AudioProgram> audio_program;
+  gemma_edge::LoopAudio audio;
+  json audio_json = json::array();
+  if (!args.audio.empty()) {
+    const std::optional<gemma_edge::AudioTokens> tokens =
+        manifest.audio ? std::optional(gemma_edge::AudioTokens{manifest.audio->boa, manifest.audio->audio,
+                                                               manifest.audio->eoa})
+                       : std::nullopt;
+    gemma_edge::check_audio_prompt(gemma_edge::expand_image_prompt(ids, images), args.audio.size(), tokens,
+                                   manifest.dir);
+    audio_program = std::make_unique<gemma_edge::AudioProgram>(manifest, clips);
+    for (const std::string& path : args.audio) {
+      const std::vector<float> samples = gemma_edge::to_mono_16k(gemma_edge::read_wav(path), path);
+      std::vector<int> counts;
+      for (gemma_edge::AudioClip& c : gemma_edge::prepare_audio(samples, path)) {
+        counts.push_back(c.soft_tokens);
+        clips.push_back(std::move(c));
+      }
+      audio.soft_tokens.push_back(counts);
+      audio_json.push_back({{"path", path}, {"samples", samples.size()}, {"clip_soft_tokens", counts}});
+    }
+    audio.tokens = tokens;
+    audio.pad_id = manifest.pad_token_id;
+    audio.bos = manifest.bos_token_id;
+    audio.encoder = audio_program.get();
+    audio.model = manifest.dir;
+  }
   // the images and context rules before anything is loaded (the loop checks them again, before any work)
-  const std::vector<int64_t> expanded = gemma_edge::expand_image_prompt(ids, images);
+  const std::vector<int64_t> expanded = gemma_edge::expand_prompt(ids, images, audio);
   if (int64_t(expanded.size()) + args.new_tokens > manifest.max_context)
     throw gemma_edge::LoopError("context", "context: prompt " + std::to_string(expanded.size()) + " + max_new_tokens " +
                                 std::to_string(args.new_tokens) + " = " +
@@ -357,7 +395,7 @@ int run(const Args& args) {
     const bool keep = r == args.warmup && !args.logits_out.empty();
     gemma_edge::TokenObserver observe;
     if (keep) observe = [&](int64_t, const float* l, size_t V) { logits.insert(logits.end(), l, l + V); };
-    gemma_edge::Generation g = gemma_edge::generate(program, sampler, ids, settings, observe, images);
+    gemma_edge::Generation g = gemma_edge::generate(program, sampler, ids, settings, observe, images, audio);
     if (r < args.warmup) continue;
     runs.push_back({{"ttft_s", g.ttft_s}, {"fetch_s", g.prompt_fetch.wall_s}, {"prefill_s", g.prefill_s},
                     {"decode_s", g.decode_s}, {"prefill_tok_s", double(g.prompt.size()) / g.prefill_s},
@@ -366,6 +404,9 @@ int run(const Args& args) {
     if (vision)  // the encode counts the vision program's load (verification included): it is loaded per run
       runs.back()["vision"] = {{"encode_s", g.encode_s}, {"load_s", vision->load_s()}, {"verify_s", vision->verify_s()},
                                {"released", !vision->loaded()}, {"mapped_after", vision->mapped()}};
+    if (audio_program)  // encode_s counts both towers when a prompt has images and audio
+      runs.back()["audio"] = {{"encode_s", g.encode_s}, {"load_s", audio_program->load_s()},
+                              {"released", !audio_program->loaded()}, {"mapped_after", audio_program->mapped()}};
     last_tokens = g.tokens;
   }
   if (!logits.empty()) {
@@ -407,11 +448,16 @@ int run(const Args& args) {
   }
   o["memory"] = {{"host", host}, {"after_load", after_load}, {"end", end}};
   o["program_resident_bytes"] = mapping_resident_bytes(program.program_path());
-  o["prompt_tokens"] = expanded;  // what was prefilled: with images, each one's span in place
+  o["prompt_tokens"] = expanded;  // what was prefilled: with images and audio, each one's spans in place
   if (vision) {
     o["images"] = images_json;
     o["image_budget"] = args.image_budget;
     o["vision"] = {{"path", vision->path()}, {"method", vision->method()}, {"loads", vision->loads()}};
+  }
+  if (audio_program) {
+    o["audio"] = audio_json;
+    o["audio_program"] = {{"path", audio_program->path()}, {"method", audio_program->method()},
+                          {"loads", audio_program->loads()}};
   }
   if (tok) o["text"] = text;
   o["runs"] = runs;

@@ -11,7 +11,7 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 
 // The encoder gives its weights back however encoding ends (the Python session's try/finally).
 struct ReleaseAfter {
-  ImageEncoder* encoder;
+  SoftEncoder* encoder;
   ~ReleaseAfter() {
     if (encoder) encoder->release();
   }
@@ -68,15 +68,83 @@ std::vector<int64_t> expand_image_prompt(const std::vector<int64_t>& prompt, con
   return out;
 }
 
+void check_audio_prompt(const std::vector<int64_t>& prompt, size_t n_items,
+                        const std::optional<AudioTokens>& tokens, const std::string& model) {
+  if (n_items == 0) return;
+  if (!tokens)
+    throw LoopError("audio", "audio: " + model + " has no audio tower (export a checkpoint with one, without "
+                             "--no-audio)");
+  const AudioTokens& t = *tokens;
+  for (size_t i = 0; i < prompt.size(); ++i)
+    if (prompt[i] == t.boa || prompt[i] == t.eoa)
+      throw LoopError("audio", "audio: the prompt holds audio frame ids (" + std::to_string(t.boa) + " / " +
+                                   std::to_string(t.eoa) + ", first at position " + std::to_string(i) +
+                                   "); expected one placeholder " + std::to_string(t.audio) +
+                                   " per audio item, which the loop expands");
+  const size_t marks = size_t(std::count(prompt.begin(), prompt.end(), t.audio));
+  if (marks != 0 && marks != n_items)
+    throw LoopError("audio", "audio: the prompt has " + count_of(marks, "audio placeholder") + " (" +
+                                 std::to_string(t.audio) + ") for " + count_of(n_items, "audio item") +
+                                 "; expected one per item, or none (audio first)");
+}
+
+std::vector<int64_t> expand_audio_prompt(const std::vector<int64_t>& prompt, const LoopAudio& audio,
+                                         const std::optional<ImageTokens>& image_tokens) {
+  if (audio.soft_tokens.empty()) return prompt;
+  check_audio_prompt(prompt, audio.soft_tokens.size(), audio.tokens, audio.model);
+  for (size_t i = 0; i < audio.soft_tokens.size(); ++i) {
+    if (audio.soft_tokens[i].empty())
+      throw LoopError("audio", "audio: item " + std::to_string(i) + " makes no soft token (no clip of 161 samples "
+                               "or more at 16 kHz)");
+    for (int n : audio.soft_tokens[i])
+      if (n < 1 || n > 750)
+        throw LoopError("audio", "audio: item " + std::to_string(i) + ": a clip of " + std::to_string(n) +
+                                     " soft tokens, expected 1..750 (at most 30 s)");
+  }
+  const AudioTokens& t = *audio.tokens;
+  auto spans = [&](std::vector<int64_t>& out, const std::vector<int>& clips) {
+    for (int n : clips) {
+      out.push_back(t.boa);
+      out.insert(out.end(), size_t(n), t.audio);
+      out.push_back(t.eoa);
+    }
+  };
+  std::vector<int64_t> out;
+  if (std::count(prompt.begin(), prompt.end(), t.audio) == 0) {
+    size_t at = !prompt.empty() && prompt[0] == audio.bos ? 1 : 0;
+    if (image_tokens)  // after the image spans that open the prompt, as the chat template puts items in order
+      while (at < prompt.size() &&
+             (prompt[at] == image_tokens->boi || prompt[at] == image_tokens->image || prompt[at] == image_tokens->eoi))
+        ++at;
+    out.assign(prompt.begin(), prompt.begin() + long(at));
+    for (const auto& clips : audio.soft_tokens) spans(out, clips);
+    out.insert(out.end(), prompt.begin() + long(at), prompt.end());
+    return out;
+  }
+  size_t k = 0;
+  for (int64_t id : prompt) {
+    if (id == t.audio)
+      spans(out, audio.soft_tokens[k++]);
+    else
+      out.push_back(id);
+  }
+  return out;
+}
+
+std::vector<int64_t> expand_prompt(const std::vector<int64_t>& prompt, const LoopImages& images,
+                                   const LoopAudio& audio) {
+  return expand_audio_prompt(expand_image_prompt(prompt, images), audio, images.tokens);
+}
+
 Generation generate(Step& step, Sampler& sampler, const std::vector<int64_t>& request, const LoopSettings& s,
-                    const TokenObserver& observe, const LoopImages& images) {
-  // The checks of gemma_edge/contract/loop.md, in its order: prompt, images, max_new_tokens, context.
+                    const TokenObserver& observe, const LoopImages& images, const LoopAudio& audio) {
+  // The checks of gemma_edge/contract/loop.md, in its order: prompt, images, audio, max_new_tokens, context.
   if (request.empty()) throw LoopError("prompt", "prompt: expected at least one token");
   step.check_prompt(request);
   Generation g;
-  g.prompt = expand_image_prompt(request, images);
+  g.prompt = expand_prompt(request, images, audio);
   const std::vector<int64_t>& prompt = g.prompt;
-  if (prompt.size() != request.size()) step.check_prompt(prompt);  // the image ids too
+  if (prompt.size() != request.size()) step.check_prompt(prompt);  // the image and audio ids too
   if (s.max_new_tokens < 1)
     throw LoopError("max_new_tokens", "max_new_tokens: expected an integer ≥ 1, found " +
                                           std::to_string(s.max_new_tokens));
@@ -87,41 +155,59 @@ Generation generate(Step& step, Sampler& sampler, const std::vector<int64_t>& re
                                    " tokens, expected ≤ max_context " + std::to_string(s.max_context));
   if (s.prefill_chunk < 1)
     throw LoopError("prefill_chunk", "prefill_chunk: expected an integer ≥ 1, found " + std::to_string(s.prefill_chunk));
-  const bool with_images = !images.soft_tokens.empty();
-  if (with_images && !images.encoder) throw std::logic_error("generate: images without an encoder");
+  struct Tower {  // the images', then the clips': their encoder, placeholder id and soft-token counts in order
+    SoftEncoder* encoder;
+    int64_t placeholder, pad;
+    std::vector<int> counts;
+  };
+  std::vector<Tower> towers;
+  if (!images.soft_tokens.empty())
+    towers.push_back({images.encoder, images.tokens->image, images.pad_id, images.soft_tokens});
+  if (!audio.soft_tokens.empty()) {
+    std::vector<int> clips;
+    for (const auto& item : audio.soft_tokens) clips.insert(clips.end(), item.begin(), item.end());
+    towers.push_back({audio.encoder, audio.tokens->audio, audio.pad_id, clips});
+  }
+  for (const Tower& t : towers)
+    if (!t.encoder) throw std::logic_error("generate: images or audio without an encoder");
 
   const size_t rv = step.row_values(), V = step.vocab_size();
   auto t0 = Clock::now();
-  // soft [T, H]: zeros, each image's rows at its placeholders, in order
+  // soft [T, H]: zeros, each image's and clip's rows at its placeholders, in order
   std::vector<float> soft;
   size_t H = 0;
-  if (with_images) {
-    ReleaseAfter release{images.encoder};
-    H = images.encoder->width();
-    soft.assign(prompt.size() * H, 0.0f);
+  for (const Tower& t : towers) {
+    ReleaseAfter release{t.encoder};
+    if (H == 0) {
+      H = t.encoder->width();
+      soft.assign(prompt.size() * H, 0.0f);
+    } else if (t.encoder->width() != H) {
+      throw std::logic_error("generate: the vision and audio encoders' widths differ");
+    }
     std::vector<float> rows;
     size_t at = 0;  // the next placeholder position to fill
-    for (size_t k = 0; k < images.soft_tokens.size(); ++k) {
-      const size_t n = size_t(images.soft_tokens[k]);
+    for (size_t k = 0; k < t.counts.size(); ++k) {
+      const size_t n = size_t(t.counts[k]);
       rows.resize(n * H);
-      images.encoder->encode(k, rows.data());
+      t.encoder->encode(k, rows.data());
       for (size_t r = 0; r < n; ++r, ++at) {
-        while (prompt[at] != images.tokens->image) ++at;  // the expansion put n_k placeholders per image
+        while (prompt[at] != t.placeholder) ++at;  // the expansion put n_k placeholders per input
         std::copy_n(rows.data() + r * H, H, soft.data() + at * H);
       }
     }
-    g.encode_s = seconds_since(t0);
   }
+  if (!towers.empty()) g.encode_s = seconds_since(t0);
   // ONE batched fetch of the prompt; a placeholder's token half is the pad row (transformers' splice)
   std::vector<int64_t> fetched = prompt;
-  if (with_images) std::replace(fetched.begin(), fetched.end(), images.tokens->image, images.pad_id);
+  for (const Tower& t : towers)
+    std::replace(fetched.begin(), fetched.end(), t.placeholder, t.pad);
   std::vector<float> rows(prompt.size() * rv);
   g.prompt_fetch = step.fetch(fetched.data(), fetched.size(), rows.data());
   const float* logits = nullptr;
   for (size_t start = 0; start < prompt.size(); start += size_t(s.prefill_chunk)) {
     const size_t n = std::min(prompt.size() - start, size_t(s.prefill_chunk));
     logits = step.prefill(prompt.data() + start, n, int64_t(start), rows.data() + start * rv,
-                          with_images ? soft.data() + start * H : nullptr);
+                          towers.empty() ? nullptr : soft.data() + start * H);
   }
   g.prefill_s = seconds_since(t0) - g.encode_s - g.prompt_fetch.wall_s;
   auto is_eos = [&](int64_t t) { return s.stop_on_eos && std::find(s.eos.begin(), s.eos.end(), t) != s.eos.end(); };

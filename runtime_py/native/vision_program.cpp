@@ -2,18 +2,12 @@
 
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
-#include <executorch/runtime/platform/runtime.h>
-#include <limits.h>
-#include <stdlib.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <chrono>
-#include <cstring>
-#include <fstream>
 
 #include "errors.h"
-#include "text_file.h"
+#include "tower_program.h"
 
 namespace gemma_edge {
 
@@ -25,12 +19,6 @@ using executorch::runtime::EValue;
 namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-std::string shape_of(executorch::runtime::Span<const int32_t> sizes) {
-  std::string s = "[";
-  for (size_t i = 0; i < sizes.size(); ++i) s += (i ? ", " : "") + std::to_string(sizes[i]);
-  return s + "]";
-}
 }  // namespace
 
 std::string budget_list(const VisionEntry& vision) {
@@ -63,25 +51,8 @@ VisionProgram::VisionProgram(const Manifest& m, int budget, const std::vector<Pr
 
 void VisionProgram::load() {
   auto t0 = Clock::now();
-  char real[PATH_MAX];
-  if (!realpath(path_.c_str(), real)) throw BadInput(path_ + ": " + std::strerror(errno));
-  path_ = real;
-  // the file must be the manifest's, byte for byte, before ExecuTorch parses any of it
-  const int64_t bytes = regular_file_size("vision program", path_);
-  if (bytes != bytes_)
-    throw BadInput(path_ + ": bytes: expected " + std::to_string(bytes_) + " (the manifest's files.vision), found " +
-                   std::to_string(bytes));
-  if (const std::string found = sha256_file(path_, bytes); found != sha256_)
-    throw BadInput(path_ + ": sha256: expected " + sha256_ + " (the manifest's files.vision), found " + found);
-  verify_s_ = seconds_since(t0);
-
-  executorch::runtime::runtime_init();
-  auto module = std::make_unique<Module>(path_, Module::LoadMode::Mmap);
-  if (module->load(executorch::runtime::Program::Verification::InternalConsistency) != executorch::runtime::Error::Ok)
-    throw BadInput(path_ + ": not a program this runtime can run (ExecuTorch error while verifying it)");
-  if (module->load_method(method_) != executorch::runtime::Error::Ok)
-    throw BadInput(path_ + ": cannot load method '" + method_ + "' (the manifest's vision.methods." +
-                   std::to_string(budget_) + "; missing, or not a program this runtime runs)");
+  auto module = load_tower_program(path_, bytes_, sha256_, "vision", method_,
+                                   "vision.methods." + std::to_string(budget_), &verify_s_);
   // the signature of contract/bundle_format's vision entry: (pixel_values f32 [1, 9·b, 768], pixel_position_ids
   // i64 [1, 9·b, 2]) -> (soft f32 [1, b, H], valid bool [1, b])
   auto meta = module->method_meta(method_);
@@ -112,7 +83,7 @@ void VisionProgram::load() {
       throw BadInput(where + (w.input ? " input " : " output ") + std::to_string(w.index) + " (" + w.name +
                      "): expected " + w.text + " " + want + "] (budget " + std::to_string(budget_) +
                      ", vision.hidden_size " + std::to_string(hidden_) + "), found " +
-                     (t.ok() ? shape_of(t->sizes()) : std::string("no tensor")));
+                     (t.ok() ? shape_text(t->sizes()) : std::string("no tensor")));
     }
   }
   module_ = std::move(module);
@@ -155,12 +126,6 @@ void VisionProgram::encode(size_t k, float* out) {
 
 void VisionProgram::release() { module_.reset(); }
 
-bool VisionProgram::mapped() const {
-  std::ifstream maps("/proc/self/maps");
-  std::string line;
-  while (std::getline(maps, line))
-    if (line.size() >= path_.size() && line.compare(line.size() - path_.size(), path_.size(), path_) == 0) return true;
-  return false;
-}
+bool VisionProgram::mapped() const { return process_maps(path_); }
 
 }  // namespace gemma_edge

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from gemma_edge.contract.audio import AudioTokens
 from gemma_edge.contract.image import PATCH_DIM, SUPPORTED_BUDGETS, ImageTokens
 from gemma_edge.contract.presets import preset
+from gemma_edge.runtime.audio import PreparedClip
 from gemma_edge.runtime.image import PreparedImage
 from gemma_edge.runtime.session import GenerationError, Session
 
@@ -30,6 +32,7 @@ VOCAB = 96
 EOS = [1, 50]
 BOS = 2
 IMAGE_TOKENS = ImageTokens.for_vocab(VOCAB)    # boi 93, image 94, eoi 95
+AUDIO_TOKENS = AudioTokens.for_vocab(VOCAB)    # boa 90, audio 91, eoa 92
 IMAGE_BUDGET = 70
 SEED = 20260419
 
@@ -64,8 +67,8 @@ class ReplayBackend:
 
     `steps` is a list, or a function of k that makes step k when the loop first asks for it (recording)."""
 
-    def __init__(self, steps, prompt_len: int, image_id: int | None = None, pad_id: int = 0):
-        self.image_id, self.pad_id = image_id, pad_id
+    def __init__(self, steps, prompt_len: int, placeholders: tuple[int, ...] = (), pad_id: int = 0):
+        self.placeholders, self.pad_id = list(placeholders), pad_id
         self.prefill_soft: list[list[float]] = []
         self.prefill_ids: list[list[int]] = []
         self.make = steps if callable(steps) else None
@@ -85,8 +88,8 @@ class ReplayBackend:
         self.prefill_calls.append([int(start), len(ids)])
         self.prefill_ids.append([int(t) for t in ids])
         fetched = np.asarray(ids)
-        if self.image_id is not None:            # an image placeholder's PLE row is the pad row
-            fetched = np.where(fetched == self.image_id, self.pad_id, fetched)
+        if self.placeholders:                    # an image or audio placeholder's PLE row is the pad row
+            fetched = np.where(np.isin(fetched, self.placeholders), self.pad_id, fetched)
         if not np.array_equal(np.asarray(rows).reshape(-1), fetched.astype(np.float32)):
             raise AssertionError(f"prefill at {start}: the rows are not the batched fetch's rows of its tokens")
         if soft is not None:
@@ -94,7 +97,7 @@ class ReplayBackend:
             if soft.shape[0] != len(ids) or not (soft == soft[:, :1]).all():
                 raise AssertionError(f"prefill at {start}: soft rows {soft.shape} are not the replay encoder's")
             self.prefill_soft.append([float(v) for v in soft[:, 0]])
-        elif self.image_id is not None:
+        elif self.placeholders:
             self.prefill_soft.append([0.0] * len(ids))
         if start + len(ids) < self.prompt_len:
             return np.full(VOCAB, np.nan, np.float32)
@@ -125,6 +128,28 @@ class ReplayEncoder:
         pass
 
 
+class ReplayAudioEncoder:
+    """An audio encoder whose j-th clip (counted over the prompt's items) has soft tokens all equal to -(j + 1),
+    recording the soft-token count of every encode call."""
+
+    def __init__(self, hidden: int):
+        self.hidden = hidden
+        self.encode_calls: list[int] = []
+
+    def encode(self, clip: PreparedClip) -> np.ndarray:
+        self.encode_calls.append(clip.soft_tokens)
+        return np.full((clip.soft_tokens, self.hidden), -float(len(self.encode_calls)), np.float32)
+
+    def release(self) -> None:
+        pass
+
+
+def replay_item(clips: list[int]) -> list[PreparedClip]:
+    """An audio item as the loop sees it once read and cut: its clips' soft-token counts (the samples are the
+    encoder's)."""
+    return [PreparedClip(np.zeros((0, 160), np.float32), np.zeros(0, np.float32), n, 0) for n in clips]
+
+
 def replay_image(soft_tokens: int) -> PreparedImage:
     """An image as the loop sees it once preprocessed: its soft-token count (the pixels are the encoder's)."""
     return PreparedImage(np.zeros((0, PATCH_DIM), np.float32), np.zeros((0, 2), np.int64), soft_tokens,
@@ -139,41 +164,56 @@ def session_for(case: dict, backend: ReplayBackend, ple: RecordingPle) -> Sessio
         t = case["image_tokens"]
         session.image_tokens = ImageTokens(t["boi"], t["image"], t["eoi"])
         session.vision = ReplayEncoder(case["hidden"])
+    if case.get("audio_tokens") is not None:
+        t = case["audio_tokens"]
+        session.audio_tokens = AudioTokens(t["boa"], t["audio"], t["eoa"])
+        session.audio = ReplayAudioEncoder(case["hidden"])
     return session
 
 
 def run_case(case: dict, steps) -> dict:
     """Runs one case through Session; returns its outcome in the golden's terms (plus the steps used)."""
-    images = "images" in case
-    tokens_of = case.get("image_tokens") or {}
-    backend, ple = ReplayBackend(steps, -1, tokens_of.get("image"), case.get("pad_token_id", 0)), RecordingPle()
+    soft = "images" in case or "audio" in case
+    placeholders = tuple(t for key, name in (("image_tokens", "image"), ("audio_tokens", "audio"))
+                         if case.get(key) is not None for t in [case[key][name]])
+    backend, ple = ReplayBackend(steps, -1, placeholders, case.get("pad_token_id", 0)), RecordingPle()
     session = session_for(case, backend, ple)
     backend.prompt_len = len(case["prompt"])
-    if images and session.image_tokens is not None:   # the expanded prompt's last chunk gives steps[0]
-        from gemma_edge.runtime.vision import expand_prompt
+    if soft:   # the expanded prompt's last chunk gives steps[0]
         try:
-            backend.prompt_len = len(expand_prompt(case["prompt"], case["images"], session.image_tokens, BOS))
-        except ValueError:
+            backend.prompt_len = len(session._expand(case["prompt"], [replay_image(n) for n in case.get("images", [])],
+                                                     IMAGE_BUDGET, [replay_item(c) for c in case.get("audio", [])])[0])
+        except GenerationError:
             pass
     s = case["sampler"]
+
+    def encoded() -> dict:
+        calls = {}
+        for key, enc in (("encode_calls", session.vision), ("audio_encode_calls", session.audio)):
+            if isinstance(enc, (ReplayEncoder, ReplayAudioEncoder)):
+                calls[key] = enc.encode_calls
+        return calls
+
     try:
         tokens = [g.token for g in session.generate(case["prompt"], case["max_new_tokens"],
                                                     temperature=s["temperature"], top_k=s["top_k"],
                                                     top_p=s["top_p"], seed=s["seed"],
                                                     stop_on_eos=case["stop_on_eos"],
                                                     images=[replay_image(n) for n in case.get("images", [])],
-                                                    image_budget=IMAGE_BUDGET)]
+                                                    image_budget=IMAGE_BUDGET,
+                                                    audio=[replay_item(c) for c in case.get("audio", [])])]
     except GenerationError as e:
-        encoded = session.vision.encode_calls if isinstance(session.vision, ReplayEncoder) else []
         return {"error": {"field": e.field, "message": str(e)}, "fetches": ple.fetches,
-                "prefill_calls": backend.prefill_calls, "encode_calls": encoded, "steps": backend.steps}
+                "prefill_calls": backend.prefill_calls, **encoded(), "steps": backend.steps}
     expect = {"tokens": tokens, "stop_reason": session.last_run.stop_reason, "fetches": ple.fetches,
               "prefill_calls": backend.prefill_calls, "decode_calls": backend.decode_calls}
-    if images:
-        assert isinstance(session.vision, ReplayEncoder)
+    if soft:
         prompt = [int(t) for c in backend.prefill_ids for t in c]
-        expect.update(expanded_prompt=prompt, encode_calls=session.vision.encode_calls,
-                      prefill_soft=backend.prefill_soft)
+        expect.update(expanded_prompt=prompt, **{"encode_calls": [], **encoded()}, prefill_soft=backend.prefill_soft)
+        if "audio" in case:
+            expect.setdefault("audio_encode_calls", [])
+        else:
+            expect.pop("audio_encode_calls", None)
     return {"expect": expect, "steps": backend.steps}
 
 
@@ -253,9 +293,35 @@ IMAGE_CASES = [
 ]
 
 
+# name, prompt (as above, and A = audio placeholder, P = boa, Q = eoa), soft tokens per image, soft tokens per
+# clip of each audio item (an item over 30 s is several clips), prefill_chunk, max_context, max_new_tokens, the
+# model has a vision tower, an audio tower, logits shaping, and what the case is there to show
+AUDIO_CASES = [
+    ("audio_first_after_bos", "Btttt", [], [[5]], 4, 64, 4, False, True, {}, "max_new_tokens"),
+    ("audio_first_no_bos", "tttt", [], [[3]], 4, 64, 3, False, True, {}, "max_new_tokens"),
+    ("audio_at_placeholder", "BttAttt", [], [[6]], 4, 64, 4, False, True, {}, "max_new_tokens"),
+    ("audio_item_of_two_clips", "BtAt", [], [[4, 3]], 4, 64, 4, False, True, {}, "max_new_tokens"),
+    ("two_audio_items_across_chunks", "BtAttAt", [], [[4], [2, 3]], 3, 64, 5, False, True, {}, "max_new_tokens"),
+    ("audio_after_images_first", "Bttt", [2], [[3]], 4, 64, 3, True, True, {}, "max_new_tokens"),
+    ("image_and_audio_placeholders", "BtAtIt", [3], [[2]], 4, 64, 4, True, True, {}, "max_new_tokens"),
+    ("audio_then_eos", "BtAt", [], [[5]], 4, 64, 8, False, True, dict(eos_at=(1,)), "eos"),
+    ("audio_fills_context_exactly", "BtAt", [], [[5, 5]], 4, 18, 1, False, True, {}, "max_new_tokens"),
+    ("refuse_audio_no_tower", "Bttt", [], [[4]], 4, 64, 4, True, False, {}, ("audio", "no audio tower")),
+    ("refuse_audio_frame_ids", "BtPtt", [], [[4]], 4, 64, 4, False, True, {}, ("audio", "audio frame ids")),
+    ("refuse_eoa_in_prompt", "BttQ", [], [[4]], 4, 64, 4, False, True, {}, ("audio", "audio frame ids")),
+    ("refuse_audio_placeholders_not_one_per_item", "BtAtAt", [], [[4]], 4, 64, 4, False, True, {},
+     ("audio", "one per item")),
+    ("refuse_context_counts_audio_tokens", "BtAt", [], [[5, 5]], 4, 18, 2, False, True, {},
+     ("context", "prompt 17 + max_new_tokens 2 = 19 tokens")),
+    ("refuse_images_before_audio", "BtOtP", [4], [[4]], 4, 64, 4, True, True, {}, ("images", "image frame ids")),
+    ("refuse_audio_before_max_new_tokens", "BtPt", [], [[4]], 4, 64, 0, False, True, {}, ("audio", "audio frame ids")),
+]
+
+
 def image_prompt(pattern: str, rng: np.random.Generator) -> list[int]:
-    marks = {"B": BOS, "I": IMAGE_TOKENS.image, "O": IMAGE_TOKENS.boi, "C": IMAGE_TOKENS.eoi, "X": VOCAB}
-    text = [int(t) for t in rng.integers(3, IMAGE_TOKENS.boi, len(pattern)) if t not in EOS]
+    marks = {"B": BOS, "I": IMAGE_TOKENS.image, "O": IMAGE_TOKENS.boi, "C": IMAGE_TOKENS.eoi, "X": VOCAB,
+             "A": AUDIO_TOKENS.audio, "P": AUDIO_TOKENS.boa, "Q": AUDIO_TOKENS.eoa}
+    text = [int(t) for t in rng.integers(3, AUDIO_TOKENS.boa, len(pattern)) if t not in EOS]
     return [marks.get(c, text[i % len(text)]) for i, c in enumerate(pattern)]
 
 
@@ -303,7 +369,17 @@ def build() -> dict:
         case["steps"] = [[float(v) for v in s] for s in out["steps"]]
         check_outcome(name, case, out, want)
         cases.append(case)
-    return {"format": "gemma-edge-loop-golden", "version": 2, "vocab_size": VOCAB, "cases": cases}
+    for name, pattern, images, audio, chunk, max_context, max_new, vision, hears, shaping, want in AUDIO_CASES:
+        case = {"name": name, "prompt": image_prompt(pattern, rng), "max_new_tokens": max_new,
+                "max_context": max_context, "prefill_chunk": chunk, "eos": EOS, "stop_on_eos": True,
+                "sampler": dict(GREEDY, temperature=0.0, top_p=1.0), **({"images": images} if images else {}),
+                "image_tokens": IMAGE_TOKENS.manifest_dict() if vision else None, "audio": audio,
+                "audio_tokens": AUDIO_TOKENS.manifest_dict() if hears else None, "pad_token_id": 0, "hidden": hidden}
+        out = run_case(case, logits_maker(rng, **shaping))
+        case["steps"] = [[float(v) for v in s] for s in out["steps"]]
+        check_outcome(name, case, out, want)
+        cases.append(case)
+    return {"format": "gemma-edge-loop-golden", "version": 3, "vocab_size": VOCAB, "cases": cases}
 
 
 def check_outcome(name: str, case: dict, out: dict, want) -> None:
@@ -314,7 +390,7 @@ def check_outcome(name: str, case: dict, out: dict, want) -> None:
         field, text = want
         got = out["error"]
         if (got["field"] != field or text not in got["message"] or out["fetches"] or out["prefill_calls"]
-                or out.get("encode_calls")):
+                or out.get("encode_calls") or out.get("audio_encode_calls")):
             raise GoldenError(f"{name}: expected a refusal of {field} containing {text!r} before any work, "
                               f"the loop gave {got} after fetches {out['fetches']}")
         case["error"] = {"field": field, "message_contains": text}
@@ -340,7 +416,7 @@ def main(argv: list[str]) -> int:
         print(f"make_loop_golden.py: {e}", file=sys.stderr)
         return 1
     out.write_text(text)
-    print(f"{out}: {len(CASES) + len(IMAGE_CASES)} cases")
+    print(f"{out}: {len(CASES) + len(IMAGE_CASES) + len(AUDIO_CASES)} cases")
     return 0
 
 

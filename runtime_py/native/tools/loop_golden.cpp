@@ -1,8 +1,8 @@
 // gemma-edge-loop-golden GOLDEN.json: the runner library's generation loop (loop.h) and sampler driven over
 // the recorded logits of the shared golden suite (tests/golden/loop.json, written from the Python loop):
 // each case's tokens, stop reason, fetch calls, prefill and decode calls — or its refusal — must be the
-// recorded ones; an image case's expanded prompt, encoder calls and the soft tokens each prefill call was
-// handed too. Prints one line per case and exits 1 when any differs.
+// recorded ones; an image or audio case's expanded prompt, encoder calls and the soft tokens each prefill call
+// was handed too. Prints one line per case and exits 1 when any differs.
 #include <algorithm>
 #include <cstdio>
 #include <memory>
@@ -38,7 +38,7 @@ class RecordedStep : public gemma_edge::Step {
     for (size_t i = 0; i < n; ++i) rows[i] = 0.0f;
     return {};
   }
-  // soft_width > 0 (an image case): each prefill call's soft tokens recorded as one value per position,
+  // soft_width > 0 (an image or audio case): each prefill call's soft tokens recorded as one value per position,
   // its row's first — a row whose values differ is recorded as NaN, which no case holds
   const float* prefill(const int64_t*, size_t n, int64_t start, const float*, const float* soft) override {
     prefill_calls.push_back({start, int64_t(n)});
@@ -74,15 +74,16 @@ class RecordedStep : public gemma_edge::Step {
   size_t vocab_;
 };
 
-// The suite's image encoder: image k's rows all equal k + 1 (0 in a soft row is text), `hidden` wide; records
-// each call's soft-token count.
-class ReplayEncoder : public gemma_edge::ImageEncoder {
+// The suite's encoders: image k's rows all equal k + 1, audio clip j's all −(j + 1) (0 in a soft row is text),
+// `hidden` wide; each records its calls' soft-token counts.
+class ReplayEncoder : public gemma_edge::SoftEncoder {
  public:
-  ReplayEncoder(std::vector<int> counts, size_t hidden) : counts_(std::move(counts)), hidden_(hidden) {}
+  ReplayEncoder(std::vector<int> counts, size_t hidden, float sign)
+      : counts_(std::move(counts)), hidden_(hidden), sign_(sign) {}
   size_t width() const override { return hidden_; }
   void encode(size_t k, float* out) override {
     calls.push_back(counts_.at(k));
-    std::fill_n(out, size_t(counts_[k]) * hidden_, float(k + 1));
+    std::fill_n(out, size_t(counts_[k]) * hidden_, sign_ * float(k + 1));
   }
   void release() override { ++releases; }
   std::vector<int> calls;
@@ -91,6 +92,7 @@ class ReplayEncoder : public gemma_edge::ImageEncoder {
  private:
   std::vector<int> counts_;
   size_t hidden_;
+  float sign_;
 };
 
 std::string show(const json& v) {
@@ -106,19 +108,34 @@ std::string run_case(const json& c, size_t vocab, int64_t bos) {
     if (steps.back().size() != vocab) return "steps: expected rows of vocab_size " + std::to_string(vocab);
   }
   RecordedStep step(std::move(steps), vocab);
-  // an image case: the images' soft-token counts, the model's image ids (null: no vision tower), pad id
+  // an image case: the images' soft-token counts, the model's image ids (null: no vision tower), pad id; an
+  // audio case the same of its items' clips
   gemma_edge::LoopImages images;
-  std::unique_ptr<ReplayEncoder> encoder;
+  gemma_edge::LoopAudio audio;
+  std::unique_ptr<ReplayEncoder> encoder, audio_encoder;
+  const int64_t pad = c.value("pad_token_id", json(nullptr)).is_null() ? 0 : c["pad_token_id"].get<int64_t>();
+  if (c.contains("images") || c.contains("audio")) step.soft_width = c.at("hidden").get<size_t>();
   if (c.contains("images")) {
     images.soft_tokens = c.at("images").get<std::vector<int>>();
     if (const json& t = c.value("image_tokens", json(nullptr)); !t.is_null())
       images.tokens = gemma_edge::ImageTokens{t.at("boi").get<int64_t>(), t.at("image").get<int64_t>(),
                                               t.at("eoi").get<int64_t>()};
-    images.pad_id = c.value("pad_token_id", json(nullptr)).is_null() ? 0 : c["pad_token_id"].get<int64_t>();
+    images.pad_id = pad;
     images.bos = bos;
-    step.soft_width = c.at("hidden").get<size_t>();
-    encoder = std::make_unique<ReplayEncoder>(images.soft_tokens, step.soft_width);
+    encoder = std::make_unique<ReplayEncoder>(images.soft_tokens, step.soft_width, 1.0f);
     images.encoder = encoder.get();
+  }
+  if (c.contains("audio")) {
+    audio.soft_tokens = c.at("audio").get<std::vector<std::vector<int>>>();
+    if (const json& t = c.value("audio_tokens", json(nullptr)); !t.is_null())
+      audio.tokens = gemma_edge::AudioTokens{t.at("boa").get<int64_t>(), t.at("audio").get<int64_t>(),
+                                             t.at("eoa").get<int64_t>()};
+    audio.pad_id = pad;
+    audio.bos = bos;
+    std::vector<int> clips;
+    for (const auto& item : audio.soft_tokens) clips.insert(clips.end(), item.begin(), item.end());
+    audio_encoder = std::make_unique<ReplayEncoder>(clips, step.soft_width, -1.0f);
+    audio.encoder = audio_encoder.get();
   }
   const json& sm = c.at("sampler");
   gemma_edge::LoopSettings settings{c.at("max_new_tokens").get<int>(), c.at("max_context").get<int>(),
@@ -128,18 +145,23 @@ std::string run_case(const json& c, size_t vocab, int64_t bos) {
   try {
     gemma_edge::Sampler sampler(sm.at("temperature").get<float>(), sm.at("top_k").get<int64_t>(),
                                 sm.at("top_p").get<float>(), sm.at("seed").get<uint64_t>());
-    gemma_edge::Generation g = gemma_edge::generate(step, sampler, prompt, settings, nullptr, images);
+    gemma_edge::Generation g = gemma_edge::generate(step, sampler, prompt, settings, nullptr, images, audio);
     if (c.contains("error")) return "expected a refusal (" + show(c["error"]) + "), generated " + show(json(g.tokens));
     const json& e = c.at("expect");
     json got = {{"tokens", g.tokens}, {"stop_reason", g.stop_reason}, {"fetches", step.fetches},
                 {"prefill_calls", step.prefill_calls}, {"decode_calls", step.decode_calls}};
     std::vector<std::string> keys{"tokens", "stop_reason", "fetches", "prefill_calls", "decode_calls"};
-    if (encoder) {
+    if (encoder || audio_encoder) {
       got["expanded_prompt"] = g.prompt;
-      got["encode_calls"] = encoder->calls;
+      got["encode_calls"] = encoder ? encoder->calls : std::vector<int>{};
       got["prefill_soft"] = step.prefill_soft;
       keys.insert(keys.end(), {"expanded_prompt", "encode_calls", "prefill_soft"});
-      if (encoder->releases != 1) return "the encoder was released " + std::to_string(encoder->releases) + " times";
+      for (const ReplayEncoder* e : {encoder.get(), audio_encoder.get()})
+        if (e && e->releases != 1) return "an encoder was released " + std::to_string(e->releases) + " times";
+    }
+    if (audio_encoder) {
+      got["audio_encode_calls"] = audio_encoder->calls;
+      keys.push_back("audio_encode_calls");
     }
     for (const auto& k : keys)
       if (got[k] != e.at(k)) return k + ": expected " + show(e[k]) + ", found " + show(got[k]);
@@ -153,6 +175,7 @@ std::string run_case(const json& c, size_t vocab, int64_t bos) {
       return "refusal message: expected it to contain " + show(e["message_contains"]) + ", found '" + err.what() + "'";
     if (!step.fetches.empty() || !step.prefill_calls.empty()) return "refused after fetching or stepping";
     if (encoder && !encoder->calls.empty()) return "refused after encoding an image";
+    if (audio_encoder && !audio_encoder->calls.empty()) return "refused after encoding an audio clip";
     return "";
   } catch (const gemma_edge::BadInput& err) {  // the sampler's settings
     if (!c.contains("error")) return std::string("refused: ") + err.what();
@@ -177,9 +200,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "gemma-edge-loop-golden: %s: %s\n", argv[1], e.what());
     return 2;
   }
-  // version 2 added the image cases
-  if (g.value("format", "") != "gemma-edge-loop-golden" || (g.value("version", 0) != 1 && g.value("version", 0) != 2)) {
-    std::fprintf(stderr, "gemma-edge-loop-golden: %s: expected format gemma-edge-loop-golden version 1 or 2\n", argv[1]);
+  // version 2 added the image cases, version 3 the audio cases
+  const int version = g.value("version", 0);
+  if (g.value("format", "") != "gemma-edge-loop-golden" || version < 1 || version > 3) {
+    std::fprintf(stderr, "gemma-edge-loop-golden: %s: expected format gemma-edge-loop-golden version 1, 2 or 3\n",
+                 argv[1]);
     return 2;
   }
   const size_t vocab = g.at("vocab_size").get<size_t>();

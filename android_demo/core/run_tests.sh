@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the plain-Java core (javac --release 11), regenerates the golden files with Python, and runs the JUnit 4 tests
-# (LoopGoldenTest replays the shared loop suite tests/golden/loop.json, which every host runs).
+# (LoopGoldenTest replays the shared loop suite tests/golden/loop.json, which every host runs; AudioPreprocessorGoldenTest
+# the audio preprocessing golden tests/golden/audio_preprocess.json).
 # Needs: a JDK >= 11, `apt-get install -y junit4` (junit4 + hamcrest jars in /usr/share/java), the project venv.
 set -euo pipefail
 
@@ -39,5 +40,5 @@ done < <(find "$here/src/test/java" -name '*Test.java' | sort)
 
 echo "== JUnit: ${tests[*]}"
 cd "$here"
-exec java -Dgolden.dir="$build/golden" -Dloop.golden="$repo/tests/golden/loop.json" -Dapp.src="$here/../app/src/main/java" -Dfile.encoding=UTF-8 -cp "$build/classes:$build/test-classes:$junit:$hamcrest" \
+exec java -Dgolden.dir="$build/golden" -Dloop.golden="$repo/tests/golden/loop.json" -Daudio.golden="$repo/tests/golden/audio_preprocess.json" -Dapp.src="$here/../app/src/main/java" -Dfile.encoding=UTF-8 -cp "$build/classes:$build/test-classes:$junit:$hamcrest" \
     org.junit.runner.JUnitCore "${tests[@]}"

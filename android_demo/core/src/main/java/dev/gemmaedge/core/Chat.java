@@ -21,6 +21,13 @@ public final class Chat {
     public static final String CHANNEL_OPEN = "<|channel>", CHANNEL_CLOSE = "<channel|>";
     /** An image's placeholder token (Gemma's id 258880), one per image in the prompt. */
     public static final String IMAGE = "<|image|>";
+    /**
+     * An audio item's placeholder token (Gemma's id 258881), one per audio item in the prompt. The template renders
+     * an audio item as this token alone (no newlines around it); {@link Item} has no audio kind yet, so a caller puts
+     * it in a text item (a text item {@code AUDIO} before the message's text renders as the template renders the
+     * audio item there).
+     */
+    public static final String AUDIO = "<|audio|>";
     static final String IMAGE_ITEM = "\n\n" + IMAGE + "\n\n";
 
     private Chat() {}

@@ -26,6 +26,14 @@ import java.util.List;
  * eoi (no placeholder: every image's span after a leading bos), the images are encoded in order (the encoder is
  * released right after), the one fetch is of the expanded prompt with each image id as the pad id, and every
  * prefill chunk gets its slice of the soft tokens (zeros at text positions).
+ *
+ * <p>A prompt may come with audio items too (loop.md "Audio"), for a generator given an {@link Audio}: each item its
+ * clips of at most 30 s ({@link AudioPreprocessor#clips}). The audio check (a tower, no boa or eoa in the prompt, none
+ * or one placeholder per item, clips in every item) comes after the images' and before max_new_tokens; each audio
+ * placeholder becomes, per clip of its item, boa + n × audio + eoa (no placeholder: every item's spans after a
+ * leading bos and the image spans that follow it); the clips are encoded after the images, in order, their encoder
+ * released right after; the one fetch has the pad id at audio positions too, and the soft rows go to the audio
+ * positions clip after clip.
  */
 public final class Generator {
 
@@ -47,7 +55,8 @@ public final class Generator {
         public long pleFetchNanos, prefillNanos, firstTokenNanos, decodeNanos, totalNanos;
         public long pleBytesRequested, plePagesTouched;   // filled when the store is a PleFile
         public int images;                                // images encoded for the prompt
-        public long encodeNanos;                          // their encoding, within firstTokenNanos
+        public int audioClips, audioTokens;               // audio clips encoded for it, and their soft tokens
+        public long encodeNanos;                          // their encoding (images and clips), within firstTokenNanos
         public StopReason stopReason;
 
         /** Decode tokens a second (tokens after the first over the time spent decoding them). */
@@ -57,9 +66,9 @@ public final class Generator {
 
         @Override
         public String toString() {
-            return String.format("prompt %d tok, %d image(s) encoded in %.1f ms, prefill %.1f ms (%.1f tok/s), PLE fetch %.2f ms, "
-                            + "first token %.1f ms, %d generated, decode %.2f tok/s, PLE %d bytes / %d pages, stop %s",
-                    promptTokens, images, encodeNanos / 1e6, prefillNanos / 1e6, prefillTokPerS(), pleFetchNanos / 1e6,
+            return String.format("prompt %d tok, %d image(s) and %d audio clip(s) (%d soft tokens) encoded in %.1f ms, prefill %.1f ms "
+                            + "(%.1f tok/s), PLE fetch %.2f ms, first token %.1f ms, %d generated, decode %.2f tok/s, PLE %d bytes / %d pages, stop %s",
+                    promptTokens, images, audioClips, audioTokens, encodeNanos / 1e6, prefillNanos / 1e6, prefillTokPerS(), pleFetchNanos / 1e6,
                     firstTokenNanos / 1e6, generatedTokens, decodeTokPerS(), pleBytesRequested, plePagesTouched, stopReason);
         }
     }
@@ -120,6 +129,40 @@ public final class Generator {
         }
     }
 
+    /**
+     * What the loop needs to take audio: the encoder, the ids that frame a clip (manifest {@code audio.audio_tokens}),
+     * the pad id whose PLE row an audio position gets (manifest pad_token_id, 0 when null), the bos id after which
+     * audio without placeholders goes (after the image spans that follow it), and the soft-token width H.
+     */
+    public static final class Audio {
+        public final AudioEncoder encoder;
+        public final int boa, audio, eoa, padId, bosId, hidden;
+
+        public Audio(AudioEncoder encoder, int boa, int audio, int eoa, int padId, int bosId, int hidden) {
+            if (encoder == null) throw new IllegalArgumentException("audio encoder: expected one, found null");
+            if (boa == audio || audio == eoa || boa == eoa)
+                throw new IllegalArgumentException("audio_tokens: expected three distinct ids, found boa " + boa + ", audio " + audio + ", eoa " + eoa);
+            if (hidden < 1) throw new IllegalArgumentException("audio hidden_size: expected >= 1, found " + hidden);
+            this.encoder = encoder;
+            this.boa = boa;
+            this.audio = audio;
+            this.eoa = eoa;
+            this.padId = padId;
+            this.bosId = bosId;
+            this.hidden = hidden;
+        }
+
+        /** The bundle's: its audio entry, pad id and program width (refused unless they agree). */
+        public static Audio forBundle(Manifest m, AudioEncoder encoder) {
+            if (m.audio == null)
+                throw new IllegalArgumentException(m.source + ": audio: expected an audio entry, found none (a bundle exported without an audio tower)");
+            if (m.softEmbedsWidth != m.audio.hiddenSize)
+                throw new IllegalArgumentException(m.source + ": audio.hidden_size: expected " + m.softEmbedsWidth
+                        + " (the width of the program's soft_embeds input; 0: it takes none), found " + m.audio.hiddenSize);
+            return new Audio(encoder, m.audio.boa, m.audio.audio, m.audio.eoa, m.padTokenId, m.bosTokenId, m.audio.hiddenSize);
+        }
+    }
+
     private final Program program;
     private final PleRows ple;
     private final int vocabSize;
@@ -128,6 +171,8 @@ public final class Generator {
     private final int[] eosIds;
     private final Tokenizer tokenizer;  // may be null
     private final Vision vision;        // null: the model takes no images
+    private final Audio audio;          // null: the model takes no audio
+    private final int softWidth;        // H of the soft rows (vision's and audio's agree); 0 without either
     private volatile boolean cancelled;
 
     /**
@@ -141,6 +186,12 @@ public final class Generator {
     /** As the text-only constructor; {@code vision} (may be null) lets prompts carry images. */
     public Generator(Program program, PleRows ple, int vocabSize, int maxContext, int prefillChunk, int[] eosIds, Tokenizer tokenizer,
                      Vision vision) {
+        this(program, ple, vocabSize, maxContext, prefillChunk, eosIds, tokenizer, vision, null);
+    }
+
+    /** As the text-only constructor; {@code vision} and {@code audio} (each may be null) let prompts carry images and audio. */
+    public Generator(Program program, PleRows ple, int vocabSize, int maxContext, int prefillChunk, int[] eosIds, Tokenizer tokenizer,
+                     Vision vision, Audio audio) {
         if (vocabSize <= 0) throw new IllegalArgumentException("vocab_size: expected > 0, found " + vocabSize);
         if (maxContext < 1) throw new IllegalArgumentException("max_context: expected >= 1, found " + maxContext);
         if (prefillChunk <= 0) throw new IllegalArgumentException("prefill_chunk: expected > 0, found " + prefillChunk);
@@ -162,7 +213,25 @@ public final class Generator {
                 if (ids[k] < 0 || ids[k] >= vocabSize)
                     throw new IllegalArgumentException(names[k] + ": expected an id in [0, " + vocabSize + ") (vocab_size), found " + ids[k]);
         }
+        if (audio != null) {
+            String[] names = {"audio_tokens.boa", "audio_tokens.audio", "audio_tokens.eoa", "pad_token_id", "bos_token_id"};
+            int[] ids = {audio.boa, audio.audio, audio.eoa, audio.padId, audio.bosId};
+            for (int k = 0; k < ids.length; k++)
+                if (ids[k] < 0 || ids[k] >= vocabSize)
+                    throw new IllegalArgumentException(names[k] + ": expected an id in [0, " + vocabSize + ") (vocab_size), found " + ids[k]);
+        }
+        if (vision != null && audio != null) {
+            // one soft_embeds input takes both towers' rows; an id of both would be expanded twice
+            if (vision.hidden != audio.hidden)
+                throw new IllegalArgumentException("audio hidden_size: expected " + vision.hidden + " (the vision tower's: one soft_embeds width), found " + audio.hidden);
+            for (int t : new int[] {audio.boa, audio.audio, audio.eoa})
+                if (t == vision.boi || t == vision.image || t == vision.eoi)
+                    throw new IllegalArgumentException("audio_tokens: expected ids none of image_tokens holds, found boa " + audio.boa + ", audio "
+                            + audio.audio + ", eoa " + audio.eoa + " beside boi " + vision.boi + ", image " + vision.image + ", eoi " + vision.eoi);
+        }
         this.vision = vision;
+        this.audio = audio;
+        this.softWidth = vision != null ? vision.hidden : audio != null ? audio.hidden : 0;
     }
 
     /**
@@ -181,11 +250,26 @@ public final class Generator {
      * must be the manifest's image id, or a chat's placeholders would not be the ids the program splices at.
      */
     public static Generator forBundle(Manifest m, Program program, PleRows ple, Tokenizer tokenizer, VisionEncoder encoder) throws Exception {
+        return forBundle(m, program, ple, tokenizer, encoder, null);
+    }
+
+    /**
+     * As {@link #forBundle(Manifest, Program, PleRows, Tokenizer, VisionEncoder)}, with the bundle's audio program
+     * behind {@code audioEncoder} (null: prompts with audio are refused). The tokenizer's {@code <|audio|>}, when it has
+     * one, must be the manifest's audio id, as its {@code <|image|>} must be the image id.
+     */
+    public static Generator forBundle(Manifest m, Program program, PleRows ple, Tokenizer tokenizer, VisionEncoder encoder,
+                                      AudioEncoder audioEncoder) throws Exception {
         Vision vision = encoder == null ? null : Vision.forBundle(m, encoder);
+        Audio audio = audioEncoder == null ? null : Audio.forBundle(m, audioEncoder);
         Integer placeholder = tokenizer == null ? null : tokenizer.tokenToId(Chat.IMAGE);
         if (vision != null && placeholder != null && placeholder != vision.image)
             throw new IllegalArgumentException(m.source + ": vision.image_tokens.image: expected " + placeholder + " (the id of "
                     + Chat.IMAGE + " in " + tokenizer.source() + "), found " + vision.image);
+        Integer audioPlaceholder = tokenizer == null ? null : tokenizer.tokenToId(Chat.AUDIO);
+        if (audio != null && audioPlaceholder != null && audioPlaceholder != audio.audio)
+            throw new IllegalArgumentException(m.source + ": audio.audio_tokens.audio: expected " + audioPlaceholder + " (the id of "
+                    + Chat.AUDIO + " in " + tokenizer.source() + "), found " + audio.audio);
         if (ple.rowFloats() != m.numLayers * m.pleDim)
             throw new IllegalArgumentException(m.source + ": PLE rows: expected num_layers * ple_dim = " + m.numLayers * m.pleDim
                     + " floats, found " + ple.rowFloats() + " in the PLE store");
@@ -193,7 +277,7 @@ public final class Generator {
         if (probe == null || probe.length != m.vocabSize)
             throw new IllegalArgumentException(m.source + ": vocab_size: expected " + (probe == null ? "the program's vocabulary" : String.valueOf(probe.length))
                     + " (the program's logits for one step), found " + m.vocabSize);
-        return new Generator(program, ple, m.vocabSize, m.maxContext, m.prefillChunk, m.eosTokenIds, tokenizer, vision);
+        return new Generator(program, ple, m.vocabSize, m.maxContext, m.prefillChunk, m.eosTokenIds, tokenizer, vision, audio);
     }
 
     /** Asks a running {@link #generate} to stop after the current step. */
@@ -226,11 +310,24 @@ public final class Generator {
      */
     public Result generate(int[] prompt, List<ImagePreprocessor.Prepared> images, int maxNewTokens, Sampler sampler, boolean stopOnEos,
                            Listener listener) throws Exception {
+        return generate(prompt, images, Collections.emptyList(), maxNewTokens, sampler, stopOnEos, listener);
+    }
+
+    /**
+     * As {@link #generate(int[], List, int, Sampler, boolean, Listener)}, the prompt with {@code audioItems} too: per item
+     * (in prompt order) its clips ({@link AudioPreprocessor#clips}), one audio placeholder id per item in
+     * {@code prompt}, or none (the items then go first, after a leading bos and the images' spans that follow it).
+     * Refused before any work, with field "audio", as loop.md says.
+     */
+    public Result generate(int[] prompt, List<ImagePreprocessor.Prepared> images, List<List<AudioPreprocessor.Clip>> audioItems,
+                           int maxNewTokens, Sampler sampler, boolean stopOnEos, Listener listener) throws Exception {
         if (prompt.length == 0) throw new GenerationException("prompt", "prompt: expected at least one token id, found 0");
         for (int i = 0; i < prompt.length; i++)
             if (prompt[i] < 0 || prompt[i] >= vocabSize)
                 throw new GenerationException("prompt", "prompt token " + i + ": expected an id in [0, " + vocabSize + ") (vocab_size), found " + prompt[i]);
         int[] ids = images.isEmpty() ? prompt : expandImages(prompt, images);
+        List<AudioPreprocessor.Clip> clips = new ArrayList<>();
+        if (!audioItems.isEmpty()) ids = expandAudio(ids, audioItems, clips);
         if (maxNewTokens < 1) throw new GenerationException("max_new_tokens", "max_new_tokens: expected >= 1, found " + maxNewTokens);
         long total = (long) ids.length + maxNewTokens;
         if (total > maxContext)
@@ -243,16 +340,21 @@ public final class Generator {
         PleFile pf = ple instanceof PleFile ? (PleFile) ple : null;
         long bytes0 = pf != null ? pf.totalBytesRequested() : 0, pages0 = pf != null ? pf.totalPagesTouched() : 0;
 
-        float[] soft = images.isEmpty() ? null : softEmbeds(ids, images);
+        float[] soft = images.isEmpty() && clips.isEmpty() ? null : softEmbeds(ids, images, clips);
         long tEncoded = System.nanoTime();
         st.images = images.size();
+        st.audioClips = clips.size();
+        for (AudioPreprocessor.Clip c : clips) st.audioTokens += c.softTokens;
         st.encodeNanos = tEncoded - t0;
-        // One batched fetch for the whole prompt, then slices per prefill chunk; an image position's PLE row is
-        // the pad id's (transformers' splice: its token half is the pad row, its context half the soft token).
+        // One batched fetch for the whole prompt, then slices per prefill chunk; an image or audio position's PLE row
+        // is the pad id's (transformers' splice: its token half is the pad row, its context half the soft token).
         int[] fetched = ids;
         if (soft != null) {
             fetched = ids.clone();
-            for (int i = 0; i < fetched.length; i++) if (fetched[i] == vision.image) fetched[i] = vision.padId;
+            for (int i = 0; i < fetched.length; i++) {
+                if (vision != null && fetched[i] == vision.image) fetched[i] = vision.padId;
+                else if (audio != null && fetched[i] == audio.audio) fetched[i] = audio.padId;
+            }
         }
         float[] rows = ple.fetch(fetched);
         int lp = ple.rowFloats();
@@ -266,7 +368,7 @@ public final class Generator {
             int[] chunk = Arrays.copyOfRange(ids, start, end);
             float[] chunkRows = Arrays.copyOfRange(rows, start * lp, end * lp);
             logits = soft == null ? program.prefill(chunk, start, chunkRows)
-                    : program.prefill(chunk, start, chunkRows, Arrays.copyOfRange(soft, start * vision.hidden, end * vision.hidden));
+                    : program.prefill(chunk, start, chunkRows, Arrays.copyOfRange(soft, start * softWidth, end * softWidth));
         }
         st.prefillNanos = System.nanoTime() - t1;
 
@@ -357,30 +459,119 @@ public final class Generator {
     }
 
     /**
-     * soft [T * H]: zeros, with the images' rows at the expanded prompt's image positions, image after image. The
-     * encoder is released when the images are encoded, or fail to be.
+     * loop.md's audio check, then the expansion: {@code ids} (the images' spans in already) with each item's spans
+     * (boa, n × audio, eoa per clip) at its placeholder, or every item's spans after a leading bos and the image spans
+     * that follow it when the prompt has no audio placeholder. The items' clips are appended to {@code clips}, in order.
      */
-    private float[] softEmbeds(int[] ids, List<ImagePreprocessor.Prepared> images) throws Exception {
-        int h = vision.hidden;
-        float[] soft = new float[Math.multiplyExact(ids.length, h)];
-        int pos = 0;
-        try {
-            for (int k = 0; k < images.size(); k++) {
-                ImagePreprocessor.Prepared im = images.get(k);
-                float[] rows = vision.encoder.encode(im);
-                if (rows == null || rows.length != im.softTokens * h)
-                    throw new IllegalStateException("vision encoder, image " + k + ": expected " + im.softTokens + " x " + h + " = "
-                            + im.softTokens * h + " floats (its soft tokens x hidden_size), found " + (rows == null ? "none" : String.valueOf(rows.length)));
-                for (int r = 0; r < im.softTokens; r++) {
-                    while (ids[pos] != vision.image) pos++;
-                    System.arraycopy(rows, r * h, soft, pos * h, h);
-                    pos++;
-                }
+    private int[] expandAudio(int[] ids, List<List<AudioPreprocessor.Clip>> items, List<AudioPreprocessor.Clip> clips) {
+        if (audio == null)
+            throw new GenerationException("audio", "audio: this model has no audio tower here (a bundle exported without one, "
+                    + "or a host that loads none), found " + items.size() + " audio item(s)");
+        int marks = 0;
+        for (int t : ids) {
+            if (t == audio.boa || t == audio.eoa)
+                throw new GenerationException("audio", "audio: the prompt holds audio frame ids (" + audio.boa + " / " + audio.eoa
+                        + "); expected one placeholder " + audio.audio + " per audio item, which the loop expands");
+            if (t == audio.audio) marks++;
+        }
+        if (marks != 0 && marks != items.size())
+            throw new GenerationException("audio", "audio: the prompt has " + marks + " audio placeholder(s) (" + audio.audio + ") for "
+                    + items.size() + " audio item(s); expected one per item, or none (audio first)");
+        int most = AudioPreprocessor.softTokens(AudioPreprocessor.MAX_SAMPLES);
+        long length = ids.length - marks;
+        int[] spans = new int[items.size()];   // each item's expansion, in ids
+        for (int i = 0; i < items.size(); i++) {
+            List<AudioPreprocessor.Clip> item = items.get(i);
+            if (item == null || item.isEmpty())
+                throw new GenerationException("audio", "audio item " + i + ": expected at least one clip, found none (its samples make no soft token)");
+            for (int j = 0; j < item.size(); j++) {
+                AudioPreprocessor.Clip c = item.get(j);
+                if (c == null) throw new GenerationException("audio", "audio item " + i + " clip " + j + ": expected a clip, found null");
+                if (c.softTokens < 1 || c.softTokens > most)
+                    throw new GenerationException("audio", "audio item " + i + " clip " + j + ": expected 1.." + most + " soft tokens (at most 30 s), found " + c.softTokens);
+                spans[i] += c.softTokens + 2;
             }
-        } finally {
-            vision.encoder.release();
+            length += spans[i];
+        }
+        if (length > Integer.MAX_VALUE) throw new GenerationException("context", "context: the expanded prompt has " + length + " tokens");
+        for (List<AudioPreprocessor.Clip> item : items) clips.addAll(item);
+        int[] out = new int[(int) length];
+        int o = 0, k = 0;
+        if (marks == 0) {
+            int at = ids[0] == audio.bosId ? 1 : 0;
+            if (vision != null)   // audio without a placeholder goes after the images that open the prompt
+                while (at < ids.length && (ids[at] == vision.boi || ids[at] == vision.image || ids[at] == vision.eoi)) at++;
+            System.arraycopy(ids, 0, out, 0, at);
+            o = at;
+            for (List<AudioPreprocessor.Clip> item : items) o = audioSpans(out, o, item);
+            System.arraycopy(ids, at, out, o, ids.length - at);
+        } else {
+            for (int t : ids) {
+                if (t == audio.audio) o = audioSpans(out, o, items.get(k++));
+                else out[o++] = t;
+            }
+        }
+        return out;
+    }
+
+    private int audioSpans(int[] out, int o, List<AudioPreprocessor.Clip> item) {
+        for (AudioPreprocessor.Clip c : item) {
+            out[o++] = audio.boa;
+            for (int i = 0; i < c.softTokens; i++) out[o++] = audio.audio;
+            out[o++] = audio.eoa;
+        }
+        return o;
+    }
+
+    /**
+     * soft [T * H]: zeros, with the images' rows at the expanded prompt's image positions, image after image, then the
+     * clips' rows at its audio positions, clip after clip. Each encoder is released when its inputs are encoded, or
+     * fail to be; a failed image leaves the audio tower untouched.
+     */
+    private float[] softEmbeds(int[] ids, List<ImagePreprocessor.Prepared> images, List<AudioPreprocessor.Clip> clips) throws Exception {
+        int h = softWidth;
+        float[] soft = new float[Math.multiplyExact(ids.length, h)];
+        if (!images.isEmpty()) {
+            int pos = 0;
+            try {
+                for (int k = 0; k < images.size(); k++) {
+                    ImagePreprocessor.Prepared im = images.get(k);
+                    float[] rows = vision.encoder.encode(im);
+                    if (rows == null || rows.length != im.softTokens * h)
+                        throw new IllegalStateException("vision encoder, image " + k + ": expected " + im.softTokens + " x " + h + " = "
+                                + im.softTokens * h + " floats (its soft tokens x hidden_size), found " + (rows == null ? "none" : String.valueOf(rows.length)));
+                    pos = place(rows, im.softTokens, ids, vision.image, pos, soft, h);
+                }
+            } finally {
+                vision.encoder.release();
+            }
+        }
+        if (!clips.isEmpty()) {
+            int pos = 0;
+            try {
+                for (int j = 0; j < clips.size(); j++) {
+                    AudioPreprocessor.Clip c = clips.get(j);
+                    float[] rows = audio.encoder.encode(c);
+                    if (rows == null || rows.length != c.softTokens * h)
+                        throw new IllegalStateException("audio encoder, clip " + j + ": expected " + c.softTokens + " x " + h + " = "
+                                + c.softTokens * h + " floats (its soft tokens x hidden_size), found " + (rows == null ? "none" : String.valueOf(rows.length)));
+                    pos = place(rows, c.softTokens, ids, audio.audio, pos, soft, h);
+                }
+            } finally {
+                audio.encoder.release();
+            }
         }
         return soft;
+    }
+
+    /** Copies n rows of H floats to the next n positions of {@code placeholder} from {@code pos} on; returns the position after. */
+    private static int place(float[] rows, int n, int[] ids, int placeholder, int pos, float[] soft, int h) {
+        for (int r = 0; r < n; r++) {
+            while (ids[pos] != placeholder) pos++;
+            System.arraycopy(rows, r * h, soft, pos * h, h);
+            pos++;
+        }
+        return pos;
     }
 
     /** Incremental detokenization: decodes all ids so far and emits the new suffix, holding back an incomplete UTF-8 tail. */

@@ -97,7 +97,7 @@ public final class Manifest {
     /**
      * The manifest's "audio" entry: the audio tower's program ({@code files.audio}, one method dynamic in the clip
      * length, the log-mel front end inside) and the ids that frame a clip in a prompt. Read and checked as Python
-     * reads it; this core does not run audio yet.
+     * reads it; {@link #loadAudio} hands its program over hashed.
      */
     public static final class Audio {
         public final String method;
@@ -464,15 +464,16 @@ public final class Manifest {
     /**
      * Refuses a bundle whose files are missing or differ from the manifest: each file's place (inside the
      * folder, regular) and size; SHA-256 of the program and tokenizer always, as Python's default
-     * {@code verify="fast"}; of the {@code .ple} and the vision program too when {@code hashPle} (reads every
-     * byte of the table, which its header identity and CRCs otherwise vouch for: seconds for a GB-sized table on
-     * a phone; the vision program is hashed by {@link #loadVision} whenever it is loaded).
+     * {@code verify="fast"}; of the {@code .ple} and the vision and audio programs too when {@code hashPle} (reads
+     * every byte of the table, which its header identity and CRCs otherwise vouch for: seconds for a GB-sized table
+     * on a phone; the tower programs are hashed by {@link #loadVision} and {@link #loadAudio} whenever they are
+     * loaded: bundle_format.py's LAZY_ROLES).
      */
     public void checkFiles(boolean hashPle) throws IOException {
-        for (FileEntry e : new FileEntry[] {program, ple, tokenizer, visionFile}) {
+        for (FileEntry e : new FileEntry[] {program, ple, tokenizer, visionFile, audioFile}) {
             if (e == null) continue;
             File f = checkedSize(e);
-            if ((e != ple && e != visionFile) || hashPle) checkSha256(e, sha256Hex(f), f);
+            if ((e != ple && e != visionFile && e != audioFile) || hashPle) checkSha256(e, sha256Hex(f), f);
             if (e == program) programVerified = true;
         }
     }
@@ -524,6 +525,18 @@ public final class Manifest {
         if (visionFile == null) throw new IOException(source + ": files.vision: expected a vision program, found none (a text-only bundle)");
         File f = checkedSize(visionFile);
         checkSha256(visionFile, sha256Hex(f), f);
+        return loader.load(f);
+    }
+
+    /**
+     * Hands {@code loader} the audio program's file once its size and SHA-256 match the manifest, hashed at every load
+     * as {@link #loadVision} hashes the vision program (Python's ProgramAudioEncoder does the same). Refused for a
+     * bundle without an audio tower.
+     */
+    public <T> T loadAudio(FileLoader<T> loader) throws Exception {
+        if (audioFile == null) throw new IOException(source + ": files.audio: expected an audio program, found none (a bundle without an audio tower)");
+        File f = checkedSize(audioFile);
+        checkSha256(audioFile, sha256Hex(f), f);
         return loader.load(f);
     }
 

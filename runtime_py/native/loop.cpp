@@ -18,6 +18,63 @@ struct ReleaseAfter {
 };
 
 std::string count_of(size_t n, const char* what) { return std::to_string(n) + " " + what + (n == 1 ? "" : "s"); }
+
+// The words a refusal of each kind of input uses (loop.md's messages, as the Python session words them).
+struct Frame {
+  const char* field;   // "images" / "audio"
+  const char* kind;    // "image" / "audio": "... frame ids", "... placeholder"
+  const char* item;    // "image" / "audio item"
+  const char* per;     // "one per image" / "one per item"
+  const char* first;   // "images first" / "audio first"
+};
+constexpr Frame kImageFrame{"images", "image", "image", "one per image", "images first"};
+constexpr Frame kAudioFrame{"audio", "audio", "audio item", "one per item", "audio first"};
+
+// loop.md's check of a prompt with n inputs of one kind framed by open … close: no frame id in it, and no
+// placeholder or one per input.
+void check_frames(const std::vector<int64_t>& prompt, size_t n, int64_t open, int64_t placeholder, int64_t close,
+                  const Frame& w) {
+  for (size_t i = 0; i < prompt.size(); ++i)
+    if (prompt[i] == open || prompt[i] == close)
+      throw LoopError(w.field, std::string(w.field) + ": the prompt holds " + w.kind + " frame ids (" +
+                                   std::to_string(open) + " / " + std::to_string(close) + ", first at position " +
+                                   std::to_string(i) + "); expected one placeholder " + std::to_string(placeholder) +
+                                   " per " + w.item + ", which the loop expands");
+  const size_t marks = size_t(std::count(prompt.begin(), prompt.end(), placeholder));
+  if (marks != 0 && marks != n)
+    throw LoopError(w.field, std::string(w.field) + ": the prompt has " +
+                                 count_of(marks, (std::string(w.kind) + " placeholder").c_str()) + " (" +
+                                 std::to_string(placeholder) + ") for " + count_of(n, w.item) + "; expected " +
+                                 w.per + ", or none (" + w.first + ")");
+}
+
+// The prompt with each input's spans (open + n × placeholder + close per count of its list): at its placeholder, or,
+// when the prompt has none, all of them at index `at`.
+std::vector<int64_t> expand_spans(const std::vector<int64_t>& prompt, int64_t open, int64_t placeholder,
+                                  int64_t close, const std::vector<std::vector<int>>& counts, size_t at) {
+  auto spans = [&](std::vector<int64_t>& out, const std::vector<int>& ns) {
+    for (int n : ns) {
+      out.push_back(open);
+      out.insert(out.end(), size_t(n), placeholder);
+      out.push_back(close);
+    }
+  };
+  std::vector<int64_t> out;
+  if (std::count(prompt.begin(), prompt.end(), placeholder) == 0) {
+    out.assign(prompt.begin(), prompt.begin() + long(at));
+    for (const auto& ns : counts) spans(out, ns);
+    out.insert(out.end(), prompt.begin() + long(at), prompt.end());
+    return out;
+  }
+  size_t k = 0;
+  for (int64_t id : prompt) {
+    if (id == placeholder)
+      spans(out, counts[k++]);
+    else
+      out.push_back(id);
+  }
+  return out;
+}
 }  // namespace
 
 void check_image_prompt(const std::vector<int64_t>& prompt, size_t n_images,
@@ -26,46 +83,17 @@ void check_image_prompt(const std::vector<int64_t>& prompt, size_t n_images,
   if (!tokens)
     throw LoopError("images", "images: " + model + " has no vision tower (export a checkpoint with one, "
                               "without --no-vision)");
-  const ImageTokens& t = *tokens;
-  for (size_t i = 0; i < prompt.size(); ++i)
-    if (prompt[i] == t.boi || prompt[i] == t.eoi)
-      throw LoopError("images", "images: the prompt holds image frame ids (" + std::to_string(t.boi) + " / " +
-                                    std::to_string(t.eoi) + ", first at position " + std::to_string(i) +
-                                    "); expected one placeholder " + std::to_string(t.image) +
-                                    " per image, which the loop expands");
-  const size_t marks = size_t(std::count(prompt.begin(), prompt.end(), t.image));
-  if (marks != 0 && marks != n_images)
-    throw LoopError("images", "images: the prompt has " + count_of(marks, "image placeholder") + " (" +
-                                  std::to_string(t.image) + ") for " + count_of(n_images, "image") +
-                                  "; expected one per image, or none (images first)");
+  check_frames(prompt, n_images, tokens->boi, tokens->image, tokens->eoi, kImageFrame);
 }
 
 std::vector<int64_t> expand_image_prompt(const std::vector<int64_t>& prompt, const LoopImages& images) {
   if (images.soft_tokens.empty()) return prompt;
   check_image_prompt(prompt, images.soft_tokens.size(), images.tokens, images.model);
   const ImageTokens& t = *images.tokens;
-  const size_t marks = size_t(std::count(prompt.begin(), prompt.end(), t.image));
-  auto span = [&](std::vector<int64_t>& out, int n) {
-    out.push_back(t.boi);
-    out.insert(out.end(), size_t(n), t.image);
-    out.push_back(t.eoi);
-  };
-  std::vector<int64_t> out;
-  if (marks == 0) {
-    const size_t at = !prompt.empty() && prompt[0] == images.bos ? 1 : 0;
-    out.assign(prompt.begin(), prompt.begin() + long(at));
-    for (int n : images.soft_tokens) span(out, n);
-    out.insert(out.end(), prompt.begin() + long(at), prompt.end());
-    return out;
-  }
-  size_t k = 0;
-  for (int64_t id : prompt) {
-    if (id == t.image)
-      span(out, images.soft_tokens[k++]);
-    else
-      out.push_back(id);
-  }
-  return out;
+  std::vector<std::vector<int>> counts;
+  for (int n : images.soft_tokens) counts.push_back({n});
+  const size_t at = !prompt.empty() && prompt[0] == images.bos ? 1 : 0;
+  return expand_spans(prompt, t.boi, t.image, t.eoi, counts, at);
 }
 
 void check_audio_prompt(const std::vector<int64_t>& prompt, size_t n_items,
@@ -74,18 +102,7 @@ void check_audio_prompt(const std::vector<int64_t>& prompt, size_t n_items,
   if (!tokens)
     throw LoopError("audio", "audio: " + model + " has no audio tower (export a checkpoint with one, without "
                              "--no-audio)");
-  const AudioTokens& t = *tokens;
-  for (size_t i = 0; i < prompt.size(); ++i)
-    if (prompt[i] == t.boa || prompt[i] == t.eoa)
-      throw LoopError("audio", "audio: the prompt holds audio frame ids (" + std::to_string(t.boa) + " / " +
-                                   std::to_string(t.eoa) + ", first at position " + std::to_string(i) +
-                                   "); expected one placeholder " + std::to_string(t.audio) +
-                                   " per audio item, which the loop expands");
-  const size_t marks = size_t(std::count(prompt.begin(), prompt.end(), t.audio));
-  if (marks != 0 && marks != n_items)
-    throw LoopError("audio", "audio: the prompt has " + count_of(marks, "audio placeholder") + " (" +
-                                 std::to_string(t.audio) + ") for " + count_of(n_items, "audio item") +
-                                 "; expected one per item, or none (audio first)");
+  check_frames(prompt, n_items, tokens->boa, tokens->audio, tokens->eoa, kAudioFrame);
 }
 
 std::vector<int64_t> expand_audio_prompt(const std::vector<int64_t>& prompt, const LoopAudio& audio,
@@ -102,33 +119,12 @@ std::vector<int64_t> expand_audio_prompt(const std::vector<int64_t>& prompt, con
                                      " soft tokens, expected 1..750 (at most 30 s)");
   }
   const AudioTokens& t = *audio.tokens;
-  auto spans = [&](std::vector<int64_t>& out, const std::vector<int>& clips) {
-    for (int n : clips) {
-      out.push_back(t.boa);
-      out.insert(out.end(), size_t(n), t.audio);
-      out.push_back(t.eoa);
-    }
-  };
-  std::vector<int64_t> out;
-  if (std::count(prompt.begin(), prompt.end(), t.audio) == 0) {
-    size_t at = !prompt.empty() && prompt[0] == audio.bos ? 1 : 0;
-    if (image_tokens)  // after the image spans that open the prompt, as the chat template puts items in order
-      while (at < prompt.size() &&
-             (prompt[at] == image_tokens->boi || prompt[at] == image_tokens->image || prompt[at] == image_tokens->eoi))
-        ++at;
-    out.assign(prompt.begin(), prompt.begin() + long(at));
-    for (const auto& clips : audio.soft_tokens) spans(out, clips);
-    out.insert(out.end(), prompt.begin() + long(at), prompt.end());
-    return out;
-  }
-  size_t k = 0;
-  for (int64_t id : prompt) {
-    if (id == t.audio)
-      spans(out, audio.soft_tokens[k++]);
-    else
-      out.push_back(id);
-  }
-  return out;
+  size_t at = !prompt.empty() && prompt[0] == audio.bos ? 1 : 0;
+  if (image_tokens)  // after the image spans that open the prompt, as the chat template puts items in order
+    while (at < prompt.size() &&
+           (prompt[at] == image_tokens->boi || prompt[at] == image_tokens->image || prompt[at] == image_tokens->eoi))
+      ++at;
+  return expand_spans(prompt, t.boa, t.audio, t.eoa, audio.soft_tokens, at);
 }
 
 std::vector<int64_t> expand_prompt(const std::vector<int64_t>& prompt, const LoopImages& images,

@@ -28,7 +28,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gemma_edge.contract import audio as contract
-from gemma_edge.contract.config import MULTIMODAL_MODEL_TYPE, ConfigError, TextConfig, is_int, read_config_json
+from gemma_edge.contract.config import ConfigError, TowerConfig, is_int
 
 from .checkpoint import load_tower_weights, open_checkpoint
 from .model import RMSNorm
@@ -58,8 +58,14 @@ _FLOAT_FIELDS = ("residual_weight", "attention_logit_cap", "attention_invalid_lo
 
 
 @dataclass
-class AudioConfig:
+class AudioConfig(TowerConfig):
     """Gemma 4 audio tower; field names and defaults are `Gemma4AudioConfig`'s, plus the decoder's width."""
+
+    KEY: ClassVar[str] = "audio_config"
+    MODEL_TYPE: ClassVar[str] = AUDIO_MODEL_TYPE
+    REQUIRED_KEYS: ClassVar[tuple[str, ...]] = REQUIRED_KEYS
+    TOWER: ClassVar[str] = "audio"
+    ABSENT: ClassVar[str] = "a checkpoint without an audio tower"
 
     hidden_size: int = 1024
     num_hidden_layers: int = 12
@@ -129,44 +135,9 @@ class AudioConfig:
         mask (context_left − 1, context_right))."""
         return self.attention_context_left - 1
 
-    @classmethod
-    def from_dict(cls, audio: Any, text_hidden_size: int, *, strict: bool = False) -> "AudioConfig":
-        """An `audio_config` object (transformers' JSON, unknown keys ignored); `strict` (a checkpoint's own
-        config.json) also wants every key of REQUIRED_KEYS spelled out. Errors name `audio_config.<field>`."""
-        if not isinstance(audio, dict):
-            raise ConfigError(f"audio_config: expected the audio tower's config (an object), found {audio!r}"
-                              + (" (a checkpoint without an audio tower)" if audio is None else ""))
-        model_type = audio.get("model_type", AUDIO_MODEL_TYPE)
-        if model_type != AUDIO_MODEL_TYPE:
-            raise ConfigError(f"audio_config.model_type: expected {AUDIO_MODEL_TYPE!r}, found {model_type!r}")
-        if strict:
-            missing = [f"audio_config.{k}" for k in REQUIRED_KEYS if k not in audio]
-            if missing:
-                raise ConfigError(f"missing required key(s) {missing} (a Gemma 4 audio config spells out each)")
-        names = {f.name for f in dataclasses.fields(cls) if f.init} - {"text_hidden_size"}
-        try:
-            return cls(**{k: v for k, v in audio.items() if k in names}, text_hidden_size=text_hidden_size)
-        except ConfigError as e:
-            raise ConfigError(f"audio_config.{e}") from e
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> "AudioConfig":
-        """A multimodal checkpoint's config.json (`model_type` 'gemma4' with an `audio_config`), strictly."""
-        path = Path(path)
-        d = read_config_json(path)
-        try:
-            text = TextConfig.from_dict(d, strict=True)
-            if d.get("model_type") != MULTIMODAL_MODEL_TYPE:
-                raise ConfigError(f"model_type: expected {MULTIMODAL_MODEL_TYPE!r} (a checkpoint with an audio "
-                                  f"tower), found {d.get('model_type')!r}")
-            return cls.from_dict(d.get("audio_config"), text.hidden_size, strict=True)
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from e
-
     def to_dict(self) -> dict[str, Any]:
         """The `audio_config` object transformers reads (`Gemma4AudioConfig(**d)`)."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
-        d.pop("text_hidden_size")
+        d = self.fields_dict()
         return {**d, "model_type": AUDIO_MODEL_TYPE}
 
 

@@ -16,17 +16,16 @@ checkpoint (`model.vision_tower.encoder.layers.3.self_attn.q_proj.linear.weight`
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gemma_edge.contract.config import MULTIMODAL_MODEL_TYPE, ConfigError, TextConfig, is_int, read_config_json
+from gemma_edge.contract.config import ConfigError, TowerConfig, is_int
 
 from .checkpoint import load_tower_weights, open_checkpoint
 from .model import RMSNorm, rotate
@@ -51,8 +50,14 @@ _INT_FIELDS = {"hidden_size": 1, "intermediate_size": 1, "num_hidden_layers": 1,
 
 
 @dataclass
-class VisionConfig:
+class VisionConfig(TowerConfig):
     """Gemma 4 vision tower; field names and defaults are `Gemma4VisionConfig`'s, plus the decoder's width."""
+
+    KEY: ClassVar[str] = "vision_config"
+    MODEL_TYPE: ClassVar[str] = VISION_MODEL_TYPE
+    REQUIRED_KEYS: ClassVar[tuple[str, ...]] = REQUIRED_KEYS
+    TOWER: ClassVar[str] = "vision"
+    ABSENT: ClassVar[str] = "a text-only checkpoint"
 
     hidden_size: int = 768
     intermediate_size: int = 3072
@@ -104,44 +109,9 @@ class VisionConfig:
         """Values in one patch: 3 channels × patch_size²."""
         return 3 * self.patch_size**2
 
-    @classmethod
-    def from_dict(cls, vision: Any, text_hidden_size: int, *, strict: bool = False) -> "VisionConfig":
-        """A `vision_config` object (transformers' JSON, unknown keys ignored); `strict` (a checkpoint's own
-        config.json) also wants every key of REQUIRED_KEYS spelled out. Errors name `vision_config.<field>`."""
-        if not isinstance(vision, dict):
-            raise ConfigError(f"vision_config: expected the vision tower's config (an object), found {vision!r}"
-                              + (" (a text-only checkpoint)" if vision is None else ""))
-        model_type = vision.get("model_type", VISION_MODEL_TYPE)
-        if model_type != VISION_MODEL_TYPE:
-            raise ConfigError(f"vision_config.model_type: expected {VISION_MODEL_TYPE!r}, found {model_type!r}")
-        if strict:
-            missing = [f"vision_config.{k}" for k in REQUIRED_KEYS if k not in vision]
-            if missing:
-                raise ConfigError(f"missing required key(s) {missing} (a Gemma 4 vision config spells out each)")
-        names = {f.name for f in dataclasses.fields(cls) if f.init} - {"text_hidden_size"}
-        try:
-            return cls(**{k: v for k, v in vision.items() if k in names}, text_hidden_size=text_hidden_size)
-        except ConfigError as e:
-            raise ConfigError(f"vision_config.{e}") from e
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> "VisionConfig":
-        """A multimodal checkpoint's config.json (`model_type` 'gemma4' with a `vision_config`), strictly."""
-        path = Path(path)
-        d = read_config_json(path)
-        try:
-            text = TextConfig.from_dict(d, strict=True)
-            if d.get("model_type") != MULTIMODAL_MODEL_TYPE:
-                raise ConfigError(f"model_type: expected {MULTIMODAL_MODEL_TYPE!r} (a checkpoint with a vision "
-                                  f"tower), found {d.get('model_type')!r}")
-            return cls.from_dict(d.get("vision_config"), text.hidden_size, strict=True)
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from e
-
     def to_dict(self) -> dict[str, Any]:
         """The `vision_config` object transformers reads (`Gemma4VisionConfig(**d)`)."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
-        d.pop("text_hidden_size")
+        d = self.fields_dict()
         d["rope_parameters"] = {"rope_type": "axial", "rope_theta": self.rope_theta}
         return {**d, "model_type": VISION_MODEL_TYPE}
 

@@ -354,3 +354,57 @@ class TextConfig:
         if d.get("num_global_key_value_heads") is None:
             d.pop("num_global_key_value_heads", None)
         return Gemma4TextConfig(**d)
+
+
+class TowerConfig:
+    """What the towers' configs (export.vision.VisionConfig, export.audio.AudioConfig, dataclasses with transformers'
+    field names plus `text_hidden_size`) share: reading their object of a multimodal config.json, errors named
+    `<KEY>.<field>`, and writing it back. A subclass sets the class attributes below."""
+
+    KEY: str           # "vision_config" / "audio_config"
+    MODEL_TYPE: str    # its model_type
+    REQUIRED_KEYS: tuple[str, ...]   # what a checkpoint's own config.json must spell out
+    TOWER: str         # "vision" / "audio", for messages
+    ABSENT: str        # what a missing object means
+
+    @classmethod
+    def from_dict(cls, d: Any, text_hidden_size: int, *, strict: bool = False) -> Any:
+        """The tower's config object (transformers' JSON, unknown keys ignored); `strict` (a checkpoint's own
+        config.json) also wants every key of REQUIRED_KEYS spelled out."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{cls.KEY}: expected the {cls.TOWER} tower's config (an object), found {d!r}"
+                              + (f" ({cls.ABSENT})" if d is None else ""))
+        model_type = d.get("model_type", cls.MODEL_TYPE)
+        if model_type != cls.MODEL_TYPE:
+            raise ConfigError(f"{cls.KEY}.model_type: expected {cls.MODEL_TYPE!r}, found {model_type!r}")
+        if strict:
+            missing = [f"{cls.KEY}.{k}" for k in cls.REQUIRED_KEYS if k not in d]
+            if missing:
+                raise ConfigError(f"missing required key(s) {missing} (a Gemma 4 {cls.TOWER} config spells out each)")
+        names = {f.name for f in dataclasses.fields(cast(Any, cls)) if f.init} - {"text_hidden_size"}
+        try:
+            make = cast(Any, cls)   # a dataclass subclass: its fields are the keyword arguments
+            return make(**{k: v for k, v in d.items() if k in names}, text_hidden_size=text_hidden_size)
+        except ConfigError as e:
+            raise ConfigError(f"{cls.KEY}.{e}") from e
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> Any:
+        """A multimodal checkpoint's config.json (`model_type` 'gemma4' with the tower's object), strictly."""
+        path = Path(path)
+        d = read_config_json(path)
+        try:
+            text = TextConfig.from_dict(d, strict=True)
+            if d.get("model_type") != MULTIMODAL_MODEL_TYPE:
+                article = "an" if cls.TOWER[0] in "aeiou" else "a"
+                raise ConfigError(f"model_type: expected {MULTIMODAL_MODEL_TYPE!r} (a checkpoint with {article} "
+                                  f"{cls.TOWER} tower), found {d.get('model_type')!r}")
+            return cls.from_dict(d.get(cls.KEY), text.hidden_size, strict=True)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from e
+
+    def fields_dict(self) -> dict[str, Any]:
+        """The tower's own fields as transformers names them (text_hidden_size, the decoder's, left out)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(cast(Any, self)) if f.init}
+        d.pop("text_hidden_size")
+        return d

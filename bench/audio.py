@@ -42,6 +42,7 @@ sys.path.insert(0, str(HERE / "peers"))
 
 import audio_child  # noqa: E402
 import childproc  # noqa: E402
+from childproc import log  # noqa: E402
 
 from gemma_edge.procfs import cpu_isa, isa_line  # noqa: E402
 
@@ -50,10 +51,6 @@ SYSTEMS = ("ours", "ours-8da4w", "et", "hf")
 LABELS = {"ours": "gemma-edge audio program (8da8w)", "ours-8da4w": "gemma-edge audio program (8da4w)",
           "et": "ExecuTorch example speech_transform + audio_encoder (8da4w g128)", "hf": "transformers eager (fp32)"}
 SR = 16_000
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def synthetic_speech(seconds: float, seed: int = 20) -> np.ndarray:
@@ -83,12 +80,8 @@ def ensure_checkpoint(work: Path, given: str | None) -> Path:
 
 
 def child(mode: str, spec: dict, log_path: Path, rss_limit_bytes: int) -> dict:
-    cmd = [sys.executable, str(HERE / "peers" / "audio_child.py"), mode, json.dumps(spec)]
-    env = childproc.clean_env(OMP_NUM_THREADS=str(spec.get("threads", 2)))
-    res = childproc.run(cmd, log_path, audio_child.RESULT_MARK, env=env, preexec_fn=childproc.as_android_app,
-                        rss_limit_bytes=rss_limit_bytes)
-    res["log"] = str(log_path)
-    return res
+    return childproc.run_child(HERE / "peers" / "audio_child.py", mode, spec, log_path, audio_child.RESULT_MARK,
+                               rss_limit_bytes)
 
 
 def build(system: str, ckpt: Path, work: Path, args) -> dict:
@@ -124,17 +117,6 @@ def run_one(system: str, built: dict, seconds: float, inputs: Path, work: Path, 
         return {"error": {"type": "child exit", "message": f"exit {res['rc']} at {res['stage']!r}"},
                 "log": res["log"]}
     return res["result"]
-
-
-def errors(out: Path, ref: Path) -> dict | None:
-    if not (out.exists() and ref.exists()):
-        return None
-    g, r = np.load(out).astype(np.float64), np.load(ref).astype(np.float64)
-    if g.shape != r.shape:
-        return {"shape": list(g.shape), "reference_shape": list(r.shape)}
-    d = np.abs(g - r)
-    return {"max_abs": float(d.max()), "max_abs_rel": float(d.max() / np.abs(r).max()),
-            "rel_fro": float(np.linalg.norm(g - r) / np.linalg.norm(r))}
 
 
 def gemm_peak(work: Path, ckpt: Path, args) -> dict:
@@ -277,7 +259,8 @@ def main() -> None:
             rows[key][system] = run_one(system, built[system], sec, inputs, work, args)
         if "hf" in systems:
             ref = work / f"out-hf-{key}s.npy"
-            errs[key] = {s: errors(work / f"out-{s}-{key}s.npy", ref) for s in systems if s != "hf"}
+            errs[key] = {s: childproc.output_errors(work / f"out-{s}-{key}s.npy", ref)
+                         for s in systems if s != "hf"}
     log("GEMM peaks")
     gemm = gemm_peak(work, ckpt, args)
     summary = summarize(rows, gflop, gemm)

@@ -42,7 +42,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +52,7 @@ sys.path.insert(0, str(HERE / "peers"))
 import childproc  # noqa: E402
 import vision_child  # noqa: E402
 import vision_et  # noqa: E402
+from childproc import log  # noqa: E402
 
 from gemma_edge.contract.image import SUPPORTED_BUDGETS  # noqa: E402
 from gemma_edge.procfs import cpu_isa, isa_line  # noqa: E402
@@ -64,10 +64,6 @@ LABELS = {"ours": "gemma-edge vision program (8da8w)", "ours-fp32": "gemma-edge 
 MODULES = {"ours": "ours", "ours-fp32": "ours", "et": "et", "hf": "hf"}
 IMAGE_HW = (480, 640)   # a 4:3 photo: padded at every budget (266 of 280 soft tokens at 280)
 HF_MAX_BUDGET = 280     # eager fp32 at 560 / 1120 materialises 1.2 / 4.9 GB score matrices per layer
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def ensure_checkpoint(tower: str, work: Path, given: str | None) -> Path:
@@ -128,12 +124,8 @@ def tower_gflop(ckpt: Path, budgets) -> tuple[dict[int, float], dict[int, float]
 
 
 def child(mode: str, spec: dict, log_path: Path, rss_limit_bytes: int) -> dict:
-    cmd = [sys.executable, str(HERE / "peers" / "vision_child.py"), mode, json.dumps(spec)]
-    env = childproc.clean_env(OMP_NUM_THREADS=str(spec.get("threads", 2)))
-    res = childproc.run(cmd, log_path, vision_child.RESULT_MARK, env=env, preexec_fn=childproc.as_android_app,
-                        rss_limit_bytes=rss_limit_bytes)
-    res["log"] = str(log_path)
-    return res
+    return childproc.run_child(HERE / "peers" / "vision_child.py", mode, spec, log_path, vision_child.RESULT_MARK,
+                               rss_limit_bytes)
 
 
 def executorch_errors(log_path: Path) -> list[str]:
@@ -199,17 +191,6 @@ def run_one(system: str, built: dict, budget: int, inputs: Path, work: Path, arg
     if r["error"]:
         r["executorch_log"] = executorch_errors(res["log"])
     return r
-
-
-def errors(out: Path, ref: Path) -> dict | None:
-    if not (out.exists() and ref.exists()):
-        return None
-    g, r = np.load(out).astype(np.float64), np.load(ref).astype(np.float64)
-    if g.shape != r.shape:
-        return {"shape": list(g.shape), "reference_shape": list(r.shape)}
-    d = np.abs(g - r)
-    return {"max_abs": float(d.max()), "max_abs_rel": float(d.max() / np.abs(r).max()),
-            "rel_fro": float(np.linalg.norm(g - r) / np.linalg.norm(r))}
 
 
 def gemm_peak(work: Path, ckpt: Path, budgets, args) -> dict:
@@ -435,7 +416,8 @@ def main() -> None:
         if "hf" in systems:
             for s in systems:
                 if (s, b) in rows and s != "hf":
-                    rows[(s, b)]["error_vs_hf"] = errors(root / f"out-{s}-b{b}.npy", root / f"out-hf-b{b}.npy")
+                    rows[(s, b)]["error_vs_hf"] = childproc.output_errors(root / f"out-{s}-b{b}.npy",
+                                                                          root / f"out-hf-b{b}.npy")
     summary = summarize(rows, gflop, attention_gflop, gemm)
     ttft_res = ttft(Path(args.ttft_bundle).resolve(), root, args) if args.ttft_bundle else None
     print(table(rows, built))

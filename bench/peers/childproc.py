@@ -100,3 +100,37 @@ def run(cmd: list[str], log: Path, result_mark: str, *, env: dict | None = None,
             result = json.loads(line if mark_in_json else line[len(result_mark):])
     return {"rc": proc.returncode, "elapsed_s": time.perf_counter() - t0, "peak_rss_bytes": usage.ru_maxrss * 1024,
             "killed_at_rss_bytes": killed_at, "stage": last_line(log, stage_prefix), "result": result}
+
+
+# ---- what the benchmarks' parents share -------------------------------------------------------------------
+
+def log(msg: str) -> None:
+    """A benchmark's progress line, timestamped."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run_child(script: Path, mode: str, spec: dict, log_path: Path, result_mark: str, rss_limit_bytes: int) -> dict:
+    """`python script mode SPEC_JSON` in a clean environment of spec's thread count (2 by default), with an
+    Android app's limits and the RSS watchdog; `run`'s result plus the log's path."""
+    import sys
+
+    cmd = [sys.executable, str(script), mode, json.dumps(spec)]
+    env = clean_env(OMP_NUM_THREADS=str(spec.get("threads", 2)))
+    res = run(cmd, log_path, result_mark, env=env, preexec_fn=as_android_app, rss_limit_bytes=rss_limit_bytes)
+    res["log"] = str(log_path)
+    return res
+
+
+def output_errors(out: Path, ref: Path) -> dict | None:
+    """How far the array saved at `out` is from the reference saved at `ref` (.npy files): max |Δ|, that over the
+    reference's max |value|, and the relative Frobenius error; None when either is missing."""
+    import numpy as np
+
+    if not (out.exists() and ref.exists()):
+        return None
+    g, r = np.load(out).astype(np.float64), np.load(ref).astype(np.float64)
+    if g.shape != r.shape:
+        return {"shape": list(g.shape), "reference_shape": list(r.shape)}
+    d = np.abs(g - r)
+    return {"max_abs": float(d.max()), "max_abs_rel": float(d.max() / np.abs(r).max()),
+            "rel_fro": float(np.linalg.norm(g - r) / np.linalg.norm(r))}

@@ -716,6 +716,37 @@ def test_native_loop_golden_replays_the_image_cases(exe, tmp_path):
         assert p.returncode == 1 and f"FAIL {case['name']}: {key}: expected" in p.stdout, (key, p.stdout)
 
 
+def test_native_loop_golden_replays_the_audio_cases(exe, tmp_path):
+    # the suite's audio cases (an item of two clips, audio after images, the audio refusals) are replayed; a
+    # recording whose expansion, clip order, soft rows or one fetch differ from what the loop does fails
+    golden = json.loads(GOLDEN_LOOP.read_text())
+    audio_cases = [c for c in golden["cases"] if "audio" in c]
+    assert len(audio_cases) >= 12 and any("error" in c and c["error"]["field"] == "audio" for c in audio_cases)
+    p = subprocess.run([str(native.tool("gemma-edge-loop-golden")), str(GOLDEN_LOOP)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout
+    for c in audio_cases:
+        assert f"ok   {c['name']}" in p.stdout
+    two = next(c for c in audio_cases if c["name"] == "two_audio_items_across_chunks")
+    audio_id = two["audio_tokens"]["audio"]
+
+    def wrong(edit):
+        case = json.loads(json.dumps(two))
+        edit(case["expect"])
+        return case
+
+    cases = {
+        "expanded_prompt": wrong(lambda e: e["expanded_prompt"].pop(3)),
+        "audio_encode_calls": wrong(lambda e: e["audio_encode_calls"].reverse()),
+        "prefill_soft": wrong(lambda e: e["prefill_soft"][3].__setitem__(2, -1.0)),
+        "fetches": wrong(lambda e: e["fetches"][0].__setitem__(e["expanded_prompt"].index(audio_id), audio_id)),
+    }
+    for key, case in cases.items():
+        (tmp_path / "g.json").write_text(json.dumps({**golden, "cases": [case]}))
+        p = subprocess.run([str(native.tool("gemma-edge-loop-golden")), str(tmp_path / "g.json")],
+                           capture_output=True, text=True)
+        assert p.returncode == 1 and f"FAIL {case['name']}: {key}: expected" in p.stdout, (key, p.stdout)
+
+
 @pytest.mark.slow  # exports the tiny multimodal bundle (tiny_vision_bundle), about 85 s
 def test_cli_run_native_takes_images_as_run_does(exe, vision_bundle, image_files):
     # `gemma-edge run-native --image` gives the Python session's greedy tokens for the same prompt and image,

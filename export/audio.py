@@ -256,8 +256,20 @@ def rel_shift(x: torch.Tensor) -> torch.Tensor:
     return x[..., :block * context].reshape(*lead, block, context)
 
 
+def window_mask(m, w: int, invalid: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The blocked attention's mask for m blocks of w queries against 2w key slots, as two [m, w, 2w] fp32 factors
+    (keep, fill): scores · keep + fill is the score where slot s of query i is in its window (slots i + 1 … i + w,
+    not before the start in the first block) and exactly `invalid` elsewhere. Built once per clip and shared by every
+    layer; a multiply and an add are delegated ops, where masked_fill would run on portable kernels in each layer."""
+    i, s = torch.arange(w)[:, None], torch.arange(2 * w)[None, :]
+    outside = (s <= i) | (s > i + w)  # [W, 2W]: not in the query's window
+    first = (torch.arange(m) == 0)[:, None, None] & (s < w)  # [m, 1, 2W]: the first block's zero keys
+    masked = (outside | first).float()
+    return 1.0 - masked, masked * invalid
+
+
 def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_k: torch.Tensor, cap: float,
-                    invalid: float) -> torch.Tensor:
+                    invalid: float, mask: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Causal local attention of q, k, v [B, m·W, heads, D] (q and k already scaled; W = rel_k's rows − 1, the
     window and the block) with the relative term: query t attends to keys t − W + 1 … t, each scored q·k +
     q·rel_k[row of its distance], soft-capped at `cap`; keys before the start score `invalid` after the cap.
@@ -266,7 +278,7 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_k: to
     In blocks of W queries against their block and the one before (2W keys), as transformers computes it: slot s of
     query i of a block holds key (block start − W + s), at distance W + i − s, which rel_k's row s − i encodes (its
     rows run over distances W … 0). The window keeps slots i + 1 … i + W; in the first block, slots < W are before the
-    start."""
+    start. `mask`: window_mask(m, W, invalid), when the caller made it once for all layers."""
     b, t, heads, d = q.shape
     w = rel_k.shape[0] - 1
     m = t // w
@@ -278,10 +290,8 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_k: to
     position = torch.bmm(q.permute(0, 2, 1, 3).reshape(b * heads, t, d), rel if b == 1 else rel.repeat(b, 1, 1))
     position = rel_shift(position.view(b, heads, m, w, w + 1))
     scores = torch.tanh((content + position) / cap) * cap
-    i, s = torch.arange(w)[:, None], torch.arange(2 * w)[None, :]
-    outside = (s <= i) | (s > i + w)  # [W, 2W]: not in the query's window
-    first = (torch.arange(m) == 0)[:, None, None] & (s < w)  # [m, 1, 2W]: the first block's zero keys
-    scores = scores.masked_fill(outside | first, invalid)
+    keep, fill = mask if mask is not None else window_mask(m, w, invalid)
+    scores = scores * keep + fill  # finite scores: × 1 + 0 is exact, × 0 + invalid is exactly invalid
     weights = torch.softmax(scores, dim=-1).view(b * heads * m, w, 2 * w)
     out = torch.bmm(weights, vf).view(b, heads, t, d)
     return out.permute(0, 2, 1, 3).reshape(b, t, heads * d)
@@ -308,14 +318,15 @@ class AudioAttention(nn.Module):
         """[head_dim] fp32: the query's scale per dimension (a constant of the weights)."""
         return (self.head_dim**-0.5 / math.log(2)) * F.softplus(self.per_dim_scale.float())
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, mask=None) -> torch.Tensor:
         b, t, _ = x.shape
         shape = (b, t, self.heads, self.head_dim)
         q = self.q_proj(x).float().view(shape) * self.q_scale()
         k = self.k_proj(x).float().view(shape) * self.k_scale
         v = self.v_proj(x).float().view(shape)
         rel_k = self.relative_k_proj(positions.to(x.dtype)).float().view(-1, self.heads, self.head_dim)
-        out = local_attention(q, k, v, rel_k, self.cfg.attention_logit_cap, self.cfg.attention_invalid_logits_value)
+        out = local_attention(q, k, v, rel_k, self.cfg.attention_logit_cap, self.cfg.attention_invalid_logits_value,
+                              mask)
         return self.post(out.to(x.dtype))
 
 
@@ -382,10 +393,10 @@ class ConformerLayer(nn.Module):
         self.norm_post_attn = RMSNorm(d, 1e-6)
         self.norm_out = RMSNorm(d, 1e-6)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, mask=None) -> torch.Tensor:
         clip = self.cfg.gradient_clipping
         x = self.feed_forward1(x)
-        h = self.self_attn(self.norm_pre_attn(clamp_to(x, clip)), positions)
+        h = self.self_attn(self.norm_pre_attn(clamp_to(x, clip)), positions, mask)
         x = x + self.norm_post_attn(clamp_to(h, clip))
         x = self.feed_forward2(self.lconv1d(x))
         return self.norm_out(clamp_to(x, clip))
@@ -406,8 +417,10 @@ class AudioTower(nn.Module):
 
     def forward(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         h = self.subsample_conv_projection(features, valid)
+        w = self.positions.shape[0] - 1   # the attention's block (and window)
+        mask = window_mask(h.shape[1] // w, w, self.cfg.attention_invalid_logits_value)
         for layer in self.layers:
-            h = layer(h, self.positions)
+            h = layer(h, self.positions, mask)
         return self.output_proj(h)
 
 

@@ -54,14 +54,14 @@ class FoldedAttention(nn.Module):
             rel_k = attn.relative_k_proj(positions.to(attn.relative_k_proj.weight.dtype)).float()
             self.register_buffer("rel_k", rel_k.view(-1, self.heads, self.head_dim).clone())
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, mask=None) -> torch.Tensor:
         b, t, _ = x.shape
         shape = (b, t, self.heads, self.head_dim)
         q = self.q_proj(x).float().view(shape) * self.q_scale
         k = self.k_proj(x).float().view(shape) * self.k_scale
         v = self.v_proj(x).float().view(shape)
         out = local_attention(q, k, v, self.rel_k, self.cfg.attention_logit_cap,
-                              self.cfg.attention_invalid_logits_value)
+                              self.cfg.attention_invalid_logits_value, mask)
         return self.post(out.to(x.dtype))
 
 

@@ -347,7 +347,9 @@ class Session:
         prepared, clips = None, None
         if len(images):
             token_ids, prepared = self._expand_images(self._check_ids(token_ids).tolist(), list(images), image_budget)
-        if isinstance(audio, (str, Path, np.ndarray)):   # one clip, not a list of them (an array is its samples)
+        from .audio import PreparedClip
+
+        if isinstance(audio, (str, Path, np.ndarray, PreparedClip)):   # one item, not a list (an array: its samples)
             audio = [audio]
         if len(audio):
             token_ids, clips = self._expand_audio(self._check_ids(token_ids).tolist(), list(audio))

@@ -11,6 +11,7 @@ from gemma_edge.contract import audio as contract
 from gemma_edge.contract.audio import AudioTokens
 from gemma_edge.export.audio import load_audio_tower
 from gemma_edge.export.checkpoint import load_checkpoint
+from gemma_edge.runtime.audio import prepare_audio
 
 TOL = 1e-4  # fp32 logits, ours vs transformers (issue 21)
 WAVES = [speech_like(0.7, seed=11), speech_like(1.3, seed=12)]
@@ -108,6 +109,9 @@ def test_session_generates_from_audio_as_transformers(spliced):
         assert s.audio._tower is None  # released after encoding
         # no placeholder: the clips go first, after <bos>; one clip may be passed as it is, not in a list
         first = [t.token for t in s.generate([2, 17, 33, 40], 4, audio=WAVES[0], stop_on_eos=False)]
+        # and so may one clip already cut (a PreparedClip)
+        (clip,) = prepare_audio(WAVES[0])
+        assert [t.token for t in s.generate([2, 17, 33, 40], 4, audio=clip, stop_on_eos=False)] == first
     ids1, f1, m1 = hf_inputs(WAVES[:1], tokens, [2, tokens.audio, 17, 33, 40])
     with torch.no_grad():
         assert first == hf.generate(input_ids=ids1, input_features=f1, input_features_mask=m1, max_new_tokens=4,

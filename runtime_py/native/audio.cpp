@@ -48,8 +48,7 @@ DecodedAudio read_wav(const std::string& path) {
   // libsndfile reads many containers; the contract (and the Python host's scipy reader) takes WAV only
   if (major != SF_FORMAT_WAV && major != SF_FORMAT_WAVEX)
     throw BadInput(path + ": expected a WAV file (RIFF/WAVE, PCM 8/16/24/32-bit or float), found another audio "
-                   "container (libsndfile format 0x" + [&] { char b[16]; std::snprintf(b, sizeof b, "%x", major);
-                                                           return std::string(b); }() + ")");
+                   "container (libsndfile major format " + std::to_string(major >> 16) + ")");
   const int subs[] = {SF_FORMAT_PCM_U8, SF_FORMAT_PCM_16, SF_FORMAT_PCM_24, SF_FORMAT_PCM_32, SF_FORMAT_FLOAT,
                       SF_FORMAT_DOUBLE};
   if (std::find(std::begin(subs), std::end(subs), sub) == std::end(subs))

@@ -413,16 +413,8 @@ public final class Generator {
         if (vision == null)
             throw new GenerationException("images", "images: this model has no vision tower here (a bundle exported without one, "
                     + "or a host that loads none), found " + images.size() + " image(s)");
-        int marks = 0;
-        for (int t : prompt) {
-            if (t == vision.boi || t == vision.eoi)
-                throw new GenerationException("images", "images: the prompt holds image frame ids (" + vision.boi + " / " + vision.eoi
-                        + "); expected one placeholder " + vision.image + " per image, which the loop expands");
-            if (t == vision.image) marks++;
-        }
-        if (marks != 0 && marks != images.size())
-            throw new GenerationException("images", "images: the prompt has " + marks + " image placeholder(s) (" + vision.image + ") for "
-                    + images.size() + " image(s); expected one per image, or none (images first)");
+        int marks = checkFrames(prompt, images.size(), vision.boi, vision.image, vision.eoi,
+                "images", "image", "image", "one per image", "images first");
         long length = prompt.length - marks;
         for (int k = 0; k < images.size(); k++) {
             ImagePreprocessor.Prepared im = images.get(k);
@@ -434,28 +426,9 @@ public final class Generator {
                 throw new GenerationException("images", "images[" + k + "]: expected 1.." + im.budget + " soft tokens (its budget), found " + im.softTokens);
             length += im.softTokens + 2;
         }
-        if (length > Integer.MAX_VALUE) throw new GenerationException("context", "context: the expanded prompt has " + length + " tokens");
-        int[] out = new int[(int) length];
-        int o = 0, k = 0;
-        if (marks == 0) {
-            int at = prompt[0] == vision.bosId ? 1 : 0;
-            for (int i = 0; i < at; i++) out[o++] = prompt[i];
-            for (ImagePreprocessor.Prepared im : images) o = span(out, o, im.softTokens);
-            for (int i = at; i < prompt.length; i++) out[o++] = prompt[i];
-        } else {
-            for (int t : prompt) {
-                if (t == vision.image) o = span(out, o, images.get(k++).softTokens);
-                else out[o++] = t;
-            }
-        }
-        return out;
-    }
-
-    private int span(int[] out, int o, int n) {
-        out[o++] = vision.boi;
-        for (int i = 0; i < n; i++) out[o++] = vision.image;
-        out[o++] = vision.eoi;
-        return o;
+        int[][] counts = new int[images.size()][];
+        for (int k = 0; k < counts.length; k++) counts[k] = new int[] {images.get(k).softTokens};
+        return expandSpans(prompt, vision.boi, vision.image, vision.eoi, counts, prompt[0] == vision.bosId ? 1 : 0, length);
     }
 
     /**
@@ -467,58 +440,81 @@ public final class Generator {
         if (audio == null)
             throw new GenerationException("audio", "audio: this model has no audio tower here (a bundle exported without one, "
                     + "or a host that loads none), found " + items.size() + " audio item(s)");
-        int marks = 0;
-        for (int t : ids) {
-            if (t == audio.boa || t == audio.eoa)
-                throw new GenerationException("audio", "audio: the prompt holds audio frame ids (" + audio.boa + " / " + audio.eoa
-                        + "); expected one placeholder " + audio.audio + " per audio item, which the loop expands");
-            if (t == audio.audio) marks++;
-        }
-        if (marks != 0 && marks != items.size())
-            throw new GenerationException("audio", "audio: the prompt has " + marks + " audio placeholder(s) (" + audio.audio + ") for "
-                    + items.size() + " audio item(s); expected one per item, or none (audio first)");
+        int marks = checkFrames(ids, items.size(), audio.boa, audio.audio, audio.eoa,
+                "audio", "audio", "audio item", "one per item", "audio first");
         int most = AudioPreprocessor.softTokens(AudioPreprocessor.MAX_SAMPLES);
         long length = ids.length - marks;
-        int[] spans = new int[items.size()];   // each item's expansion, in ids
+        int[][] counts = new int[items.size()][];   // each item's clips' soft tokens
         for (int i = 0; i < items.size(); i++) {
             List<AudioPreprocessor.Clip> item = items.get(i);
             if (item == null || item.isEmpty())
                 throw new GenerationException("audio", "audio item " + i + ": expected at least one clip, found none (its samples make no soft token)");
+            counts[i] = new int[item.size()];
             for (int j = 0; j < item.size(); j++) {
                 AudioPreprocessor.Clip c = item.get(j);
                 if (c == null) throw new GenerationException("audio", "audio item " + i + " clip " + j + ": expected a clip, found null");
                 if (c.softTokens < 1 || c.softTokens > most)
                     throw new GenerationException("audio", "audio item " + i + " clip " + j + ": expected 1.." + most + " soft tokens (at most 30 s), found " + c.softTokens);
-                spans[i] += c.softTokens + 2;
+                counts[i][j] = c.softTokens;
+                length += c.softTokens + 2;
             }
-            length += spans[i];
         }
-        if (length > Integer.MAX_VALUE) throw new GenerationException("context", "context: the expanded prompt has " + length + " tokens");
         for (List<AudioPreprocessor.Clip> item : items) clips.addAll(item);
+        int at = ids[0] == audio.bosId ? 1 : 0;
+        if (vision != null)   // audio without a placeholder goes after the images that open the prompt
+            while (at < ids.length && (ids[at] == vision.boi || ids[at] == vision.image || ids[at] == vision.eoi)) at++;
+        return expandSpans(ids, audio.boa, audio.audio, audio.eoa, counts, at, length);
+    }
+
+    /**
+     * loop.md's check of a prompt with {@code n} inputs of one kind framed by {@code open} … {@code close}: no frame id
+     * in it, and no placeholder or one per input; refused with {@code field} in that kind's words. Returns the
+     * placeholders' count.
+     */
+    private static int checkFrames(int[] ids, int n, int open, int placeholder, int close, String field, String kind,
+                                   String item, String per, String first) {
+        int marks = 0;
+        for (int t : ids) {
+            if (t == open || t == close)
+                throw new GenerationException(field, field + ": the prompt holds " + kind + " frame ids (" + open + " / " + close
+                        + "); expected one placeholder " + placeholder + " per " + item + ", which the loop expands");
+            if (t == placeholder) marks++;
+        }
+        if (marks != 0 && marks != n)
+            throw new GenerationException(field, field + ": the prompt has " + marks + " " + kind + " placeholder(s) (" + placeholder + ") for "
+                    + n + " " + item + "(s); expected " + per + ", or none (" + first + ")");
+        return marks;
+    }
+
+    /**
+     * {@code ids} with each input's spans (open, n × placeholder, close per count of counts[k]) at its placeholder, or
+     * all of them at index {@code at} when it has none; {@code length} is the result's, counted by the caller's checks.
+     */
+    private static int[] expandSpans(int[] ids, int open, int placeholder, int close, int[][] counts, int at, long length) {
+        if (length > Integer.MAX_VALUE) throw new GenerationException("context", "context: the expanded prompt has " + length + " tokens");
         int[] out = new int[(int) length];
         int o = 0, k = 0;
-        if (marks == 0) {
-            int at = ids[0] == audio.bosId ? 1 : 0;
-            if (vision != null)   // audio without a placeholder goes after the images that open the prompt
-                while (at < ids.length && (ids[at] == vision.boi || ids[at] == vision.image || ids[at] == vision.eoi)) at++;
+        boolean first = true;
+        for (int t : ids) if (t == placeholder) first = false;
+        if (first) {
             System.arraycopy(ids, 0, out, 0, at);
             o = at;
-            for (List<AudioPreprocessor.Clip> item : items) o = audioSpans(out, o, item);
+            for (int[] input : counts) o = spans(out, o, open, placeholder, close, input);
             System.arraycopy(ids, at, out, o, ids.length - at);
         } else {
             for (int t : ids) {
-                if (t == audio.audio) o = audioSpans(out, o, items.get(k++));
+                if (t == placeholder) o = spans(out, o, open, placeholder, close, counts[k++]);
                 else out[o++] = t;
             }
         }
         return out;
     }
 
-    private int audioSpans(int[] out, int o, List<AudioPreprocessor.Clip> item) {
-        for (AudioPreprocessor.Clip c : item) {
-            out[o++] = audio.boa;
-            for (int i = 0; i < c.softTokens; i++) out[o++] = audio.audio;
-            out[o++] = audio.eoa;
+    private static int spans(int[] out, int o, int open, int placeholder, int close, int[] counts) {
+        for (int n : counts) {
+            out[o++] = open;
+            for (int i = 0; i < n; i++) out[o++] = placeholder;
+            out[o++] = close;
         }
         return o;
     }

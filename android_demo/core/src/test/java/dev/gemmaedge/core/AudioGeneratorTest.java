@@ -7,7 +7,6 @@ import static org.junit.Assert.fail;
 
 import java.io.File;
 import java.io.IOException;
-import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.StandardCopyOption;
 import java.util.ArrayList;
@@ -271,16 +270,7 @@ public class AudioGeneratorTest {
 
     @Test
     public void anAudioEntryOverAProgramWithoutSoftEmbedsIsRefused() throws Exception {
-        File dir = copy("bundle_audio");
-        File mf = new File(dir, "manifest.json");
-        Map<String, Object> raw = Json.asObject(Json.parseFile(mf), "manifest");
-        Map<String, Object> methods = Json.asObject(raw.get("methods"), "methods");
-        for (String role : new String[] {"prefill", "decode"}) {
-            List<Object> inputs = Json.asArray(Json.asObject(methods.get(role), role).get("inputs"), "inputs");
-            assertEquals("soft_embeds", Json.asObject(inputs.remove(inputs.size() - 1), "input").get("name"));
-        }
-        Files.write(mf.toPath(), HostileManifestTest.toJson(raw).getBytes(StandardCharsets.UTF_8));
-        Manifest m = Manifest.load(dir);
+        Manifest m = HostileManifestTest.withoutSoftEmbeds(copy("bundle_audio"));
         assertEquals(0, m.softEmbedsWidth);
         try {
             Generator.Audio.forBundle(m, new Encoder());

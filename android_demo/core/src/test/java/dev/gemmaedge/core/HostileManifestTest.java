@@ -57,6 +57,20 @@ public class HostileManifestTest {
     private static final Object REMOVE = new Object();
 
     /** JSON text of parsed values (what Json.parse returns), enough for manifests. */
+    /** The bundle in {@code dir} with its program's soft_embeds input taken out of the manifest (a program that cannot
+     *  splice a tower's rows), loaded. */
+    static Manifest withoutSoftEmbeds(File dir) throws Exception {
+        File mf = new File(dir, "manifest.json");
+        Map<String, Object> raw = Json.asObject(Json.parseFile(mf), "manifest");
+        Map<String, Object> methods = Json.asObject(raw.get("methods"), "methods");
+        for (String role : new String[] {"prefill", "decode"}) {
+            List<Object> inputs = Json.asArray(Json.asObject(methods.get(role), role).get("inputs"), "inputs");
+            assertEquals("soft_embeds", Json.asObject(inputs.remove(inputs.size() - 1), "input").get("name"));
+        }
+        Files.write(mf.toPath(), toJson(raw).getBytes(StandardCharsets.UTF_8));
+        return Manifest.load(dir);
+    }
+
     static String toJson(Object v) {
         if (v == null) return "null";
         if (v instanceof String) {
